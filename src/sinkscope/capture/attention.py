@@ -1,0 +1,291 @@
+"""Attention capture through transformers' attention-function registry.
+
+While an :class:`AttentionCapture` is active, the model's attention implementation is switched to
+our registered function ``"sinkscope"``. It computes the layer's output with PyTorch's fused SDPA
+kernel *and* keeps that kernel's per-query log-sum-exp, so observers get exact attention
+probabilities to any key as exp(q . k * scale - lse) in O(B*H*T) memory. Where no fused kernel
+applies (soft-capped logits, additive biases), a query-chunked exact pass computes output and lse
+together without materialising more than B*H*chunk*S logits.
+
+No forward is monkey-patched, no layer falls back to eager, and leaving the block restores the
+model's own implementation, even on error.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from ..adapters import Adapter, blocks, get_path
+from ..metrics.sink import logsumexp_reference, softcap_logits
+
+ATTENTION_NAME = "sinkscope"
+
+
+@dataclass
+class BatchInfo:
+    """Where the real tokens of the current batch are; set by the runner before each forward."""
+
+    valid: torch.Tensor  # (B, T) bool, real (non-pad) tokens
+    first: torch.Tensor  # (B,) long, index of the first real token (the default sink)
+    last: torch.Tensor  # (B,) long, index of the last real token
+
+    @classmethod
+    def from_attention_mask(cls, attention_mask: torch.Tensor) -> BatchInfo:
+        valid = attention_mask.bool()
+        positions = torch.arange(valid.shape[1], device=valid.device)
+        first = torch.where(valid, positions, valid.shape[1]).amin(1)
+        last = torch.where(valid, positions, -1).amax(1)
+        return cls(valid=valid, first=first, last=last)
+
+    def absolute(self, relative: Sequence[int]) -> torch.Tensor:
+        """(B, P) key indices: p >= 0 counts from the first real token, p < 0 back from the last."""
+        cols = [self.first + p if p >= 0 else self.last + 1 + p for p in relative]
+        return torch.stack(cols, dim=1)
+
+
+@dataclass
+class AttentionCall:
+    """Everything one layer's attention saw, with helpers that respect its mask exactly.
+
+    query (B, H, T, D); key/value (B, H, S, D) already expanded to query heads; lse (B, H, T)
+    float32; output (B, H, T, Dv). ``visible`` is None for a plain causal (or, in encoders, full)
+    pattern, else a bool (B, 1|H, T, S) mask; ``bias`` holds additive float mask values, if any.
+    """
+
+    layer: int
+    module: nn.Module
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    visible: torch.Tensor | None
+    bias: torch.Tensor | None
+    causal: bool
+    scale: float
+    softcap: float | None
+    batch: BatchInfo | None
+    lse: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+    def visible_block(self, t0: int, t1: int, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Bool visibility of queries t0:t1 to keys ``cols`` (B, P) or to all keys. (B, 1|H, C, P|S)."""
+        B, _, T, _ = self.query.shape
+        S = self.key.shape[2]
+        device = self.query.device
+        if self.visible is not None:
+            block = self.visible[:, :, t0:t1]
+            if cols is None:
+                return block
+            index = cols[:, None, None, :].expand(-1, block.shape[1], block.shape[2], -1)
+            return block.gather(3, index)
+        q_pos = torch.arange(t0, t1, device=device)[:, None] + (S - T)
+        k_pos = torch.arange(S, device=device)[None, :] if cols is None else cols[:, None, :]
+        if not self.causal:
+            shape = (B, 1, t1 - t0, S if cols is None else cols.shape[1])
+            return torch.ones(shape, dtype=torch.bool, device=device)
+        if cols is None:
+            return (k_pos <= q_pos)[None, None].expand(B, 1, -1, -1)
+        return (cols[:, None, :] <= q_pos[None])[:, None]
+
+    def bias_block(self, t0: int, t1: int, cols: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        block = self.bias[:, :, t0:t1]
+        if cols is None:
+            return block
+        return block.gather(3, cols[:, None, None, :].expand(-1, block.shape[1], block.shape[2], -1))
+
+    def logits_block(self, t0: int, t1: int) -> torch.Tensor:
+        """Masked, capped float32 logits of queries t0:t1 against all keys: (B, H, C, S), -inf where hidden."""
+        logits = torch.matmul(self.query[:, :, t0:t1].float(), self.key.float().transpose(-1, -2)) * self.scale
+        logits = softcap_logits(logits, self.softcap)
+        bias = self.bias_block(t0, t1)
+        if bias is not None:
+            logits = logits + bias.float()
+        return logits.masked_fill(~self.visible_block(t0, t1), -math.inf)
+
+    def probs_block(self, t0: int, t1: int) -> torch.Tensor:
+        """Exact float32 attention probabilities of queries t0:t1: (B, H, C, S); rows that see nothing are 0."""
+        probs = torch.exp(self.logits_block(t0, t1) - self.lse[:, :, t0:t1, None])
+        return torch.nan_to_num(probs, nan=0.0)
+
+    def visible_counts(self) -> torch.Tensor:
+        """Number of keys each query may attend: (B, 1|H, T) long."""
+        B, _, T, _ = self.query.shape
+        S = self.key.shape[2]
+        if self.visible is not None:
+            return self.visible.sum(-1)
+        if not self.causal:
+            return torch.full((B, 1, T), S, device=self.query.device)
+        counts = torch.arange(1, T + 1, device=self.query.device) + (S - T)
+        return counts[None, None].expand(B, 1, T)
+
+
+class AttentionObserver(Protocol):
+    def observe(self, call: AttentionCall) -> None: ...
+
+
+MaskEditor = Callable[[AttentionCall], torch.Tensor | None]
+
+
+class _Session:
+    def __init__(self, layer_of: dict[int, int], observers, mask_editors, query_chunk: int):
+        self.layer_of = layer_of
+        self.observers = list(observers)
+        self.mask_editors = list(mask_editors)
+        self.query_chunk = query_chunk
+        self.batch: BatchInfo | None = None
+
+
+_ACTIVE: list[_Session] = []
+
+
+def _expand_kv(tensor: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return tensor
+    B, H_kv, S, D = tensor.shape
+    return tensor[:, :, None].expand(B, H_kv, n_rep, S, D).reshape(B, H_kv * n_rep, S, D)
+
+
+def _split_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Turn a transformers mask (bool, or additive float) into (visible bool, additive bias or None)."""
+    if mask is None or mask.dtype == torch.bool:
+        return mask, None
+    visible = mask > torch.finfo(mask.dtype).min / 2
+    bias = mask.masked_fill(~visible, 0)
+    return visible, (bias if bool(bias.any()) else None)
+
+
+def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Output (B, H, T, Dv) and float32 lse (B, H, T) from a fused SDPA kernel, or None if none applies."""
+    if call.softcap is not None or call.bias is not None:
+        return None
+    q, k, v = call.query, call.key, call.value
+    is_causal = call.visible is None and call.causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
+    if call.visible is None and call.causal and not is_causal and q.shape[2] > 1:
+        return None  # causal with a kv offset: let the chunked path apply the offset exactly
+    mask = None
+    if call.visible is not None:
+        mask = torch.zeros(call.visible.shape, dtype=q.dtype, device=q.device).masked_fill(~call.visible, -math.inf)
+    try:
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, is_causal, attn_mask=mask, scale=call.scale)
+        elif q.device.type == "cuda":
+            bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], -1, -1)
+            out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, bias, True, 0.0, is_causal, scale=call.scale)
+            lse = lse[..., : q.shape[2]]
+        else:
+            return None
+    except (RuntimeError, NotImplementedError) as err:  # unsupported dtype/head size on this build
+        warnings.warn(f"fused SDPA with log-sum-exp unavailable ({str(err).splitlines()[0]}); "
+                      "using the exact chunked path", stacklevel=2)
+        return None
+    return out, lse.float()
+
+
+def _chunked_attention(call: AttentionCall, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention in query chunks, mirroring eager (softmax in float32, cast, then @ V)."""
+    T = call.query.shape[2]
+    outs, lses = [], []
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        logits = call.logits_block(t0, t1)
+        lse = logsumexp_reference(logits, torch.ones_like(logits, dtype=torch.bool))
+        probs = torch.nan_to_num(torch.exp(logits - lse[..., None]), nan=0.0)
+        outs.append(torch.matmul(probs.to(call.value.dtype), call.value))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        is_causal: bool | None = None, softcap: float | None = None, **kwargs):
+    """The attention function registered as ``"sinkscope"`` in transformers' AttentionInterface."""
+    session = _ACTIVE[-1] if _ACTIVE else None  # None: a model left switched to us still computes exactly
+    layer = session.layer_of.get(id(module), -1) if session else -1
+    n_rep = query.shape[1] // key.shape[1]
+    visible, bias = _split_mask(attention_mask)
+    call = AttentionCall(
+        layer=layer, module=module, query=query,
+        key=_expand_kv(key, n_rep), value=_expand_kv(value, n_rep),
+        visible=visible, bias=bias,
+        causal=is_causal if is_causal is not None else getattr(module, "is_causal", True),
+        scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
+        softcap=softcap, batch=session.batch if session else None,
+    )
+    for editor in session.mask_editors if session else ():
+        edited = editor(call)
+        if edited is not None:
+            call.visible = edited
+    fused = _fused_attention(call)
+    chunk = session.query_chunk if session else 1024
+    call.output, call.lse = fused if fused is not None else _chunked_attention(call, chunk)
+    for observer in session.observers if session else ():
+        observer.observe(call)
+    return call.output.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, sinkscope_attention)
+# Same mask as SDPA: None for plain causal patterns (so the fused causal kernel runs), else bool.
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+
+
+def attention_modules(model: nn.Module, adapter: Adapter) -> list[nn.Module]:
+    return [get_path(block, adapter.attention) for block in blocks(model, adapter)]
+
+
+@contextmanager
+def capture_attention(model: nn.Module, adapter: Adapter, observers: Sequence[AttentionObserver] = (),
+                      mask_editors: Sequence[MaskEditor] = (), query_chunk: int = 1024) -> Iterator[_Session]:
+    """Route every attention layer of ``model`` through sinkscope while the block runs.
+
+    >>> import torch, transformers, sinkscope
+    >>> from sinkscope.capture.attention import capture_attention, BatchInfo
+    >>> cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                num_attention_heads=4, vocab_size=50)
+    >>> model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    >>> class Count:
+    ...     calls = 0
+    ...     def observe(self, call): self.calls += 1
+    >>> counter = Count()
+    >>> with capture_attention(model, sinkscope.adapters.adapter_for(model), [counter]) as session:
+    ...     session.batch = BatchInfo.from_attention_mask(torch.ones(1, 8))
+    ...     _ = model(torch.arange(8)[None])
+    >>> counter.calls, model.config._attn_implementation
+    (2, 'sdpa')
+    """
+    previous = model.config._attn_implementation
+    layer_of = {id(m): i for i, m in enumerate(attention_modules(model, adapter))}
+    session = _Session(layer_of, observers, mask_editors, query_chunk)
+    _ACTIVE.append(session)
+    try:
+        _set_attention(model, ATTENTION_NAME)
+        yield session
+    finally:
+        _ACTIVE.remove(session)
+        _set_attention(model, previous)
+
+
+def _set_attention(model: nn.Module, name: str) -> None:
+    """Switch the attention implementation on the model and every sub-config it holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model.set_attn_implementation(name)
+        except (ValueError, KeyError, AttributeError):
+            pass
+    for module in model.modules():  # models whose checks refuse a switch still read config._attn_implementation
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", name) != name:
+            config._attn_implementation_internal = name

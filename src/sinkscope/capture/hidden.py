@@ -1,0 +1,68 @@
+"""Residual-stream statistics from block outputs, streamed per layer (no activation cache)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..adapters import Adapter, blocks
+from ..errors import SinkscopeError
+from ..metrics.disparity import dominance_ratio
+from ..metrics.norms import token_norms
+from .attention import BatchInfo
+from .hooks import block_output_tensor
+from .reducers import Tally, scatter_by_position
+
+
+class HiddenObserver:
+    """Per layer (block output) and position: L2 norm; per layer: the sink token's DomRatio and max |x|.
+
+    Tallies: norm_sum (L, T) / count (L, T); sink_dom_ratio_sum (L) / sink_count (L);
+    max_abs (L) over all real tokens.
+    """
+
+    def __init__(self, n_layers: int, max_len: int):
+        self.max_len = max_len
+        self.batch: BatchInfo | None = None
+        self.tally = Tally()
+        t = self.tally
+        t.zeros("norm_sum", n_layers, max_len)
+        t.zeros("count", n_layers, max_len)
+        t.zeros("sink_dom_ratio_sum", n_layers)
+        t.zeros("sink_count", n_layers)
+        t.zeros("max_abs", n_layers)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> list[tuple[nn.Module, object]]:
+        return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            self.observe(layer, block_output_tensor(output))
+        return hook
+
+    def observe(self, layer: int, hidden: torch.Tensor) -> None:
+        batch = self.batch
+        valid = batch.valid
+        finite = torch.isfinite(hidden).all(-1) | ~valid
+        if not bool(finite.all()):
+            b, pos = (int(i) for i in (~finite).nonzero()[0])
+            raise SinkscopeError(f"non-finite hidden state after layer {layer} (sequence {b}, position {pos}); "
+                                 "try --dtype float32 or check the model's weights")
+        T = hidden.shape[1]
+        rel = torch.arange(T, device=hidden.device)[None] - batch.first[:, None]
+        t = self.tally
+        t.add("norm_sum", (layer,), scatter_by_position(token_norms(hidden), rel, valid, self.max_len))
+        t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+        sink = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.first]  # (B, D)
+        t.add("sink_dom_ratio_sum", (layer,), dominance_ratio(sink).sum())
+        t.add("sink_count", (layer,), torch.tensor(float(sink.shape[0])))
+        t.add("max_abs", (layer,), hidden.float().abs().amax(-1).masked_fill(~valid, 0).amax())
+
+    def norm_by_position(self) -> torch.Tensor:
+        """(L, T) mean L2 norm of the block output by position (NaN where no token was seen)."""
+        count = self.tally["count"]
+        return self.tally["norm_sum"] / count.where(count > 0, torch.nan)
+
+    def sink_dom_ratio(self) -> torch.Tensor:
+        """(L,) mean DomRatio of the first real token's hidden state."""
+        return self.tally["sink_dom_ratio_sum"] / self.tally["sink_count"].clamp(min=1)

@@ -1,0 +1,177 @@
+"""Observers that turn each layer's attention into mergeable sink statistics in O(B*H*T) memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import SinkscopeError
+from ..metrics.sink import attention_to_keys
+from .attention import AttentionCall
+from .reducers import Tally, scatter_by_position
+
+
+def relative_positions(call: AttentionCall) -> torch.Tensor:
+    """(B, T) position of each query counted from its sequence's first real token."""
+    T = call.query.shape[2]
+    return torch.arange(T, device=call.query.device)[None] - call.batch.first[:, None]
+
+
+def check_finite(call: AttentionCall) -> None:
+    """Raise naming the layer and head if any real query got a non-finite output or lse."""
+    valid = call.batch.valid[:, None, :]  # (B, 1, T)
+    bad = (~torch.isfinite(call.output).all(-1) | ~torch.isfinite(call.lse)) & valid  # (B, H, T)
+    if bool(bad.any()):
+        b, h, t = (int(i) for i in bad.nonzero()[0])
+        raise SinkscopeError(
+            f"non-finite attention in layer {call.layer}, head {h} (sequence {b}, position {t}); "
+            "try --dtype float32 or check the model's weights"
+        )
+
+
+class SinkObserver:
+    """Attention to a few tracked key positions, per layer, head and query position.
+
+    Tallies (L layers, H heads, P tracked keys, T positions):
+      score_sum (L, H, P) / score_count (L, P): attention to key p from real queries that see p and
+          at least one other key (the paper's sink score, minus rows that are trivially 1);
+      importance_sum (L, H, P) / importance_count (L, P): from every real query that sees p
+          (Gu et al.'s importance, used by the sink rate);
+      by_position_sum (L, H, P, T) / by_position_count (L, P, T): the same per query position;
+      lse_sum (L, H, T) / position_count (T): per-query log-sum-exp by position.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, positions: Sequence[int] = (0,)):
+        self.positions = tuple(positions)
+        P = len(self.positions)
+        self.tally = Tally()
+        t = self.tally
+        t.zeros("score_sum", n_layers, n_heads, P)
+        t.zeros("score_count", n_layers, P, dtype=torch.int64)
+        t.zeros("importance_sum", n_layers, n_heads, P)
+        t.zeros("importance_count", n_layers, P, dtype=torch.int64)
+        t.zeros("by_position_sum", n_layers, n_heads, P, max_len)
+        t.zeros("by_position_count", n_layers, P, max_len)
+        t.zeros("lse_sum", n_layers, n_heads, max_len)
+        t.zeros("position_count", n_layers, max_len)
+        self.max_len = max_len
+
+    def observe(self, call: AttentionCall) -> None:
+        check_finite(call)
+        batch, layer = call.batch, call.layer
+        cols = batch.absolute(self.positions)  # (B, P)
+        H = call.query.shape[1]
+        index = cols[:, None, :, None].expand(-1, H, -1, call.key.shape[-1])
+        keys = call.key.gather(2, index)  # (B, H, P, D)
+        T = call.query.shape[2]
+        visible = call.visible_block(0, T, cols) & batch.valid[:, None, :, None]  # (B, 1|H, T, P)
+        attn = attention_to_keys(call.query, keys, call.lse, visible, call.scale, call.softcap,
+                                 call.bias_block(0, T, cols))  # (B, H, T, P)
+        not_alone = (call.visible_counts() > 1)[..., None]  # (B, 1|H, T, 1)
+        scored = visible & not_alone
+        t = self.tally
+        t.add("score_sum", (layer,), (attn * scored).sum((0, 2)))
+        t.add("score_count", (layer,), scored[:, 0].sum((0, 1)))
+        t.add("importance_sum", (layer,), attn.sum((0, 2)))
+        t.add("importance_count", (layer,), visible[:, 0].sum((0, 1)))
+        rel = relative_positions(call)
+        valid = batch.valid
+        per_pos = attn.permute(1, 3, 0, 2)  # (H, P, B, T)
+        t.add("by_position_sum", (layer,), scatter_by_position(per_pos, rel, valid, self.max_len))
+        t.add("by_position_count", (layer,),
+              scatter_by_position(visible[:, 0].permute(2, 0, 1).double(), rel, valid, self.max_len))
+        t.add("lse_sum", (layer,), scatter_by_position(call.lse.transpose(0, 1), rel, valid, self.max_len))
+        t.add("position_count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+
+    # ---- reductions (pure arithmetic on the tallies) ----
+    def sink_score(self) -> torch.Tensor:
+        """(L, H, P) mean attention to each tracked key."""
+        return self.tally["score_sum"] / self.tally["score_count"][:, None, :].clamp(min=1)
+
+    def importance(self) -> torch.Tensor:
+        """(L, H, P) Gu et al.'s importance of each tracked key."""
+        return self.tally["importance_sum"] / self.tally["importance_count"][:, None, :].clamp(min=1)
+
+    def by_position(self) -> torch.Tensor:
+        """(L, H, P, T) mean attention to each tracked key from queries at each position (NaN if none)."""
+        count = self.tally["by_position_count"][:, None]
+        return self.tally["by_position_sum"] / count.where(count > 0, torch.nan)
+
+    def lse_by_position(self) -> torch.Tensor:
+        """(L, H, T) mean per-query log-sum-exp by position."""
+        count = self.tally["position_count"][:, None]
+        return self.tally["lse_sum"] / count.where(count > 0, torch.nan)
+
+
+class KeyStatsObserver:
+    """Opt-in exact T x S pass, chunked over queries so memory stays O(B*H*chunk*S).
+
+    Tallies: key_importance_sum (L, H, T) / key_seen_count (L, T): Gu et al.'s importance of every
+    key position; eff_tokens_sum (L, H, T): sum over samples of 1 / sum_j a_tj^2 (the effective
+    number of aggregated tokens); with ``full_pattern``, pattern_sum (L, H, T, T) / pattern_count (T, T).
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, chunk: int = 1024, full_pattern: bool = False):
+        self.chunk = chunk
+        self.full_pattern = full_pattern
+        self.max_len = max_len
+        self.tally = Tally()
+        t = self.tally
+        t.zeros("key_importance_sum", n_layers, n_heads, max_len)
+        t.zeros("key_seen_count", n_layers, max_len)
+        t.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
+        t.zeros("eff_tokens_count", n_layers, max_len)
+        if full_pattern:
+            t.zeros("pattern_sum", n_layers, n_heads, max_len, max_len)
+            t.zeros("pattern_count", n_layers, max_len, max_len)
+
+    def observe(self, call: AttentionCall) -> None:
+        batch, layer = call.batch, call.layer
+        T = call.query.shape[2]
+        rel = relative_positions(call)  # (B, T)
+        valid = batch.valid
+        t = self.tally
+        for t0 in range(0, T, self.chunk):
+            t1 = min(T, t0 + self.chunk)
+            q_valid = valid[:, t0:t1]  # (B, C)
+            probs = call.probs_block(t0, t1) * q_valid[:, None, :, None]  # (B, H, C, S)
+            seen = call.visible_block(t0, t1)[:, 0] & q_valid[:, :, None] & valid[:, None, :]  # (B, C, S)
+            # importance: sum over queries into key bins
+            t.add("key_importance_sum", (layer,),
+                  scatter_by_position(probs.sum(2).transpose(0, 1), rel, valid, self.max_len))
+            t.add("key_seen_count", (layer,), scatter_by_position(seen.sum(1).double(), rel, valid, self.max_len))
+            sumsq = (probs * probs).sum(-1)  # (B, H, C)
+            eff = torch.where(q_valid[:, None], 1.0 / sumsq.clamp_min(1e-30), 0.0)
+            rel_q = rel[:, t0:t1]
+            t.add("eff_tokens_sum", (layer,), scatter_by_position(eff.transpose(0, 1), rel_q, q_valid, self.max_len))
+            t.add("eff_tokens_count", (layer,), scatter_by_position(q_valid.double(), rel_q, q_valid, self.max_len))
+            if self.full_pattern:
+                self._add_pattern(layer, probs, seen, rel, t0, t1)
+
+    def _add_pattern(self, layer, probs, seen, rel, t0, t1) -> None:
+        for b in range(probs.shape[0]):
+            shift = int(-rel[b, 0])  # index of the first real token
+            q_lo = max(t0, shift)
+            if q_lo >= t1:
+                continue
+            k_len = self.max_len - shift if shift else probs.shape[-1]
+            block = probs[b, :, q_lo - t0:, shift:shift + k_len]  # (H, C', S')
+            rows = slice(q_lo - shift, q_lo - shift + block.shape[1])
+            self.tally["pattern_sum"][layer, :, rows, : block.shape[2]] += block.double().cpu()
+            self.tally["pattern_count"][layer, rows, : block.shape[2]] += seen[b, q_lo - t0:, shift:shift + k_len].double().cpu()
+
+    def key_importance(self) -> torch.Tensor:
+        """(L, H, T) mean attention each key position receives from the queries that see it."""
+        count = self.tally["key_seen_count"][:, None]
+        return self.tally["key_importance_sum"] / count.where(count > 0, torch.nan)
+
+    def effective_tokens(self) -> torch.Tensor:
+        """(L, H, T) mean effective number of aggregated tokens, 1 / sum_j a_tj^2, by query position."""
+        count = self.tally["eff_tokens_count"][:, None]
+        return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)
+
+    def pattern(self) -> torch.Tensor:
+        """(L, H, T, T) mean attention pattern over samples, aligned at the first real token."""
+        count = self.tally["pattern_count"][:, None]
+        return self.tally["pattern_sum"] / count.where(count > 0, torch.nan)

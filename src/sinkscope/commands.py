@@ -1,0 +1,71 @@
+"""Subcommands: thin wrappers from parsed configs to library functions, plus the summary they print."""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import Command
+from .config import ProbeConfig
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
+    from rich.table import Table
+
+    from .probe import probe
+
+    result = probe(args.model, config=config, out=config.out, progress=True)
+    payload = result.to_dict()
+    table = Table(title=f"sink score by layer — {args.model}")
+    table.add_column("layer", justify="right")
+    table.add_column("sink score (head mean)", justify="right")
+    table.add_column("max head", justify="right")
+    table.add_column("norm ratio", justify="right")
+    for layer, heads in enumerate(payload["sink_score"]):
+        table.add_row(str(layer), f"{payload['layer_sink_score'][layer]:.3f}", f"{max(heads):.3f}",
+                      f"{payload['norm_ratio'][layer]:.2f}")
+    console = _console()
+    console.print(table)
+    onset = payload["onset_layer"]
+    console.print(f"onset layer (score > {payload['onset_threshold']}): {onset if onset is not None else 'none'}   "
+                  f"sink rate (eps {payload['sink_rate_eps']}): {payload['sink_rate']:.1f} %   "
+                  f"uniform baseline: {payload['uniform_baseline']:.3f}")
+    if config.out:
+        console.print(f"results: {config.out}/probe.json")
+    return 0
+
+
+def run_models(args: argparse.Namespace, config) -> int:
+    from rich.table import Table
+
+    from .errors import SinkscopeError
+    from .models import embedded_models, embedded_path
+
+    if args.path:
+        path = embedded_path(args.path)
+        if path is None:
+            names = ", ".join(m["name"] for m in embedded_models()) or "none"
+            raise SinkscopeError(f"no embedded checkpoint named '{args.path}'; available: {names}")
+        print(path)
+        return 0
+    table = Table(title="embedded checkpoints")
+    for column in ("name", "variant", "parameters", "path"):
+        table.add_column(column)
+    for row in embedded_models():
+        table.add_row(row["name"], str(row["variant"]), f"{row['parameters']:,}" if row["parameters"] else "?",
+                      row["path"])
+    _console().print(table)
+    return 0
+
+
+COMMANDS = [
+    Command("probe", "measure sink score, sink rate and onset per layer and head", ProbeConfig, run_probe,
+            positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
+    Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
+            positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
+]

@@ -1,0 +1,137 @@
+"""Token sequences to probe with: files, folders, jsonl, random tokens or the embedded prompts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig
+from .errors import SinkscopeError
+
+PROMPTS_FILE = Path(__file__).parent / "assets" / "prompts.txt"
+TEXT_SUFFIXES = (".txt",)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SinkscopeError(f"{path} is not UTF-8 text; convert it or pass a .txt/.jsonl file") from None
+    except OSError as err:
+        raise SinkscopeError(f"cannot read {path}: {err.strerror}") from None
+    return text
+
+
+def read_documents(source: str) -> list[dict]:
+    """Documents as {"text": str} or {"input_ids": list[int]} from a file, folder or .jsonl."""
+    path = Path(source)
+    if not path.exists():
+        raise SinkscopeError(f"data path {source} does not exist; pass a .txt, .jsonl or a folder of .txt files")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+        if not files:
+            raise SinkscopeError(f"folder {source} has no .txt files; add some or pass a file")
+        docs = [{"text": _read_text(p)} for p in files]
+    elif path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise SinkscopeError(f"{source} line {n} is not valid JSON; each line must be one object") from None
+            if not isinstance(record, dict) or not ({"text", "input_ids"} & record.keys()):
+                raise SinkscopeError(f"{source} line {n} needs a 'text' or an 'input_ids' field")
+            docs.append({"input_ids": record["input_ids"]} if "input_ids" in record else {"text": record["text"]})
+    else:
+        docs = [{"text": _read_text(path)}]
+    docs = [d for d in docs if d.get("input_ids") or (d.get("text") or "").strip()]
+    if not docs:
+        raise SinkscopeError(f"{source} holds no text; pass a non-empty file")
+    return docs
+
+
+def embedded_prompts() -> list[dict]:
+    """The shipped prompt set: short paragraphs of varied natural text, one document each."""
+    paragraphs = [p.strip() for p in PROMPTS_FILE.read_text(encoding="utf-8").split("\n\n")]
+    return [{"text": p} for p in paragraphs if p]
+
+
+def special_tokens(tokenizer, bos: str, bos_token_id: int | None) -> tuple[list[int], list[int]]:
+    """Token ids to put before and after each window, following --bos.
+
+    auto: whatever the tokenizer adds by itself (BOS for Llama, [CLS] ... [SEP] for BERT, none for GPT-2);
+    always: a BOS in front even if the tokenizer would not add one; never: nothing.
+    """
+    if bos == "never":
+        return [], []
+    prefix, suffix = [], []
+    if tokenizer is not None:
+        marker = -1
+        wrapped = tokenizer.build_inputs_with_special_tokens([marker])
+        cut = wrapped.index(marker)
+        prefix, suffix = list(wrapped[:cut]), list(wrapped[cut + 1:])
+    if bos == "always" and not prefix:
+        if bos_token_id is None:
+            raise SinkscopeError("--bos always, but this model defines no BOS token; use --bos auto or never")
+        prefix = [bos_token_id]
+    return prefix, suffix
+
+
+def _windows(ids: list[int], size: int, prefix: list[int], suffix: list[int]) -> list[list[int]]:
+    body = size - len(prefix) - len(suffix)
+    return [prefix + ids[i:i + body] + suffix for i in range(0, len(ids), body) if ids[i:i + body]]
+
+
+def load_sequences(cfg: DataConfig, tokenizer, vocab_size: int, bos_token_id: int | None = None) -> list[list[int]]:
+    """``cfg.samples`` token sequences of at most ``cfg.seq_len`` tokens, sampled deterministically by seed."""
+    if cfg.seq_len < 2:
+        raise SinkscopeError("--seq-len must be at least 2 (a sink needs a later query)")
+    if cfg.samples < 1:
+        raise SinkscopeError("--samples must be at least 1")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    prefix, suffix = special_tokens(tokenizer, cfg.bos, bos_token_id)
+    body = cfg.seq_len - len(prefix) - len(suffix)
+    if body < 1:
+        raise SinkscopeError(f"--seq-len {cfg.seq_len} leaves no room beside the special tokens; raise it")
+    if cfg.random_tokens:
+        ids = torch.randint(0, vocab_size, (cfg.samples, body), generator=generator).tolist()
+        return [prefix + row + suffix for row in ids]
+    docs = read_documents(cfg.data) if cfg.data else embedded_prompts()
+    windows: list[list[int]] = []
+    for doc in docs:
+        if "input_ids" in doc:  # pre-tokenized: used as given, cut to seq_len
+            ids = [int(i) for i in doc["input_ids"]]
+            if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+                raise SinkscopeError(f"input_ids must lie in [0, {vocab_size}) for this model")
+            windows += _windows(ids, cfg.seq_len, [], [])
+            continue
+        if tokenizer is None:
+            raise SinkscopeError("this model folder has no tokenizer; pass --random-tokens or .jsonl with input_ids")
+        ids = tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
+        windows += _windows(ids, cfg.seq_len, prefix, suffix)
+    if not windows:
+        raise SinkscopeError("the data produced no tokens; pass a non-empty file")
+    if len(windows) > cfg.samples:
+        order = torch.randperm(len(windows), generator=generator)[: cfg.samples].sort().values
+        windows = [windows[i] for i in order.tolist()]
+    return windows
+
+
+def batches(sequences: list[list[int]], batch_size: int, pad_id: int, padding_side: str
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, attention_mask) batches, padded on ``padding_side`` to the longest sequence."""
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            span = slice(0, len(seq)) if padding_side == "right" else slice(width - len(seq), width)
+            ids[row, span] = torch.tensor(seq)
+            mask[row, span] = 1
+        yield ids, mask

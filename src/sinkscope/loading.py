@@ -1,0 +1,101 @@
+"""Load a model and tokenizer from the hub, a local folder, or an embedded checkpoint name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, adapter_for
+from .config import LoadConfig
+from .errors import SinkscopeError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object | None
+    adapter: Adapter
+    name: str  # hub id, folder or embedded name, as given
+    revision: str | None
+
+
+def resolve_source(name: str) -> str:
+    """An embedded checkpoint name maps to its folder; anything else passes through."""
+    from .models import embedded_path
+
+    path = embedded_path(name)
+    return str(path) if path is not None else name
+
+
+def _read_config(source: str, cfg: LoadConfig):
+    from transformers import AutoConfig
+
+    local = Path(source)
+    if local.exists() and not (local / "config.json").exists():
+        raise SinkscopeError(f"{source} is a folder without config.json; point at a folder written by save_pretrained")
+    try:
+        return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        if local.exists():
+            raise SinkscopeError(f"cannot read the model config in {source}: {str(err).splitlines()[0]}") from None
+        raise SinkscopeError(
+            f"cannot reach '{source}' on the Hugging Face Hub (offline, misspelt or gated); "
+            "download it elsewhere and pass its local folder instead"
+        ) from None
+    except ValueError as err:
+        message = str(err).splitlines()[0]
+        if "trust_remote_code" in message:
+            raise SinkscopeError(f"{source} needs its own modeling code; pass --trust-remote-code if you trust it") from None
+        raise SinkscopeError(f"unsupported or unknown model config in {source}: {message}") from None
+
+
+def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
+    """Load ``name`` (hub id, local folder or embedded checkpoint) for analysis, in eval mode.
+
+    Decoders load with AutoModelForCausalLM, encoders with AutoModel; weights come from
+    safetensors only, and remote code runs only when ``cfg.trust_remote_code`` is set.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from . import train  # noqa: F401  (registers sinkscope's own architectures with the Auto classes)
+
+    cfg = cfg or LoadConfig()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SinkscopeError("--device cuda was asked for but this torch build sees no CUDA device; use --device cpu")
+    source = resolve_source(name)
+    config = _read_config(source, cfg)
+    adapter = adapter_for(config)
+    auto = AutoModelForCausalLM if adapter.causal else AutoModel
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                  dtype=DTYPES[cfg.dtype], attn_implementation="sdpa" if _supports_sdpa(config) else "eager")
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
+    try:
+        model = auto.from_pretrained(source, config=config, **kwargs)
+    except (OSError, EnvironmentError) as err:
+        raise SinkscopeError(f"cannot load weights of {name}: {str(err).splitlines()[0]} "
+                             "(sinkscope loads safetensors only)") from None
+    if not cfg.device_map:
+        model.to(cfg.device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=load_tokenizer(source, cfg), adapter=adapter, name=name,
+                       revision=cfg.revision)
+
+
+def _supports_sdpa(config) -> bool:
+    return getattr(config, "attn_logit_softcapping", None) is None
+
+
+def load_tokenizer(source: str, cfg: LoadConfig):
+    """The model's tokenizer, or None when the folder has none (random tokens still work)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        return None

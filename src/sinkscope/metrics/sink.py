@@ -1,0 +1,100 @@
+"""Sink metrics: pure functions on tensors. Nothing here touches a model.
+
+Conventions: B batch, H query heads, T queries, S keys, P tracked key positions, L layers.
+Attention probabilities are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ONSET_THRESHOLD, SINK_RATE_EPS
+
+
+def softcap_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma2's attention-logit soft-capping, cap * tanh(logits / cap); identity when cap is None."""
+    if softcap is None:
+        return logits
+    return torch.tanh(logits / softcap) * softcap
+
+
+def attention_to_keys(query: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor, visible: torch.Tensor,
+                      scale: float, softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact attention probabilities from every query to a few keys, without the T x S matrix.
+
+    a[b, h, t, p] = exp(logit(q_t, k_p) - lse_t), zero where key p is not visible to query t.
+
+    query:   (B, H, T, D)   after rotary, as the attention function receives it
+    keys:    (B, H, P, D)   the tracked keys, already expanded to query heads
+    lse:     (B, H, T)      per-query log-sum-exp of the (masked, capped) logits
+    visible: (B, 1|H, T, P) bool, whether query t may attend key p
+    bias:    (B, 1|H, T, P) float mask values added to the logits (ALiBi-style or soft masks), optional
+    returns  (B, H, T, P)   float32
+    """
+    logits = torch.einsum("bhtd,bhpd->bhtp", query.float(), keys.float()) * scale
+    logits = softcap_logits(logits, softcap)
+    if bias is not None:
+        logits = logits + bias.float()
+    probs = torch.exp(logits - lse.float().unsqueeze(-1))
+    return torch.where(visible, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+
+
+def sink_score_from_pattern(attn: torch.Tensor, key: int = 0) -> torch.Tensor:
+    """Brute-force sink score of ``key`` from full causal patterns (reference implementation).
+
+    attn: (N, H, T, T) attention probabilities of N sequences with no padding.
+    returns (H,): attention to ``key`` averaged over samples and over the queries that can see
+    a key other than ``key`` (rows t > key for causal patterns; every row but a lone one otherwise).
+    """
+    n_visible = (attn > 0).sum(-1)  # (N, H, T)
+    rows = n_visible > 1
+    col = attn[..., key]  # (N, H, T)
+    return (col * rows).sum((0, 2)) / rows.sum((0, 2)).clamp(min=1)
+
+
+def key_importance_from_pattern(attn: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """Brute-force Gu et al. importance of every key: mean attention over the queries that can see it.
+
+    attn: (N, H, T, T) with no padding. returns (H, T).
+    """
+    T = attn.shape[-1]
+    if causal:
+        seen_by = torch.arange(T, 0, -1, device=attn.device, dtype=attn.dtype)  # key j is seen by T - j queries
+    else:
+        seen_by = torch.full((T,), float(T), device=attn.device, dtype=attn.dtype)
+    return attn.sum(2).mean(0) / seen_by
+
+
+def sink_rate(importance: torch.Tensor, eps: float = SINK_RATE_EPS) -> float:
+    """Gu et al.'s Sink_k^eps in percent: share of (layer, head) whose importance of key k exceeds eps.
+
+    importance: (L, H) mean attention the key receives from the queries that can see it.
+    """
+    return 100.0 * (importance > eps).float().mean().item()
+
+
+def onset_layer(sink_score_per_layer: torch.Tensor, threshold: float = ONSET_THRESHOLD) -> int | None:
+    """First (0-based) layer whose head-mean sink score exceeds ``threshold``; None if no layer does.
+
+    sink_score_per_layer: (L,)
+    """
+    above = (sink_score_per_layer > threshold).nonzero()
+    return int(above[0, 0]) if len(above) else None
+
+
+def uniform_attention_baseline(seq_len: int) -> float:
+    """Mean attention a key would get from causal queries t >= 1 if every query attended uniformly.
+
+    The reference level for a sink score: (1/T-1) * sum_{t=1}^{T-1} 1/(t+1).
+    """
+    if seq_len < 2:
+        return 1.0
+    return sum(1.0 / (t + 1) for t in range(1, seq_len)) / (seq_len - 1)
+
+
+def logsumexp_reference(logits: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp over visible keys; -inf for rows that see nothing. logits, visible: (..., S)."""
+    masked = logits.float().masked_fill(~visible, -math.inf)
+    return torch.logsumexp(masked, dim=-1)

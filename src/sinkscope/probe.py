@@ -1,0 +1,303 @@
+"""``sinkscope probe``: where does the sink form, and how strong is it?
+
+Runs the model over the data once, with the attention routed through sinkscope's capture, and
+reduces the streamed tallies into a :class:`ProbeResult` (the content of ``probe.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, adapter_for, blocks, head_counts
+from .capture.attention import BatchInfo, capture_attention
+from .capture.hidden import HiddenObserver
+from .capture.hooks import scoped_hooks
+from .capture.sink import KeyStatsObserver, SinkObserver
+from .config import DataConfig, ProbeConfig, build
+from .data import batches, load_sequences
+from .errors import SinkscopeError
+from .loading import LoadedModel, load_model
+from .metrics.norms import norm_ratio
+from .metrics.sink import onset_layer, sink_rate, uniform_attention_baseline
+from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
+
+FULL_PATTERN_MAX_LEN = 512  # beyond this a (L, H, T, T) table is too large to be useful in a results file
+
+
+@dataclass
+class ProbeResult:
+    """What ``probe`` found; ``to_dict()`` is exactly the content of ``probe.json``."""
+
+    payload: dict
+    tables: dict[str, dict[str, list]]
+
+    def __getitem__(self, key: str):
+        return self.payload[key]
+
+    @property
+    def sink_score(self) -> list[list[float]]:
+        return self.payload["sink_score"]
+
+    @property
+    def onset_layer(self) -> int | None:
+        return self.payload["onset_layer"]
+
+    @property
+    def sink_rate(self) -> float:
+        return self.payload["sink_rate"]
+
+    def to_dict(self) -> dict:
+        return self.payload
+
+    def save(self, out: str | Path) -> Path:
+        """Write probe.json and one Parquet file per table into folder ``out``, atomically."""
+        out = Path(out)
+        for name, columns in self.tables.items():
+            write_parquet(out / f"{name}.parquet", columns)
+        return write_json(out / "probe.json", self.payload)
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _prepare(model, tokenizer, config: ProbeConfig) -> LoadedModel:
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), config.load)
+    if not isinstance(model, nn.Module):
+        raise SinkscopeError("probe() takes a loaded transformers model or a hub id / folder path")
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, revision=None)
+
+
+def _sequences(data, loaded: LoadedModel, cfg: DataConfig) -> list[list[int]]:
+    config = loaded.model.config
+    vocab = config.vocab_size
+    if data is None or isinstance(data, (str, Path)):
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=str(data))
+        return load_sequences(cfg, loaded.tokenizer, vocab, getattr(config, "bos_token_id", None))
+    if isinstance(data, torch.Tensor):
+        data = data.tolist()
+    if data and all(isinstance(d, str) for d in data):
+        if loaded.tokenizer is None:
+            raise SinkscopeError("texts need a tokenizer: pass tokenizer=... or token ids")
+        from .data import special_tokens
+
+        prefix, suffix = special_tokens(loaded.tokenizer, cfg.bos, getattr(config, "bos_token_id", None))
+        return [prefix + loaded.tokenizer(t, add_special_tokens=False)["input_ids"][: cfg.seq_len - len(prefix) - len(suffix)]
+                + suffix for t in data]
+    if data and all(isinstance(d, (list, tuple)) for d in data):
+        return [list(map(int, d)) for d in data]
+    raise SinkscopeError("data must be a path, a list of texts, a list of token-id lists or an (N, T) tensor")
+
+
+def _check_inputs(sequences: list[list[int]], loaded: LoadedModel, positions: Sequence[int]) -> int:
+    config = loaded.model.config
+    longest = max(len(s) for s in sequences)
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and longest > max_positions:
+        raise SinkscopeError(f"sequences of {longest} tokens exceed this model's {max_positions} positions; "
+                             f"lower --seq-len to at most {max_positions}")
+    shortest = min(len(s) for s in sequences)
+    for p in positions:
+        if p >= shortest or -p > shortest:
+            raise SinkscopeError(f"key position {p} is past the end of a {shortest}-token sequence; "
+                                 f"use a position in [-{shortest}, {shortest - 1}] or longer sequences")
+    vocab = config.vocab_size
+    if any(t < 0 or t >= vocab for s in sequences for t in s):
+        raise SinkscopeError(f"token ids must lie in [0, {vocab}) for this model")
+    return longest
+
+
+def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None, out: str | Path | None = None,
+          progress: bool = False, **overrides) -> ProbeResult:
+    """Measure attention sinks of ``model`` on ``data``; returns the content of probe.json.
+
+    ``model`` is a loaded transformers model (left exactly as it was) or a hub id / local folder /
+    embedded checkpoint name. ``data`` is None (the embedded prompts), a path, a list of texts, a
+    list of token-id lists or an (N, T) tensor. Keyword overrides set fields of
+    :class:`~sinkscope.config.DataConfig` / :class:`~sinkscope.config.CaptureConfig` by name.
+
+    >>> import torch, transformers, sinkscope
+    >>> cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+    >>> model = transformers.AutoModelForCausalLM.from_config(cfg)
+    >>> result = sinkscope.probe(model, torch.randint(0, 64, (4, 16)), chain=False)
+    >>> len(result["sink_score"]), len(result["sink_score"][0]), 0 <= result["sink_rate"] <= 100
+    (2, 4, True)
+    """
+    config = _apply_overrides(config or ProbeConfig(), overrides)
+    loaded = _prepare(model, tokenizer, config)
+    sequences = _sequences(data, loaded, config.data)
+    positions = config.capture.sink_positions
+    if config.capture.sink_positions == (0,):
+        positions = loaded.adapter.candidate_sinks
+    max_len = _check_inputs(sequences, loaded, positions)
+    if config.capture.full_pattern and max_len > FULL_PATTERN_MAX_LEN:
+        raise SinkscopeError(f"--full-pattern is for sequences up to {FULL_PATTERN_MAX_LEN} tokens; "
+                             "drop it (the sink statistics need no T x T matrix)")
+    rank, world = _distributed()
+    tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0)
+    for observer in tallies.values():
+        observer.tally.all_reduce()
+    result = _reduce(loaded, tallies, config, positions, len(sequences), max_len)
+    if out is not None and rank == 0:
+        result.save(out)
+    return result
+
+
+def _apply_overrides(config: ProbeConfig, overrides: dict) -> ProbeConfig:
+    if not overrides:
+        return config
+    values = dataclasses.asdict(config)
+    sections = {f.name for f in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, f.name))}
+    for key, value in overrides.items():
+        for section in sections:
+            if key in values[section]:
+                values[section][key] = value
+                break
+        else:
+            values[key] = value
+    return build(ProbeConfig, values)
+
+
+def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len, progress) -> dict:
+    model, adapter = loaded.model, loaded.adapter
+    n_layers = len(blocks(model, adapter))
+    n_heads, _, _ = head_counts(model.config)
+    observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions),
+                 "hidden": HiddenObserver(n_layers, max_len)}
+    if config.capture.key_importance or config.capture.full_pattern:
+        observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
+                                             config.capture.full_pattern)
+    attention_observers = [o for name, o in observers.items() if name != "hidden"]
+    pad_id = _pad_id(loaded)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), capture_attention(model, adapter, attention_observers, query_chunk=config.capture.query_chunk) as session, \
+                scoped_hooks(forward=observers["hidden"].hooks(model, adapter)):
+            for input_ids, attention_mask in _progress(batches(sequences, config.data.batch_size, pad_id,
+                                                               config.data.padding_side), len(sequences),
+                                                       config.data.batch_size, progress):
+                session.batch = BatchInfo.from_attention_mask(attention_mask.to(device))
+                observers["hidden"].batch = session.batch
+                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+    finally:
+        model.train(was_training)
+    return observers
+
+
+def _pad_id(loaded: LoadedModel) -> int:
+    for source in (loaded.tokenizer, loaded.model.config):
+        pad = getattr(source, "pad_token_id", None)
+        if pad is not None:
+            return int(pad)
+    return 0  # masked out everywhere, so any valid id will do
+
+
+def _progress(iterable, n_sequences: int, batch_size: int, enabled: bool):
+    if not enabled:
+        yield from iterable
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("probing", total=(n_sequences + batch_size - 1) // batch_size)
+        for item in iterable:
+            yield item
+            bar.advance(task)
+
+
+def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions, n_sequences: int,
+            max_len: int) -> ProbeResult:
+    sink, hidden = observers["sink"], observers["hidden"]
+    score = sink.sink_score().float()  # (L, H, P)
+    importance = sink.importance().float()
+    layer_score = score[:, :, 0].mean(1)
+    model_config = loaded.model.config
+    n_heads, n_kv, head_dim = head_counts(model_config)
+    norms = hidden.norm_by_position().float()  # (L, T)
+    onset = onset_layer(layer_score, config.onset_threshold)
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "probe",
+        "provenance": provenance(model=loaded.name, revision=loaded.revision, config=config,
+                                 seed=config.data.seed, dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+                                 device=str(next(loaded.model.parameters()).device),
+                                 model_config=model_config.to_dict()),
+        "model": {"model_type": model_config.model_type, "n_layers": score.shape[0], "n_heads": n_heads,
+                  "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal},
+        "data": {"sequences": n_sequences, "max_len": max_len,
+                 "source": "random-tokens" if config.data.random_tokens else (config.data.data or "embedded-prompts")},
+        "sink_positions": list(positions),
+        "sink_score": score[:, :, 0].tolist(),
+        "sink_score_by_key": {str(p): score[:, :, i].tolist() for i, p in enumerate(positions)},
+        "layer_sink_score": layer_score.tolist(),
+        "importance": importance[:, :, 0].tolist(),
+        "sink_rate": sink_rate(importance[:, :, 0], config.sink_rate_eps),
+        "sink_rate_eps": config.sink_rate_eps,
+        "onset_layer": onset,
+        "onset_threshold": config.onset_threshold,
+        "uniform_baseline": uniform_attention_baseline(max_len),
+        "norm_ratio": norm_ratio(norms[:, : _seen_len(norms)], 0).tolist(),
+        "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
+        "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
+    }
+    return ProbeResult(payload=payload, tables=_tables(sink, hidden, observers.get("keys"), positions))
+
+
+def _seen_len(norm_by_position: torch.Tensor) -> int:
+    seen = (~torch.isnan(norm_by_position[0])).nonzero()
+    return int(seen[-1, 0]) + 1
+
+
+def _tables(sink: SinkObserver, hidden: HiddenObserver, keys: KeyStatsObserver | None, positions) -> dict:
+    by_pos = sink.by_position()  # (L, H, P, T)
+    L, H, P, T = by_pos.shape
+    grid = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(P), torch.arange(T),
+                                      indexing="ij"), -1).reshape(-1, 4)
+    keep = ~torch.isnan(by_pos.reshape(-1))
+    tables = {"attention_by_position": {
+        "layer": grid[keep, 0].tolist(), "head": grid[keep, 1].tolist(),
+        "key": [positions[i] for i in grid[keep, 2].tolist()], "query_position": grid[keep, 3].tolist(),
+        "attention": by_pos.reshape(-1)[keep].tolist(),
+    }}
+    lse = sink.lse_by_position()  # (L, H, T)
+    norms = hidden.norm_by_position()  # (L, T)
+    lh = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(T), indexing="ij"), -1).reshape(-1, 3)
+    keep_lse = ~torch.isnan(lse.reshape(-1))
+    tables["lse_by_position"] = {"layer": lh[keep_lse, 0].tolist(), "head": lh[keep_lse, 1].tolist(),
+                                 "position": lh[keep_lse, 2].tolist(), "lse": lse.reshape(-1)[keep_lse].tolist()}
+    lt = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(T), indexing="ij"), -1).reshape(-1, 2)
+    keep_norm = ~torch.isnan(norms.reshape(-1))
+    tables["hidden_by_position"] = {"layer": lt[keep_norm, 0].tolist(), "position": lt[keep_norm, 1].tolist(),
+                                    "norm": norms.reshape(-1)[keep_norm].tolist()}
+    if keys is not None:
+        imp, eff = keys.key_importance(), keys.effective_tokens()
+        keep_k = ~torch.isnan(imp.reshape(-1))
+        tables["key_importance"] = {"layer": lh[keep_k, 0].tolist(), "head": lh[keep_k, 1].tolist(),
+                                    "key_position": lh[keep_k, 2].tolist(), "importance": imp.reshape(-1)[keep_k].tolist(),
+                                    "effective_tokens": eff.reshape(-1)[keep_k].tolist()}
+        if keys.full_pattern:
+            pattern = keys.pattern()
+            grid4 = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(T), torch.arange(T),
+                                               indexing="ij"), -1).reshape(-1, 4)
+            keep_p = ~torch.isnan(pattern.reshape(-1))
+            tables["attention_pattern"] = {"layer": grid4[keep_p, 0].tolist(), "head": grid4[keep_p, 1].tolist(),
+                                           "query_position": grid4[keep_p, 2].tolist(),
+                                           "key_position": grid4[keep_p, 3].tolist(),
+                                           "attention": pattern.reshape(-1)[keep_p].tolist()}
+    return tables

@@ -1,0 +1,145 @@
+"""Result files: schema version, provenance and atomic writes.
+
+Every file sinkscope writes goes through :func:`write_json` / :func:`write_parquet`, so a crash
+never leaves a half-written result, and every JSON result carries ``schema_version`` and
+``provenance`` so that a report can be regenerated and compared across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SinkscopeError
+
+SCHEMA_VERSION = 1  # bump on any incompatible change to a key listed in docs/results.md
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, tensors, numpy values and paths into plain JSON values."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # torch tensors and numpy arrays/scalars
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON; null keeps the file loadable
+        return None
+    return obj
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    path = Path(path)
+    text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False)
+    _atomic_write_bytes(path, (text + "\n").encode())
+    return path
+
+
+def read_json(path: str | Path, kind: str | None = None) -> dict:
+    """Read a sinkscope result file, refusing files from an incompatible schema."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SinkscopeError(f"{path} does not exist: point at a folder written by sinkscope") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SinkscopeError(f"{path} is not valid JSON ({err}); re-run the command that wrote it") from None
+    version = payload.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SinkscopeError(
+            f"{path} has schema_version {version!r}, this sinkscope reads {SCHEMA_VERSION}; "
+            "re-run the command with this version or install the sinkscope that wrote it"
+        )
+    if kind is not None and payload.get("kind", kind) != kind:
+        raise SinkscopeError(f"{path} holds a {payload.get('kind')!r} result, expected {kind!r}")
+    return payload
+
+
+def write_parquet(path: str | Path, columns: dict[str, list]) -> Path:
+    """Write a table (column name -> values) as Parquet, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pa.table({k: to_jsonable(v) for k, v in columns.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def git_sha() -> str | None:
+    """The sinkscope checkout's commit, with ``-dirty`` when it has local changes; None if not a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def config_hash(config: Any) -> str:
+    """Short stable hash of a config (dataclass or dict), for telling runs apart."""
+    text = json.dumps(to_jsonable(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def provenance(*, model: str | None = None, revision: str | None = None, config: Any = None,
+               seed: int | None = None, dtype: str | None = None, device: str | None = None,
+               model_config: dict | None = None) -> dict:
+    """Everything needed to say where a result came from and to reproduce it."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "model": model,
+        "revision": revision,
+        "model_config_hash": config_hash(model_config) if model_config is not None else None,
+        "config": to_jsonable(config),
+        "config_hash": config_hash(config) if config is not None else None,
+        "seed": seed,
+        "dtype": dtype,
+        "device": device,
+        "versions": {
+            "sinkscope": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "git_sha": git_sha(),
+    }

@@ -1,0 +1,1 @@
+"""Pretraining small models with head-wise RMSNorm and the rival sink fixes."""
