@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import Adapter, adapter_for, blocks, head_counts
-from .capture.attention import BatchInfo, capture_attention
+from .adapters import adapter_for, blocks, head_counts
 from .capture.hidden import HiddenObserver
-from .capture.hooks import scoped_hooks
+from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
 from .config import DataConfig, ProbeConfig, build
-from .data import batches, load_sequences
+from .data import load_sequences
 from .errors import SinkscopeError
 from .loading import LoadedModel, load_model
 from .metrics.norms import norm_ratio
@@ -181,44 +180,11 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     if config.capture.key_importance or config.capture.full_pattern:
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
                                              config.capture.full_pattern)
-    attention_observers = [o for name, o in observers.items() if name != "hidden"]
-    pad_id = _pad_id(loaded)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_attention(model, adapter, attention_observers, query_chunk=config.capture.query_chunk) as session, \
-                scoped_hooks(forward=observers["hidden"].hooks(model, adapter)):
-            for input_ids, attention_mask in _progress(batches(sequences, config.data.batch_size, pad_id,
-                                                               config.data.padding_side), len(sequences),
-                                                       config.data.batch_size, progress):
-                session.batch = BatchInfo.from_attention_mask(attention_mask.to(device))
-                observers["hidden"].batch = session.batch
-                model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-    finally:
-        model.train(was_training)
+    sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
+                  forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
+    run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
+              padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers
-
-
-def _pad_id(loaded: LoadedModel) -> int:
-    for source in (loaded.tokenizer, loaded.model.config):
-        pad = getattr(source, "pad_token_id", None)
-        if pad is not None:
-            return int(pad)
-    return 0  # masked out everywhere, so any valid id will do
-
-
-def _progress(iterable, n_sequences: int, batch_size: int, enabled: bool):
-    if not enabled:
-        yield from iterable
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("probing", total=(n_sequences + batch_size - 1) // batch_size)
-        for item in iterable:
-            yield item
-            bar.advance(task)
 
 
 def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions, n_sequences: int,

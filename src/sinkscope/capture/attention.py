@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..adapters import Adapter, blocks, get_path
-from ..metrics.sink import logsumexp_reference, softcap_logits
+from ..metrics.sink import softcap_logits
 
 ATTENTION_NAME = "sinkscope"
 
@@ -73,7 +73,9 @@ class AttentionCall:
     scale: float
     softcap: float | None
     batch: BatchInfo | None
-    lse: torch.Tensor | None = None
+    sink_logit: torch.Tensor | None = None  # (H,) logit of a virtual extra key with a zero value (softmax1, learned sink)
+    sigmoid_bias: float | None = None  # sigmoid attention: weights sigmoid(logit + bias), no normalisation
+    lse: torch.Tensor | None = None  # for sigmoid attention: log of each query's total attention mass
     output: torch.Tensor | None = None
 
     def visible_block(self, t0: int, t1: int, cols: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,9 +116,11 @@ class AttentionCall:
         return logits.masked_fill(~self.visible_block(t0, t1), -math.inf)
 
     def probs_block(self, t0: int, t1: int) -> torch.Tensor:
-        """Exact float32 attention probabilities of queries t0:t1: (B, H, C, S); rows that see nothing are 0."""
-        probs = torch.exp(self.logits_block(t0, t1) - self.lse[:, :, t0:t1, None])
-        return torch.nan_to_num(probs, nan=0.0)
+        """Exact float32 attention weights of queries t0:t1 to every key: (B, H, C, S); 0 where hidden."""
+        logits = self.logits_block(t0, t1)
+        if self.sigmoid_bias is not None:
+            return torch.sigmoid(logits + self.sigmoid_bias)
+        return torch.nan_to_num(torch.exp(logits - self.lse[:, :, t0:t1, None]), nan=0.0)
 
     def visible_counts(self) -> torch.Tensor:
         """Number of keys each query may attend: (B, 1|H, T) long."""
@@ -167,7 +171,7 @@ def _split_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.T
 
 def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Output (B, H, T, Dv) and float32 lse (B, H, T) from a fused SDPA kernel, or None if none applies."""
-    if call.softcap is not None or call.bias is not None:
+    if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:
         return None
     q, k, v = call.query, call.key, call.value
     is_causal = call.visible is None and call.causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
@@ -195,17 +199,31 @@ def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] |
 
 
 def _chunked_attention(call: AttentionCall, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention in query chunks, mirroring eager (softmax in float32, cast, then @ V)."""
+    """Exact attention in query chunks, mirroring eager (weights in float32, cast, then @ V)."""
     T = call.query.shape[2]
     outs, lses = [], []
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         logits = call.logits_block(t0, t1)
-        lse = logsumexp_reference(logits, torch.ones_like(logits, dtype=torch.bool))
-        probs = torch.nan_to_num(torch.exp(logits - lse[..., None]), nan=0.0)
+        if call.sigmoid_bias is not None:
+            probs = torch.sigmoid(logits + call.sigmoid_bias)
+            lse = torch.log(probs.sum(-1))
+        else:
+            lse = torch.logsumexp(logits, dim=-1)
+            probs = torch.nan_to_num(torch.exp(logits - lse[..., None]), nan=0.0)
         outs.append(torch.matmul(probs.to(call.value.dtype), call.value))
         lses.append(lse)
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def _add_virtual_sink(output: torch.Tensor, lse: torch.Tensor, sink_logit: torch.Tensor):
+    """Fold a virtual key with logit s_h and a zero value into softmax attention over the real keys.
+
+    Its share of the softmax shrinks every real weight by exp(lse - logaddexp(lse, s_h)).
+    """
+    sink = sink_logit.float().view(1, -1, 1)  # (1, H, 1)
+    total = torch.logaddexp(lse, sink)
+    return output * torch.exp(lse - total).unsqueeze(-1).to(output.dtype), total
 
 
 def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -223,6 +241,7 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         causal=is_causal if is_causal is not None else getattr(module, "is_causal", True),
         scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
         softcap=softcap, batch=session.batch if session else None,
+        sink_logit=kwargs.get("sink_logit"), sigmoid_bias=kwargs.get("sigmoid_bias"),
     )
     for editor in session.mask_editors if session else ():
         edited = editor(call)
@@ -231,6 +250,8 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     fused = _fused_attention(call)
     chunk = session.query_chunk if session else 1024
     call.output, call.lse = fused if fused is not None else _chunked_attention(call, chunk)
+    if call.sink_logit is not None and call.sigmoid_bias is None:
+        call.output, call.lse = _add_virtual_sink(call.output, call.lse, call.sink_logit)
     for observer in session.observers if session else ():
         observer.observe(call)
     return call.output.transpose(1, 2).contiguous(), None

@@ -67,7 +67,7 @@ class SinkObserver:
         T = call.query.shape[2]
         visible = call.visible_block(0, T, cols) & batch.valid[:, None, :, None]  # (B, 1|H, T, P)
         attn = attention_to_keys(call.query, keys, call.lse, visible, call.scale, call.softcap,
-                                 call.bias_block(0, T, cols))  # (B, H, T, P)
+                                 call.bias_block(0, T, cols), call.sigmoid_bias)  # (B, H, T, P)
         not_alone = (call.visible_counts() > 1)[..., None]  # (B, 1|H, T, 1)
         scored = visible & not_alone
         t = self.tally

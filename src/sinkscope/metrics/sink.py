@@ -6,8 +6,6 @@ Attention probabilities are always computed in float32.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..config import ONSET_THRESHOLD, SINK_RATE_EPS
@@ -21,10 +19,12 @@ def softcap_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 
 def attention_to_keys(query: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor, visible: torch.Tensor,
-                      scale: float, softcap: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+                      scale: float, softcap: float | None = None, bias: torch.Tensor | None = None,
+                      sigmoid_bias: float | None = None) -> torch.Tensor:
     """Exact attention probabilities from every query to a few keys, without the T x S matrix.
 
     a[b, h, t, p] = exp(logit(q_t, k_p) - lse_t), zero where key p is not visible to query t.
+    For sigmoid attention (``sigmoid_bias`` set) a = sigmoid(logit + sigmoid_bias) and lse is unused.
 
     query:   (B, H, T, D)   after rotary, as the attention function receives it
     keys:    (B, H, P, D)   the tracked keys, already expanded to query heads
@@ -37,7 +37,10 @@ def attention_to_keys(query: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor
     logits = softcap_logits(logits, softcap)
     if bias is not None:
         logits = logits + bias.float()
-    probs = torch.exp(logits - lse.float().unsqueeze(-1))
+    if sigmoid_bias is not None:
+        probs = torch.sigmoid(logits + sigmoid_bias)
+    else:
+        probs = torch.exp(logits - lse.float().unsqueeze(-1))
     return torch.where(visible, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
 
 
@@ -92,9 +95,3 @@ def uniform_attention_baseline(seq_len: int) -> float:
     if seq_len < 2:
         return 1.0
     return sum(1.0 / (t + 1) for t in range(1, seq_len)) / (seq_len - 1)
-
-
-def logsumexp_reference(logits: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """log-sum-exp over visible keys; -inf for rows that see nothing. logits, visible: (..., S)."""
-    masked = logits.float().masked_fill(~visible, -math.inf)
-    return torch.logsumexp(masked, dim=-1)

@@ -1,0 +1,74 @@
+"""One instrumented sweep of a model over token sequences, shared by probe and intervene.
+
+A :class:`Sweep` lists what to observe (attention observers, forward hooks) and what to change
+(mask editors, hooks that return replacements); :func:`run_sweep` applies them only for the
+duration of the sweep, under ``no_grad`` and in eval mode, and leaves the model as it found it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import batches
+from .attention import BatchInfo, capture_attention
+from .hooks import scoped_hooks
+
+
+@dataclass
+class Sweep:
+    attention_observers: list = field(default_factory=list)
+    mask_editors: list = field(default_factory=list)
+    forward_hooks: list = field(default_factory=list)  # (module, hook(module, args, output))
+    forward_pre_hooks: list = field(default_factory=list)  # (module, hook(module, args))
+    batch_listeners: list = field(default_factory=list)  # objects whose ``.batch`` is set before each forward
+    on_logits: Callable[[BatchInfo, torch.Tensor, torch.Tensor], None] | None = None  # (batch, input_ids, logits)
+
+
+def pad_id(tokenizer, config) -> int:
+    for source in (tokenizer, config):
+        pad = getattr(source, "pad_token_id", None)
+        if pad is not None:
+            return int(pad)
+    return 0  # masked out everywhere, so any valid id will do
+
+
+def _progress(iterable, total: int, enabled: bool, label: str):
+    if not enabled:
+        yield from iterable
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        for item in iterable:
+            yield item
+            bar.advance(task)
+
+
+def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Sweep, *, batch_size: int = 8,
+              padding_side: str = "right", query_chunk: int = 1024, progress: bool = False,
+              label: str = "probing") -> None:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    pad = pad_id(tokenizer, model.config)
+    n_batches = (len(sequences) + batch_size - 1) // batch_size
+    try:
+        with torch.no_grad(), \
+                capture_attention(model, adapter, sweep.attention_observers, sweep.mask_editors,
+                                  query_chunk=query_chunk) as session, \
+                scoped_hooks(forward=sweep.forward_hooks, forward_pre=sweep.forward_pre_hooks):
+            for input_ids, attention_mask in _progress(batches(sequences, batch_size, pad, padding_side),
+                                                       n_batches, progress, label):
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                session.batch = BatchInfo.from_attention_mask(attention_mask)
+                for listener in sweep.batch_listeners:
+                    listener.batch = session.batch
+                output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                if sweep.on_logits is not None:
+                    sweep.on_logits(session.batch, input_ids, output.logits)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,133 @@
+"""Tiny random-weight models of every supported family, for tests and examples.
+
+Each builder returns a config small enough for a CPU test (hidden 32, 2 layers, a few heads) that
+still exercises what makes its family different: grouped- or multi-query attention, a sliding
+window shorter than the test sequences, soft-capped logits, partial rotary, learned absolute
+positions, or a bidirectional encoder. Weights are drawn with a larger init than the families'
+defaults (``INIT_STD``) so that attention patterns are far from uniform and soft-capping bites.
+
+>>> from sinkscope.testing import FAMILIES, tiny_model
+>>> model = tiny_model("llama")
+>>> sorted(FAMILIES) == sorted(__import__("sinkscope").adapters.supported_model_types())
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import transformers
+
+VOCAB = 96  # small vocabulary: embeddings stay cheap and random tokens repeat
+MAX_POSITIONS = 64  # small, so "seq-len past the model's maximum" is easy to hit
+SLIDING_WINDOW = 5  # shorter than the sequences the tests use
+SOFTCAP = 1.5  # gemma2 attention-logit cap, low enough that tanh visibly bends the logits
+INIT_STD = 0.25  # larger than the families' defaults (0.02): peaked attention, non-trivial sinks
+
+
+def _decoder_common(**extra) -> dict:
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_STD,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    common.update(extra)
+    return common
+
+
+def _llama():  # grouped-query: 4 query heads share 2 key/value heads
+    return transformers.LlamaConfig(**_decoder_common(num_key_value_heads=2))
+
+
+def _mistral():  # sliding window shorter than the sequence on every layer
+    return transformers.MistralConfig(**_decoder_common(num_key_value_heads=2, sliding_window=SLIDING_WINDOW))
+
+
+def _qwen2():  # multi-query: one key/value head
+    return transformers.Qwen2Config(**_decoder_common(num_key_value_heads=1))
+
+
+def _qwen3():  # q/k RMSNorm, explicit head_dim different from hidden / heads
+    return transformers.Qwen3Config(**_decoder_common(num_key_value_heads=2, head_dim=16))
+
+
+def _gemma():  # multi-query, explicit head_dim, embeddings scaled by sqrt(d)
+    return transformers.GemmaConfig(**_decoder_common(num_key_value_heads=1, head_dim=8))
+
+
+def _gemma2():  # alternating sliding-window layers, soft-capped attention logits, query_pre_attn_scalar
+    return transformers.Gemma2Config(**_decoder_common(
+        num_key_value_heads=2, head_dim=8, sliding_window=SLIDING_WINDOW, attn_logit_softcapping=SOFTCAP,
+        final_logit_softcapping=30.0, query_pre_attn_scalar=16))
+
+
+def _phi3():  # fused qkv, partial rotary
+    return transformers.Phi3Config(**_decoder_common(num_key_value_heads=2, partial_rotary_factor=0.5,
+                                                     original_max_position_embeddings=MAX_POSITIONS))
+
+
+def _gpt2():  # learned absolute positions, Conv1D weights
+    return transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=MAX_POSITIONS,
+                                   initializer_range=INIT_STD, bos_token_id=1, eos_token_id=2)
+
+
+def _gpt_neox():  # per-head fused qkv, partial rotary (a quarter of each head)
+    return transformers.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, max_position_embeddings=MAX_POSITIONS,
+                                      partial_rotary_factor=0.25, initializer_range=INIT_STD,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def _opt():  # learned absolute positions offset by 2
+    return transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=MAX_POSITIONS,
+                                  word_embed_proj_dim=32, init_std=INIT_STD, pad_token_id=0, bos_token_id=1,
+                                  eos_token_id=2, dropout=0.0, attention_dropout=0.0)
+
+
+def _bert():  # bidirectional post-LN encoder
+    return transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=MAX_POSITIONS,
+                                   initializer_range=INIT_STD, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0, pad_token_id=0)
+
+
+FAMILIES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
+    "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma": _gemma,
+    "gemma2": _gemma2, "phi3": _phi3, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "opt": _opt, "bert": _bert,
+}
+ENCODERS = frozenset({"bert"})
+
+
+def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
+    """The tiny config of ``family`` with ``overrides`` applied as attributes."""
+    config = FAMILIES[family]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def default_attention(config) -> str:
+    """What the model normally runs with: SDPA, except soft-capped models, which HF runs eagerly."""
+    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else "sdpa"
+
+
+def tiny_model(family: str, attn_implementation: str | None = None, seed: int = 0,
+               dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
+    """A random-weight tiny model of ``family`` in eval mode (AutoModel for encoders, else CausalLM)."""
+    config = tiny_config(family, **overrides)
+    attn_implementation = attn_implementation or default_attention(config)
+    auto = transformers.AutoModel if family in ENCODERS else transformers.AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = auto.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.to(dtype).eval()
+
+
+def twin(model: torch.nn.Module, attn_implementation: str = "eager") -> torch.nn.Module:
+    """A copy of ``model`` with the same weights and another attention implementation."""
+    family = model.config.model_type
+    auto = transformers.AutoModel if family in ENCODERS else transformers.AutoModelForCausalLM
+    config = copy.deepcopy(model.config)  # from_config writes the implementation into the config it gets
+    other = auto.from_config(config, attn_implementation=attn_implementation, dtype=model.dtype)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
