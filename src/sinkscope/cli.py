@@ -98,10 +98,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and one-line errors replace the libraries' chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     command: Command = args._command
+    _quiet_libraries()
     try:
         config = config_from_args(command.config, args) if command.config is not None else None
         code = command.run(args, config)

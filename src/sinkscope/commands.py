@@ -6,6 +6,7 @@ import argparse
 
 from .cli import Command
 from .config import ProbeConfig
+from .intervene import EXPERIMENTS, InterveneConfig
 
 
 def _console():
@@ -40,6 +41,34 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
     return 0
 
 
+def run_intervene(args: argparse.Namespace, config: InterveneConfig) -> int:
+    from rich.table import Table
+
+    from .intervene import intervene
+
+    payload = intervene(args.model, args.kind, config, out=config.out, progress=True)
+    console = _console()
+    if "per_layer" in payload:
+        table = Table(title=f"{args.kind}: sink score of the target, before -> after")
+        for column in ("layer", "before", "after"):
+            table.add_column(column, justify="right")
+        for row in payload["per_layer"]:
+            table.add_row(str(row["layer"]), f"{row['sink_score_before']:.3f}", f"{row['sink_score_after']:.3f}")
+        console.print(table)
+    if args.kind == "amplify":
+        table = Table(title=f"amplify: sink score of token {payload['position']} at layer {payload['observe']}")
+        for column in ("lambda", "amplified", "95% CI", "norm-only control"):
+            table.add_column(column, justify="right")
+        control = payload["control_sink_score"] or [None] * len(payload["lambdas"])
+        for lam, score, ci, ctrl in zip(payload["lambdas"], payload["sink_score"], payload["sink_score_ci"], control):
+            table.add_row(f"{lam:g}", f"{score:.3f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]", "-" if ctrl is None else f"{ctrl:.3f}")
+        console.print(table)
+    console.print(payload["verdict"])
+    if config.out:
+        console.print(f"results: {config.out}/intervene.json")
+    return 0
+
+
 def run_models(args: argparse.Namespace, config) -> int:
     from rich.table import Table
 
@@ -66,6 +95,9 @@ def run_models(args: argparse.Namespace, config) -> int:
 COMMANDS = [
     Command("probe", "measure sink score, sink rate and onset per layer and head", ProbeConfig, run_probe,
             positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
+    Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate)", InterveneConfig,
+            run_intervene, positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
+                                        ("kind", {"choices": sorted(EXPERIMENTS), "help": "which experiment"}))),
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
             positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
 ]

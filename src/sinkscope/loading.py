@@ -99,3 +99,13 @@ def load_tokenizer(source: str, cfg: LoadConfig):
         return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def prepare_model(model, tokenizer, cfg: LoadConfig) -> LoadedModel:
+    """Accept a loaded transformers model (used as is) or a name/path (loaded with ``cfg``)."""
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), cfg)
+    if not isinstance(model, nn.Module):
+        raise SinkscopeError("pass a loaded transformers model or a hub id / folder path")
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, revision=None)

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .adapters import adapter_for, blocks, head_counts
+from .adapters import blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
 from .errors import SinkscopeError
-from .loading import LoadedModel, load_model
+from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.sink import onset_layer, sink_rate, uniform_attention_baseline
 from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
@@ -68,15 +67,6 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _prepare(model, tokenizer, config: ProbeConfig) -> LoadedModel:
-    if isinstance(model, (str, Path)):
-        return load_model(str(model), config.load)
-    if not isinstance(model, nn.Module):
-        raise SinkscopeError("probe() takes a loaded transformers model or a hub id / folder path")
-    name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, revision=None)
 
 
 def _sequences(data, loaded: LoadedModel, cfg: DataConfig) -> list[list[int]]:
@@ -137,7 +127,7 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     (2, 4, True)
     """
     config = _apply_overrides(config or ProbeConfig(), overrides)
-    loaded = _prepare(model, tokenizer, config)
+    loaded = prepare_model(model, tokenizer, config.load)
     sequences = _sequences(data, loaded, config.data)
     positions = config.capture.sink_positions
     if config.capture.sink_positions == (0,):

@@ -1,6 +1,6 @@
 """Model-family adapters: where each family keeps its attention, MLP and norms."""
 
-from . import bert, gemma, gemma2, gpt2, gpt_neox, llama, mistral, opt, phi3, qwen2, qwen3  # noqa: F401  (registers)
+from . import bert, gemma, gemma2, gpt2, gpt_neox, llama, mistral, opt, phi3, qwen2, qwen3, sinkscope  # noqa: F401  (registers)
 from .base import (
     Adapter,
     adapter_for,

@@ -45,6 +45,7 @@ class Adapter:
     embed: str | None = None  # token embedding, from the base model
     causal: bool = True  # False for bidirectional encoders
     conv1d: bool = False  # gpt2's Conv1D stores weights as (in, out) instead of nn.Linear's (out, in)
+    pre_norm: bool = True  # attn_norm reads the residual stream entering the block; False for post-LN encoders
     candidate_sinks: tuple[int, ...] = (0,)  # key positions tracked by default; negative counts from the last real token
     extra: dict = field(default_factory=dict)  # family-specific notes, kept out of the shared fields
 

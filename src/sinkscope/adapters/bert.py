@@ -8,5 +8,5 @@ register_adapter(Adapter(
     o_proj="attention.output.dense",
     mlp_up="intermediate.dense", mlp_down="output.dense",
     attn_norm="attention.output.LayerNorm", mlp_norm="output.LayerNorm",
-    embed="embeddings.word_embeddings", causal=False, candidate_sinks=(0, -1),
+    embed="embeddings.word_embeddings", causal=False, pre_norm=False, candidate_sinks=(0, -1),
 ))

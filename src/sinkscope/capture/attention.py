@@ -75,11 +75,24 @@ class AttentionCall:
     batch: BatchInfo | None
     sink_logit: torch.Tensor | None = None  # (H,) logit of a virtual extra key with a zero value (softmax1, learned sink)
     sigmoid_bias: float | None = None  # sigmoid attention: weights sigmoid(logit + bias), no normalisation
+    isolated: torch.Tensor | None = None  # (B,) query index that may attend only to itself (-1: none); set by editors
     lse: torch.Tensor | None = None  # for sigmoid attention: log of each query's total attention mass
     output: torch.Tensor | None = None
 
     def visible_block(self, t0: int, t1: int, cols: torch.Tensor | None = None) -> torch.Tensor:
         """Bool visibility of queries t0:t1 to keys ``cols`` (B, P) or to all keys. (B, 1|H, C, P|S)."""
+        block = self._mask_block(t0, t1, cols)
+        if self.isolated is None:
+            return block
+        device = self.query.device
+        rows = torch.arange(t0, t1, device=device)  # (C,)
+        keys = torch.arange(self.key.shape[2], device=device)[None, :].expand(len(self.isolated), -1) \
+            if cols is None else cols  # (B, K)
+        is_row = rows[None, :] == self.isolated[:, None]  # (B, C)
+        only_self = keys[:, None, :] == rows[None, :, None]  # (B, C, K)
+        return torch.where(is_row[:, None, :, None], only_self[:, None], block)
+
+    def _mask_block(self, t0: int, t1: int, cols: torch.Tensor | None) -> torch.Tensor:
         B, _, T, _ = self.query.shape
         S = self.key.shape[2]
         device = self.query.device
@@ -124,6 +137,13 @@ class AttentionCall:
 
     def visible_counts(self) -> torch.Tensor:
         """Number of keys each query may attend: (B, 1|H, T) long."""
+        counts = self._mask_counts()
+        if self.isolated is None:
+            return counts
+        rows = torch.arange(counts.shape[-1], device=counts.device)
+        return torch.where(rows[None, None] == self.isolated[:, None, None], 1, counts)
+
+    def _mask_counts(self) -> torch.Tensor:
         B, _, T, _ = self.query.shape
         S = self.key.shape[2]
         if self.visible is not None:
@@ -138,7 +158,7 @@ class AttentionObserver(Protocol):
     def observe(self, call: AttentionCall) -> None: ...
 
 
-MaskEditor = Callable[[AttentionCall], torch.Tensor | None]
+MaskEditor = Callable[[AttentionCall], None]  # edits call.visible / call.isolated in place, before attention runs
 
 
 class _Session:
@@ -198,6 +218,25 @@ def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] |
     return out, lse.float()
 
 
+def _isolate_rows(call: AttentionCall, output: torch.Tensor, lse: torch.Tensor):
+    """Patch the fused result where a query attends only to itself: output = its value, lse = its own logit.
+
+    Exact and O(B*H*D): the rest of the pattern is untouched by the edit.
+    """
+    rows = call.isolated.clamp(min=0)
+    has = (call.isolated >= 0).view(-1, 1, 1)  # (B, 1, 1)
+    b = torch.arange(len(rows), device=rows.device)
+    q = call.query[b, :, rows].float()  # (B, H, D)
+    k = call.key[b, :, rows].float()
+    own_logit = softcap_logits((q * k).sum(-1) * call.scale, call.softcap)  # (B, H)
+    if call.bias is not None:
+        own_logit = own_logit + call.bias[b, :, rows, rows].float()
+    output, lse = output.clone(), lse.clone()
+    output[b, :, rows] = torch.where(has, call.value[b, :, rows], output[b, :, rows])
+    lse[b, :, rows] = torch.where(has[..., 0], own_logit, lse[b, :, rows])
+    return output, lse
+
+
 def _chunked_attention(call: AttentionCall, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact attention in query chunks, mirroring eager (weights in float32, cast, then @ V)."""
     T = call.query.shape[2]
@@ -244,10 +283,10 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         sink_logit=kwargs.get("sink_logit"), sigmoid_bias=kwargs.get("sigmoid_bias"),
     )
     for editor in session.mask_editors if session else ():
-        edited = editor(call)
-        if edited is not None:
-            call.visible = edited
+        editor(call)
     fused = _fused_attention(call)
+    if fused is not None and call.isolated is not None:
+        fused = _isolate_rows(call, *fused)
     chunk = session.query_chunk if session else 1024
     call.output, call.lse = fused if fused is not None else _chunked_attention(call, chunk)
     if call.sink_logit is not None and call.sigmoid_bias is None:

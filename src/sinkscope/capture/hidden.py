@@ -15,21 +15,22 @@ from .reducers import Tally, scatter_by_position
 
 
 class HiddenObserver:
-    """Per layer (block output) and position: L2 norm; per layer: the sink token's DomRatio and max |x|.
+    """Per layer (block output) and position: L2 norm; per layer: tracked tokens' DomRatio and max |x|.
 
-    Tallies: norm_sum (L, T) / count (L, T); sink_dom_ratio_sum (L) / sink_count (L);
-    max_abs (L) over all real tokens.
+    Tallies: norm_sum (L, T) / count (L, T); dom_ratio_sum (L, P) / dom_count (L) for the tracked
+    positions (counted from the first real token; the first is the sink); max_abs (L) over real tokens.
     """
 
-    def __init__(self, n_layers: int, max_len: int):
+    def __init__(self, n_layers: int, max_len: int, positions: tuple[int, ...] = (0,)):
         self.max_len = max_len
+        self.positions = positions
         self.batch: BatchInfo | None = None
         self.tally = Tally()
         t = self.tally
         t.zeros("norm_sum", n_layers, max_len)
         t.zeros("count", n_layers, max_len)
-        t.zeros("sink_dom_ratio_sum", n_layers)
-        t.zeros("sink_count", n_layers)
+        t.zeros("dom_ratio_sum", n_layers, len(positions))
+        t.zeros("dom_count", n_layers)
         t.zeros("max_abs", n_layers)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> list[tuple[nn.Module, object]]:
@@ -53,9 +54,10 @@ class HiddenObserver:
         t = self.tally
         t.add("norm_sum", (layer,), scatter_by_position(token_norms(hidden), rel, valid, self.max_len))
         t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
-        sink = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.first]  # (B, D)
-        t.add("sink_dom_ratio_sum", (layer,), dominance_ratio(sink).sum())
-        t.add("sink_count", (layer,), torch.tensor(float(sink.shape[0])))
+        cols = batch.absolute(self.positions)  # (B, P)
+        tracked = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, P, D)
+        t.add("dom_ratio_sum", (layer,), dominance_ratio(tracked).sum(0))
+        t.add("dom_count", (layer,), torch.tensor(float(hidden.shape[0])))
         t.add("max_abs", (layer,), hidden.float().abs().amax(-1).masked_fill(~valid, 0).amax())
 
     def norm_by_position(self) -> torch.Tensor:
@@ -63,6 +65,10 @@ class HiddenObserver:
         count = self.tally["count"]
         return self.tally["norm_sum"] / count.where(count > 0, torch.nan)
 
+    def dom_ratio(self) -> torch.Tensor:
+        """(L, P) mean DomRatio of each tracked token's hidden state."""
+        return self.tally["dom_ratio_sum"] / self.tally["dom_count"].clamp(min=1)[:, None]
+
     def sink_dom_ratio(self) -> torch.Tensor:
-        """(L,) mean DomRatio of the first real token's hidden state."""
-        return self.tally["sink_dom_ratio_sum"] / self.tally["sink_count"].clamp(min=1)
+        """(L,) mean DomRatio of the first tracked token (the sink) hidden state."""
+        return self.dom_ratio()[:, 0]

@@ -7,6 +7,7 @@ duration of the sweep, under ``no_grad`` and in eval mode, and leaves the model 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,8 +53,9 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
               padding_side: str = "right", query_chunk: int = 1024, progress: bool = False,
               label: str = "probing") -> None:
     device = next(model.parameters()).device
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # restored one by one: flags may be mixed
     model.eval()
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
     pad = pad_id(tokenizer, model.config)
     n_batches = (len(sequences) + batch_size - 1) // batch_size
     try:
@@ -67,8 +69,12 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
                 session.batch = BatchInfo.from_attention_mask(attention_mask)
                 for listener in sweep.batch_listeners:
                     listener.batch = session.batch
-                output = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                inputs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                if takes_positions:  # count from the first real token, so left padding shifts nothing
+                    inputs["position_ids"] = (attention_mask.cumsum(1) - 1).clamp(min=0)
+                output = model(**inputs)
                 if sweep.on_logits is not None:
                     sweep.on_logits(session.batch, input_ids, output.logits)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training

@@ -39,11 +39,16 @@ class SinkObserver:
       importance_sum (L, H, P) / importance_count (L, P): from every real query that sees p
           (Gu et al.'s importance, used by the sink rate);
       by_position_sum (L, H, P, T) / by_position_count (L, P, T): the same per query position;
-      lse_sum (L, H, T) / position_count (T): per-query log-sum-exp by position.
+      lse_sum (L, H, T) / position_count (T): per-query log-sum-exp by position;
+      after_sum (L, H, P) / after_count (L, P): attention to key p from the real queries strictly
+          after it (the target-position score used by interventions).
+    With ``per_sequence``, also keeps each sequence's head-mean "after" score, for confidence intervals.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, max_len: int, positions: Sequence[int] = (0,)):
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, positions: Sequence[int] = (0,),
+                 per_sequence: bool = False):
         self.positions = tuple(positions)
+        self.per_sequence: list[list[torch.Tensor]] | None = [[] for _ in range(n_layers)] if per_sequence else None
         P = len(self.positions)
         self.tally = Tally()
         t = self.tally
@@ -55,6 +60,8 @@ class SinkObserver:
         t.zeros("by_position_count", n_layers, P, max_len)
         t.zeros("lse_sum", n_layers, n_heads, max_len)
         t.zeros("position_count", n_layers, max_len)
+        t.zeros("after_sum", n_layers, n_heads, P)
+        t.zeros("after_count", n_layers, P, dtype=torch.int64)
         self.max_len = max_len
 
     def observe(self, call: AttentionCall) -> None:
@@ -75,6 +82,13 @@ class SinkObserver:
         t.add("score_count", (layer,), scored[:, 0].sum((0, 1)))
         t.add("importance_sum", (layer,), attn.sum((0, 2)))
         t.add("importance_count", (layer,), visible[:, 0].sum((0, 1)))
+        after = visible & (torch.arange(T, device=cols.device)[None, None, :, None] > cols[:, None, None, :])
+        after_attn = attn * after  # (B, H, T, P)
+        t.add("after_sum", (layer,), after_attn.sum((0, 2)))
+        t.add("after_count", (layer,), after[:, 0].sum((0, 1)))
+        if self.per_sequence is not None:
+            per_seq = after_attn.mean(1).sum(1) / after[:, 0].sum(1).clamp(min=1)  # (B, P) head-mean
+            self.per_sequence[layer].append(per_seq.double().cpu())
         rel = relative_positions(call)
         valid = batch.valid
         per_pos = attn.permute(1, 3, 0, 2)  # (H, P, B, T)
@@ -88,6 +102,14 @@ class SinkObserver:
     def sink_score(self) -> torch.Tensor:
         """(L, H, P) mean attention to each tracked key."""
         return self.tally["score_sum"] / self.tally["score_count"][:, None, :].clamp(min=1)
+
+    def score_after(self) -> torch.Tensor:
+        """(L, H, P) mean attention to each tracked key from the queries strictly after it."""
+        return self.tally["after_sum"] / self.tally["after_count"][:, None, :].clamp(min=1)
+
+    def per_sequence_after(self) -> torch.Tensor:
+        """(N, L, P) each sequence's head-mean attention to each tracked key from the queries after it."""
+        return torch.stack([torch.cat(rows) for rows in self.per_sequence], dim=1)
 
     def importance(self) -> torch.Tensor:
         """(L, H, P) Gu et al.'s importance of each tracked key."""

@@ -23,3 +23,18 @@ def effective_rank(matrix: torch.Tensor) -> torch.Tensor:
     p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     entropy = -(p * torch.log(p.clamp_min(torch.finfo(torch.float32).tiny))).sum(-1)
     return torch.exp(entropy)
+
+
+def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float) -> torch.Tensor:
+    """Massive activations (Sun et al. 2024): |x| > abs_threshold and > rel_threshold x the median |x|.
+
+    hidden: (..., D) -> bool (..., D); the median is over each token's own D dims.
+    """
+    mags = hidden.float().abs()
+    median = mags.median(-1, keepdim=True).values
+    return (mags > abs_threshold) & (mags > rel_threshold * median)
+
+
+def log_bins(top: float, n_bins: int) -> torch.Tensor:
+    """n_bins + 1 log-spaced edges from 1 to ``top``, for histograms of DomRatio (which lies in [1, D])."""
+    return torch.logspace(0.0, float(torch.log10(torch.tensor(max(top, 1.0 + 1e-6)))), n_bins + 1, dtype=torch.float64)

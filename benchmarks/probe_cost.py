@@ -1,0 +1,164 @@
+"""What does sinkscope's attention capture cost? Time and peak memory of one forward, three ways.
+
+    python benchmarks/probe_cost.py --seq-len 1024 4096 16384
+
+(a) a plain SDPA forward under no_grad, (b) ``sinkscope.probe(model, ids, chain=False)``,
+(c) HF eager with ``output_attentions=True`` (skipped where its T x T attentions would not fit).
+Model: random-weight llama, 12 layers, d=768, 12 heads, SwiGLU 3072, vocab 32000, batch 1.
+
+Every measurement runs in a fresh child process, so one run's allocations cannot hide another's.
+Peak memory is the kernel's own high-water mark of resident memory (VmHWM in /proc/self/status),
+reset (``clear_refs`` 5) after the model and inputs exist; we report the peak above that baseline
+("extra") and the absolute peak. Python-level tools (tracemalloc) do not see torch's allocations.
+Wall time is the best of ``--repeats`` runs. Targets (issue 2): (b)/(a) <= 1.3 in time and <= 1.2
+in peak memory at T=4096; (b) completes T=16384 on a 24 GiB machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+MODES = {"a": "plain SDPA forward (no_grad)", "b": "sinkscope.probe(chain=False)",
+         "c": "HF eager, output_attentions=True"}
+LAYERS, HIDDEN, HEADS, FFN, VOCAB = 12, 768, 12, 3072, 32000
+TARGET_TIME, TARGET_MEMORY = 1.3, 1.2  # (b)/(a) at T = 4096, from issue 2
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status memory field in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _model(seq_len: int, attn_implementation: str):
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                                      num_attention_heads=HEADS, num_key_value_heads=HEADS, vocab_size=VOCAB,
+                                      max_position_embeddings=max(seq_len, 2048), tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
+
+
+def child(mode: str, seq_len: int, repeats: int) -> dict:
+    """Build the model, then time ``mode`` and record its peak resident memory. Runs in its own process."""
+    import torch
+
+    import sinkscope
+
+    model = _model(seq_len, "eager" if mode == "c" else "sdpa")
+    ids = torch.randint(0, VOCAB, (1, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def run():
+        if mode == "b":
+            return sinkscope.probe(model, ids, chain=False)
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False, output_attentions=(mode == "c"))
+
+    baseline = _status("VmRSS")
+    reset = _reset_peak()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+        del out
+    peak = _status("VmHWM")
+    return {"mode": mode, "seq_len": seq_len, "seconds": min(times), "all_seconds": times,
+            "baseline_bytes": baseline, "peak_bytes": peak, "extra_bytes": peak - baseline, "peak_reset": reset,
+            "threads": torch.get_num_threads()}
+
+
+def _eager_bytes(seq_len: int) -> int:
+    """What eager keeps: every layer's (1, H, T, T) float32 attentions, plus one layer's working copies."""
+    return (LAYERS + 3) * HEADS * seq_len * seq_len * 4
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(mode: str, seq_len: int, repeats: int) -> dict:
+    if mode == "c" and _eager_bytes(seq_len) > 0.6 * _available_bytes():
+        return {"mode": mode, "seq_len": seq_len, "skipped": f"needs ~{_eager_bytes(seq_len) / 2**30:.0f} GiB "
+                f"for attentions, {_available_bytes() / 2**30:.0f} GiB available"}
+    cmd = [sys.executable, __file__, "--child", mode, str(seq_len), "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"mode": mode, "seq_len": seq_len, "failed": f"exit {proc.returncode}: {tail}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def _ratio(x: dict, y: dict, key: str) -> str:
+    if key not in x or key not in y or not y[key]:
+        return "n/a"
+    return f"{x[key] / y[key]:.2f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[1024, 4096, 16384], help="T values to measure")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best time is kept")
+    parser.add_argument("--json", help="also write all measurements to this file")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats)))
+        return 0
+
+    print(f"load: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"{_available_bytes() / 2**30:.1f} GiB available", flush=True)
+    rows = []
+    for seq_len in args.seq_len:
+        found = {}
+        for mode in args.modes:
+            repeats = 1 if seq_len >= 16384 else args.repeats
+            found[mode] = r = measure(mode, seq_len, repeats)
+            rows.append(r)
+            note = r.get("skipped") or r.get("failed")
+            if note:
+                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} {note}", flush=True)
+            else:
+                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} {r['seconds']:8.2f} s   peak "
+                      f"{_gib(r['peak_bytes'])} GiB   extra {_gib(r['extra_bytes'])} GiB", flush=True)
+        a, b, c = (found.get(m, {}) for m in "abc")
+        print(f"T={seq_len:6d} (b)/(a): time {_ratio(b, a, 'seconds')}, peak {_ratio(b, a, 'peak_bytes')}, "
+              f"extra {_ratio(b, a, 'extra_bytes')}   (c)/(b): time {_ratio(c, b, 'seconds')}, "
+              f"peak {_ratio(c, b, 'peak_bytes')}, extra {_ratio(c, b, 'extra_bytes')}", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "load": os.getloadavg()}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

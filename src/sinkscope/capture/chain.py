@@ -1,0 +1,311 @@
+"""Observers for the causal chain (method.md sections 2-4), streamed per layer as mergeable tallies.
+
+- :class:`ValueOutputObserver` (link one): the input of every attention output projection (the
+  per-head outputs after value aggregation) and its output, by position.
+- :class:`NeuronObserver` (link two): the input of every MLP down projection (the intermediate
+  "neuron" activations), at the sink token against everything else.
+- :class:`DisparityObserver` (link three): the residual stream entering every layer and the norm
+  that reads it (index k = input of layer k; k = L is the final norm's input).
+- :class:`QueryObserver` (QK locking): per head, second moments of the queries and the sign of
+  q . k_sink, from the attention capture.
+
+Positions count from each sequence's first real token. No activation is kept past its hook call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..adapters import Adapter, block_part, blocks, get_path, base_model, weight_out_in
+from ..metrics.disparity import dominance_ratio, effective_rank, log_bins, massive_mask
+from ..metrics.neurons import robust_spike_scores
+from ..metrics.qk import positive_dot_count
+from ..metrics.variance import std_across_dims
+from .attention import AttentionCall, BatchInfo
+from .hooks import block_output_tensor
+from .reducers import Tally, scatter_by_position
+
+DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
+
+
+def _relative(batch: BatchInfo, T: int) -> torch.Tensor:
+    return torch.arange(T, device=batch.valid.device)[None] - batch.first[:, None]  # (B, T)
+
+
+def _sink_rows(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
+    return x[torch.arange(x.shape[0], device=x.device), batch.first]  # (B, ...)
+
+
+class _Hooked:
+    """Shared runner plumbing: the runner sets ``batch`` before every forward."""
+
+    batch: BatchInfo | None = None
+
+
+class ValueOutputObserver(_Hooked):
+    """Link one: o_proj input (B, T, H*Dh) and output (B, T, D) by position.
+
+    Tallies (L layers, T positions, Tv = min(T, max_positions) positions with per-dim sums):
+      count (L, T); in_sum / in_sumsq (L, Tv, H*Dh) and out_sum / out_sumsq (L, Tv, D): sums over
+      samples per position and dim (std across samples); in_dim_std_sum (L, T), in_head_dim_std_sum
+      (L, H, T), out_dim_std_sum (L, T): sums over samples of each token's std across dims.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, width_in: int, width_out: int, max_len: int, max_positions: int):
+        self.n_heads = n_heads
+        self.max_len = max_len
+        self.tracked = min(max_len, max_positions)
+        self.tally = t = Tally()
+        t.zeros("count", n_layers, max_len)
+        for side, width in (("in", width_in), ("out", width_out)):
+            t.zeros(f"{side}_sum", n_layers, self.tracked, width)
+            t.zeros(f"{side}_sumsq", n_layers, self.tracked, width)
+            t.zeros(f"{side}_dim_std_sum", n_layers, max_len)
+        t.zeros("in_head_dim_std_sum", n_layers, n_heads, max_len)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
+        """(forward pre-hooks, forward hooks) on every layer's o_proj."""
+        pre, post = [], []
+        for layer in range(len(blocks(model, adapter))):
+            module = block_part(model, adapter, layer, "o_proj")
+            pre.append((module, self._pre(layer)))
+            post.append((module, self._post(layer)))
+        return pre, post
+
+    def _pre(self, layer: int):
+        def hook(module, args):
+            self.observe(layer, "in", args[0])
+        return hook
+
+    def _post(self, layer: int):
+        def hook(module, args, output):
+            self.observe(layer, "out", block_output_tensor(output))
+        return hook
+
+    def observe(self, layer: int, side: str, x: torch.Tensor) -> None:
+        batch, t = self.batch, self.tally
+        rel = _relative(batch, x.shape[1])
+        valid = batch.valid
+        if side == "in":
+            t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+            heads = std_across_dims(x, self.n_heads).permute(2, 0, 1)  # (H, B, T)
+            t.add("in_head_dim_std_sum", (layer,), scatter_by_position(heads, rel, valid, self.max_len))
+        t.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(std_across_dims(x), rel, valid, self.max_len))
+        tracked = valid & (rel < self.tracked)
+        xd = x.double().permute(2, 0, 1)  # (W, B, T)
+        t.add(f"{side}_sum", (layer,), scatter_by_position(xd, rel, tracked, self.tracked).T)
+        t.add(f"{side}_sumsq", (layer,), scatter_by_position(xd * xd, rel, tracked, self.tracked).T)
+
+
+class NeuronObserver(_Hooked):
+    """Link two: the down projection's input (B, T, I) at the sink token against all other tokens.
+
+    Tallies (L layers, I channels, D hidden dims):
+      sequences (L); sink_abs_sum / sink_sum (L, I): |a| and a at the sink token, summed over
+      sequences; max_sink_abs (L, I); extreme_count (L, I): sequences in which the channel's sink
+      activation is a robust outlier (z >= z_min and ratio >= ratio_min, see
+      :func:`~sinkscope.metrics.neurons.robust_spike_scores`); other_abs_sum (L, I) / other_tokens
+      (L); max_other_abs (L, I); down_out_sink_abs_sum (L, D): |down-proj output| at the sink.
+    """
+
+    def __init__(self, n_layers: int, n_channels: int, hidden: int, z_min: float, ratio_min: float):
+        self.z_min, self.ratio_min = z_min, ratio_min
+        self.tally = t = Tally()
+        t.zeros("sequences", n_layers)
+        t.zeros("other_tokens", n_layers)
+        for name in ("sink_abs_sum", "sink_sum", "max_sink_abs", "extreme_count", "other_abs_sum", "max_other_abs"):
+            t.zeros(name, n_layers, n_channels)
+        t.zeros("down_out_sink_abs_sum", n_layers, hidden)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
+        pre, post = [], []
+        for layer in range(len(blocks(model, adapter))):
+            module = block_part(model, adapter, layer, "mlp_down")
+            pre.append((module, self._pre(layer)))
+            post.append((module, self._post(layer)))
+        return pre, post
+
+    def _pre(self, layer: int):
+        def hook(module, args):
+            self.observe(layer, args[0])
+        return hook
+
+    def _post(self, layer: int):
+        def hook(module, args, output):
+            out = _sink_rows(block_output_tensor(output), self.batch).double().abs().sum(0)
+            self.tally.add("down_out_sink_abs_sum", (layer,), out)
+        return hook
+
+    def observe(self, layer: int, act: torch.Tensor) -> None:
+        batch, t = self.batch, self.tally
+        B, T, _ = act.shape
+        sink = _sink_rows(act, batch).float()  # (B, I)
+        others = batch.valid.clone()
+        others[torch.arange(B, device=act.device), batch.first] = False
+        z, ratio = robust_spike_scores(sink, act, others)
+        mags = act.float().abs().masked_fill(~others[..., None], 0)
+        t.add("sequences", (layer,), torch.tensor(float(B)))
+        t.add("other_tokens", (layer,), others.sum().double())
+        t.add("sink_abs_sum", (layer,), sink.abs().double().sum(0))
+        t.add("sink_sum", (layer,), sink.double().sum(0))
+        t.add("max_sink_abs", (layer,), sink.abs().amax(0))
+        t.add("extreme_count", (layer,), ((z >= self.z_min) & (ratio >= self.ratio_min)).double().sum(0))
+        t.add("other_abs_sum", (layer,), mags.double().sum((0, 1)))
+        t.add("max_other_abs", (layer,), mags.flatten(0, 1).amax(0))
+
+
+class DisparityObserver(_Hooked):
+    """Link three: the residual stream entering each layer k (k = L: the final norm's input).
+
+    Index k = 0..L. Pre-norm families: hooks on each block's ``attn_norm`` (its input is the
+    residual stream, its output the normalised token) and on ``final_norm``. Post-norm families
+    (``adapter.pre_norm`` False): block k-1's output is both. Tallies (K = L + 1):
+      sink_count (K); sink_dom_sum / sink_dom_norm_sum (K): sink-token DomRatio at the residual
+      stream and at the norm output; other_count, other_dom_sum (K); max_other_dom,
+      max_other_dom_norm (K); other_dom_hist / other_dom_norm_hist (K, bins) for the median;
+      massive_sink (K, D) sequences with a massive activation at the sink token in dim d;
+      massive_other (K, D) other tokens with one; massive_by_position (K, T); max_sink_abs (K, D);
+      sink_normed_sum (K, D) (the mean normalised sink token); erank_sum (K): sequences' effective
+      rank of their (T x D) residual matrix.
+    """
+
+    def __init__(self, n_layers: int, hidden: int, max_len: int, massive_abs: float, massive_rel: float,
+                 effective_rank: bool = True):
+        self.n_layers, self.max_len = n_layers, max_len
+        self.massive_abs, self.massive_rel = massive_abs, massive_rel
+        self.with_rank = effective_rank
+        self.edges = log_bins(hidden, DOM_RATIO_BINS)
+        K = n_layers + 1
+        self.tally = t = Tally()
+        for name in ("sink_count", "sink_dom_sum", "sink_dom_norm_sum", "other_count", "other_dom_sum", "erank_sum"):
+            t.zeros(name, K)
+        t.zeros("max_other_dom", K)
+        t.zeros("max_other_dom_norm", K)
+        t.zeros("other_dom_hist", K, DOM_RATIO_BINS)
+        t.zeros("other_dom_norm_hist", K, DOM_RATIO_BINS)
+        for name in ("massive_sink", "massive_other", "max_sink_abs", "sink_normed_sum"):
+            t.zeros(name, K, hidden)
+        t.zeros("massive_by_position", K, max_len)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> list:
+        """Forward hooks (module, hook)."""
+        layers = blocks(model, adapter)
+        if not adapter.pre_norm or adapter.attn_norm is None:
+            return [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+        hooks = [(block_part(model, adapter, k, "attn_norm"), self._norm_hook(k)) for k in range(len(layers))]
+        final = get_path(base_model(model), adapter.final_norm)
+        if final is not None:
+            hooks.append((final, self._norm_hook(len(layers))))
+        return hooks
+
+    def _norm_hook(self, k: int):
+        def hook(module, args, output):
+            self.observe(k, args[0], block_output_tensor(output))
+        return hook
+
+    def _block_hook(self, k: int):
+        def hook(module, args, output):
+            hidden = block_output_tensor(output)
+            self.observe(k, hidden, hidden)
+        return hook
+
+    def observe(self, k: int, residual: torch.Tensor, normed: torch.Tensor) -> None:
+        batch, t = self.batch, self.tally
+        B, T, _ = residual.shape
+        rows = torch.arange(B, device=residual.device)
+        others = batch.valid.clone()
+        others[rows, batch.first] = False
+        dom, dom_norm = dominance_ratio(residual), dominance_ratio(normed)  # (B, T)
+        t.add("sink_count", (k,), torch.tensor(float(B)))
+        t.add("sink_dom_sum", (k,), dom[rows, batch.first].double().sum())
+        t.add("sink_dom_norm_sum", (k,), dom_norm[rows, batch.first].double().sum())
+        t.add("other_count", (k,), others.sum().double())
+        t.add("other_dom_sum", (k,), dom[others].double().sum())
+        if bool(others.any()):
+            t.add("max_other_dom", (k,), dom[others].amax())
+            t.add("max_other_dom_norm", (k,), dom_norm[others].amax())
+        t.add("other_dom_hist", (k,), self._histogram(dom[others]))
+        t.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
+        massive = massive_mask(residual, self.massive_abs, self.massive_rel) & batch.valid[..., None]  # (B, T, D)
+        t.add("massive_sink", (k,), massive[rows, batch.first].double().sum(0))
+        t.add("massive_other", (k,), (massive & others[..., None]).double().sum((0, 1)))
+        rel = _relative(batch, T)
+        t.add("massive_by_position", (k,), scatter_by_position(massive.any(-1).double(), rel, batch.valid, self.max_len))
+        sink = _sink_rows(residual, batch).float()
+        t.add("max_sink_abs", (k,), sink.abs().amax(0))
+        t.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
+        if self.with_rank:
+            ranks = [effective_rank(residual[b, batch.valid[b]]) for b in range(B)]
+            t.add("erank_sum", (k,), torch.stack(ranks).double().sum())
+
+    def _histogram(self, values: torch.Tensor) -> torch.Tensor:
+        edges = self.edges.to(values.device)
+        index = (torch.searchsorted(edges, values.double().contiguous(), right=True) - 1).clamp(0, len(edges) - 2)
+        return torch.bincount(index, minlength=len(edges) - 1).double()
+
+
+class QueryObserver:
+    """QK locking: per layer and head, the queries that see the sink and another key.
+
+    Tallies: q_count (L); q_sum (L, H, Dh); q_outer_sum (L, H, Dh, Dh) for the uncentred second
+    moment; positive_count (L, H): queries with q . k_sink > 0 (k_sink: the sequence's own key at
+    its sink token, as attention saw it, rotary included); sink_key_sum (L, H, Dh).
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, head_dim: int):
+        self.tally = t = Tally()
+        t.zeros("q_count", n_layers)
+        t.zeros("q_sum", n_layers, n_heads, head_dim)
+        t.zeros("q_outer_sum", n_layers, n_heads, head_dim, head_dim)
+        t.zeros("positive_count", n_layers, n_heads)
+        t.zeros("sink_key_sum", n_layers, n_heads, head_dim)
+
+    def observe(self, call: AttentionCall) -> None:
+        batch, layer, t = call.batch, call.layer, self.tally
+        B, H, T, _ = call.query.shape
+        rows = torch.arange(B, device=call.query.device)
+        rel = _relative(batch, T)
+        mask = batch.valid & (rel != 0)  # real queries that see the sink (causal) and another key
+        if call.causal:
+            mask &= rel > 0
+        q = call.query.float()
+        sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
+        qm = q * mask[:, None, :, None]
+        t.add("q_count", (layer,), mask.sum().double())
+        t.add("q_sum", (layer,), qm.double().sum((0, 2)))
+        t.add("q_outer_sum", (layer,), torch.einsum("bhtd,bhte->hde", qm.double(), qm.double()))
+        t.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
+        t.add("sink_key_sum", (layer,), sink_key.double().sum(0))
+
+
+# ---- where the weights the chain reads live (adapter data + the family's storage convention) ----
+
+def mlp_weights(model: nn.Module, adapter: Adapter, layer: int) -> dict[str, torch.Tensor | None]:
+    """{"gate": (I, D) or None, "up": (I, D), "down": (D, I)} of one layer's MLP, detached."""
+    up = weight_out_in(block_part(model, adapter, layer, "mlp_up"), adapter).detach()
+    gate = None
+    if adapter.mlp_gate_up_fused:  # phi3: rows are [gate | up]
+        gate, up = up.chunk(2, dim=0)
+    elif adapter.mlp_gate is not None:
+        gate = weight_out_in(block_part(model, adapter, layer, "mlp_gate"), adapter).detach()
+    down = weight_out_in(block_part(model, adapter, layer, "mlp_down"), adapter).detach()
+    return {"gate": gate, "up": up, "down": down}
+
+
+def mlp_input_module(model: nn.Module, adapter: Adapter, layer: int) -> nn.Module:
+    """The first MLP projection; its input is the (normalised) MLP input x."""
+    part = "mlp_gate" if adapter.mlp_gate is not None else "mlp_up"
+    return block_part(model, adapter, layer, part)
+
+
+def key_weight(model: nn.Module, adapter: Adapter, layer: int, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
+    """One layer's key projection as (n_kv * Dh, D), split out of a fused qkv where needed."""
+    if adapter.k_proj is not None:
+        return weight_out_in(block_part(model, adapter, layer, "k_proj"), adapter).detach()
+    qkv = weight_out_in(block_part(model, adapter, layer, "qkv_proj"), adapter).detach()
+    D = qkv.shape[-1]
+    if adapter.qkv_layout == "per_head":  # neox: per head [q | k | v], each Dh rows
+        return qkv.reshape(n_heads, 3, head_dim, D)[:, 1].reshape(n_heads * head_dim, D)
+    q_rows, k_rows = n_heads * head_dim, n_kv * head_dim
+    return qkv[q_rows:q_rows + k_rows]

@@ -1,0 +1,368 @@
+"""``sinkscope intervene``: create a sink anywhere (isolate, amplify) or remove it (ablate).
+
+Each experiment runs instrumented sweeps with and without its interventions over the same token
+sequences and writes ``intervene.json`` (keys documented in docs/results.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .adapters import block_part, blocks, head_counts
+from .capture.hidden import HiddenObserver
+from .capture.runner import Sweep, run_sweep
+from .capture.sink import SinkObserver
+from .config import DataConfig, LoadConfig, field
+from .data import load_sequences
+from .errors import SinkscopeError
+from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
+from .loading import LoadedModel, prepare_model
+from .metrics.norms import norm_ratio
+from .metrics.sink import sink_rate
+from .results import SCHEMA_VERSION, provenance, write_json
+
+PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+@dataclass
+class InterveneConfig:
+    """``sinkscope intervene MODEL {isolate,amplify,ablate}``."""
+
+    load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
+    data: DataConfig = field(default_factory=DataConfig, why="input sequences")
+    position: int = field(9, why="target token, counted from the first real token (the paper uses 9)")
+    layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify)")
+    lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors to sweep (the paper's grid)")
+    observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)")
+    control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
+    value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated")
+    neurons: str = field("auto", why="super neurons to ablate: auto (from the chain finder) or L:N[,L:N]")
+    dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]")
+    mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
+    target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
+                        choices=("activation", "column"))
+    query_chunk: int = field(1024, why="queries per chunk in exact chunked attention passes")
+    out: str | None = field(None, why="output folder for intervene.json")
+
+
+def _parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if text is None:
+        return default
+    if text == "all":
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SinkscopeError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from None
+
+
+def _parse_pairs(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        pairs = tuple(tuple(int(x) for x in item.split(":")) for item in text.split(","))
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise SinkscopeError(f"--neurons must be auto or LAYER:INDEX[,LAYER:INDEX], got {text!r}")
+    return pairs
+
+
+class _Experiment:
+    def __init__(self, loaded: LoadedModel, config: InterveneConfig, progress: bool):
+        self.loaded, self.config, self.progress = loaded, config, progress
+        self.model, self.adapter = loaded.model, loaded.adapter
+        self.n_layers = len(blocks(self.model, self.adapter))
+        self.n_heads = head_counts(self.model.config)[0]
+        self.sequences = load_sequences(config.data, loaded.tokenizer, self.model.config.vocab_size,
+                                        getattr(self.model.config, "bos_token_id", None))
+        self.max_len = max(len(s) for s in self.sequences)
+        shortest = min(len(s) for s in self.sequences)
+        if not 0 <= config.position < shortest - 1:
+            raise SinkscopeError(f"--position {config.position} must lie in [0, {shortest - 2}] so that later "
+                                 f"queries can attend it (sequences have {shortest} tokens)")
+
+    def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep") -> dict:
+        sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence)
+        hidden = HiddenObserver(self.n_layers, self.max_len, positions)
+        base = Sweep(attention_observers=[sink], forward_hooks=hidden.hooks(self.model, self.adapter),
+                     batch_listeners=[hidden])
+        losses: list[torch.Tensor] = []
+        if nll:
+            base.on_logits = lambda batch, ids, logits: losses.append(sequence_nll(batch.valid, ids, logits))
+        sweep = compose(self.model, self.adapter, interventions, base)
+        run_sweep(self.model, self.adapter, self.loaded.tokenizer, self.sequences, sweep,
+                  batch_size=self.config.data.batch_size, padding_side=self.config.data.padding_side,
+                  query_chunk=self.config.query_chunk, progress=self.progress, label=label)
+        return {"sink": sink, "hidden": hidden, "nll": torch.cat(losses) if losses else None}
+
+    def payload(self, kind: str, body: dict) -> dict:
+        config = self.config
+        return {"schema_version": SCHEMA_VERSION, "kind": kind, "position": config.position,
+                "provenance": provenance(model=self.loaded.name, revision=self.loaded.revision, config=config,
+                                         seed=config.data.seed, dtype=config.load.dtype, device=config.load.device,
+                                         model_config=self.model.config.to_dict()),
+                "data": {"sequences": len(self.sequences), "max_len": self.max_len}, **body}
+
+
+def sequence_nll(valid: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2) per-sequence summed next-token negative log-likelihood and number of predicted tokens."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    target = input_ids[:, 1:]
+    nll = -logp.gather(-1, target[..., None])[..., 0]  # (B, T-1)
+    pairs = valid[:, 1:] & valid[:, :-1]
+    return torch.stack([(nll * pairs).sum(1), pairs.sum(1).float()], dim=1).double().cpu()
+
+
+def perplexity_with_ci(per_sequence: torch.Tensor) -> dict:
+    """Perplexity exp(mean NLL per token) with a 95 % CI from the spread of per-sequence mean NLL."""
+    total = per_sequence[:, 0].sum() / per_sequence[:, 1].sum()
+    means = per_sequence[:, 0] / per_sequence[:, 1].clamp(min=1)
+    half = Z95 * means.std() / math.sqrt(len(means)) if len(means) > 1 else torch.tensor(math.nan)
+    return {"perplexity": math.exp(total), "ci": [math.exp(total - half), math.exp(total + half)]}
+
+
+def mean_with_ci(values: torch.Tensor) -> tuple[float, list[float]]:
+    mean = values.mean().item()
+    half = Z95 * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return mean, [mean - half, mean + half]
+
+
+def _target_scores(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L,) head-mean score of the target (tracked key 1) and of the original sink (key 0), queries after each."""
+    after = result["sink"].score_after().float().mean(1)  # (L, P)
+    return after[:, 1], after[:, 0]
+
+
+def _norm_ratio_at(hidden: HiddenObserver, position: int) -> torch.Tensor:
+    norms = hidden.norm_by_position().float()  # (L, T)
+    seen = int((~torch.isnan(norms[0])).sum())
+    return norm_ratio(norms[:, :seen], position)
+
+
+def isolate(exp: _Experiment) -> dict:
+    config = exp.config
+    layers = _parse_layers(config.layers, None)
+    p = config.position
+    before = exp.sweep(positions=(0, p), label="baseline")
+    after = exp.sweep([Isolate(position=p, layers=layers)], positions=(0, p), label="isolate")
+    target_b, sink_b = _target_scores(before)
+    target_a, sink_a = _target_scores(after)
+    dom_b, dom_a = before["hidden"].dom_ratio()[:, 1], after["hidden"].dom_ratio()[:, 1]
+    norm_b, norm_a = _norm_ratio_at(before["hidden"], p), _norm_ratio_at(after["hidden"], p)
+    per_layer = [{"layer": layer, "sink_score_before": target_b[layer].item(), "sink_score_after": target_a[layer].item(),
+                  "original_sink_before": sink_b[layer].item(), "original_sink_after": sink_a[layer].item(),
+                  "dom_ratio_before": dom_b[layer].item(), "dom_ratio_after": dom_a[layer].item(),
+                  "norm_ratio_before": norm_b[layer].item(), "norm_ratio_after": norm_a[layer].item()}
+                 for layer in range(exp.n_layers)]
+    best = int(torch.argmax(target_a / target_b.clamp_min(1e-12)))
+    gain = (target_a[best] / target_b[best].clamp_min(1e-12)).item()
+    return exp.payload("isolate", {
+        "layers": list(layers) if layers is not None else "all", "per_layer": per_layer,
+        "max_gain_layer": best, "max_gain": gain,
+        "verdict": (f"isolating token {p} raised its sink score {gain:.1f}x at layer {best} "
+                    f"({target_b[best]:.3f} -> {target_a[best]:.3f})"),
+    })
+
+
+class _ValueMean:
+    """Attention observer: mean value vector per layer (B, H, T, D values, already expanded for GQA)."""
+
+    def __init__(self, n_layers: int):
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, float] = {}
+
+    def observe(self, call) -> None:
+        valid = call.batch.valid[:, None, :, None]  # (B, 1, T, 1)
+        total = (call.value.double() * valid).sum((0, 2))  # (H, D)
+        self.sums[call.layer] = self.sums.get(call.layer, 0) + total.cpu()
+        self.counts[call.layer] = self.counts.get(call.layer, 0) + float(call.batch.valid.sum())
+
+    def mean(self) -> torch.Tensor:
+        """(L, H*D) in the layout of the o_proj input (heads concatenated)."""
+        return torch.stack([(self.sums[i] / self.counts[i]).reshape(-1) for i in sorted(self.sums)]).float()
+
+
+_VALUE_MEAN_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def value_mean(exp: _Experiment) -> torch.Tensor:
+    """mu: mean value-projection output over uniformly random tokens, per layer, cached per model and size."""
+    config = exp.config
+    key = (id(exp.model), config.value_mean_tokens, config.data.seed)
+    if key in _VALUE_MEAN_CACHE:
+        return _VALUE_MEAN_CACHE[key]
+    length = min(exp.max_len, 64)
+    n_seq = max(1, config.value_mean_tokens // length)
+    generator = torch.Generator().manual_seed(config.data.seed + 1)
+    seqs = torch.randint(0, exp.model.config.vocab_size, (n_seq, length), generator=generator).tolist()
+    observer = _ValueMean(exp.n_layers)
+    run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, seqs, Sweep(attention_observers=[observer]),
+              batch_size=config.data.batch_size, query_chunk=config.query_chunk)
+    _VALUE_MEAN_CACHE[key] = observer.mean()
+    return _VALUE_MEAN_CACHE[key]
+
+
+def amplify(exp: _Experiment) -> dict:
+    config = exp.config
+    layers = _parse_layers(config.layers, (0, 1))
+    layers = tuple(range(exp.n_layers)) if layers is None else layers
+    if any(lam <= 0 for lam in config.lambdas):
+        raise SinkscopeError(f"--lambdas must all be positive, got {','.join(map(str, config.lambdas))}")
+    if not 0 <= config.observe < exp.n_layers:
+        raise SinkscopeError(f"--observe {config.observe} is out of range: this model has layers 0..{exp.n_layers - 1}")
+    mu = value_mean(exp)
+    p = config.position
+    rows = {"amplify": [], "control": []}
+    for lam in config.lambdas:
+        for name, mean in (("amplify", mu), ("control", None)):
+            if name == "control" and config.control == "none":
+                continue
+            result = exp.sweep([Amplify(position=p, lam=lam, layers=layers, mean=mean)], positions=(0, p),
+                               per_sequence=True, label=f"{name} lambda={lam:g}")
+            per_seq = result["sink"].per_sequence_after()[:, config.observe, 1]  # (N,)
+            score = result["sink"].score_after()[config.observe, :, 1].float().mean().item()
+            rows[name].append((score, mean_with_ci(per_seq)[1]))
+    scores = [s for s, _ in rows["amplify"]]
+    monotone = all(b >= a - 1e-6 for a, b in zip(scores, scores[1:]))
+    control = [s for s, _ in rows["control"]]
+    body = {"layers": list(layers), "observe": config.observe, "lambdas": list(config.lambdas),
+            "sink_score": scores, "sink_score_ci": [ci for _, ci in rows["amplify"]],
+            "control_sink_score": control or None, "control_sink_score_ci": [ci for _, ci in rows["control"]] or None,
+            "monotone": monotone}
+    body["control_differs"] = (bool(rows["control"]) and rows["amplify"][-1][1][0] > rows["control"][-1][1][1])
+    gain = scores[-1] / max(scores[0], 1e-12)
+    body["verdict"] = (
+        f"amplifying token {p}'s variance (lambda {config.lambdas[0]:g} -> {config.lambdas[-1]:g}) moved its sink "
+        f"score at layer {config.observe} from {scores[0]:.3f} to {scores[-1]:.3f} ({gain:.1f}x), "
+        f"{'monotonically' if monotone else 'not monotonically'}"
+        + (f"; the norm-only control reached {control[-1]:.3f}, "
+           f"{'clearly below' if body['control_differs'] else 'not clearly below'} the amplified score"
+           if control else ""))
+    return exp.payload("amplify", body)
+
+
+def _resolve_auto(exp: _Experiment, key: str):
+    from .probe import probe
+
+    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, chain=True)
+    chain = result.to_dict().get("chain") or {}
+    return chain.get(key)
+
+
+class _NeuronMeans:
+    """Mean activation of chosen FFN neurons over real tokens other than the first (for mean ablation)."""
+
+    def __init__(self, neurons):
+        self.neurons = neurons
+        self.batch = None
+        self.sums: dict = {}
+        self.count = 0.0
+
+    def hooks(self, model, adapter):
+        by_layer: dict[int, list[int]] = {}
+        for layer, index in self.neurons:
+            by_layer.setdefault(layer, []).append(index)
+        return [(block_part(model, adapter, layer, "mlp_down"), self._hook(layer, indices))
+                for layer, indices in by_layer.items()]
+
+    def _hook(self, layer, indices):
+        def pre_hook(module, args):
+            x = args[0]  # (B, T, I)
+            others = self.batch.valid.clone()
+            others[torch.arange(len(others)), self.batch.first] = False
+            values = x[..., indices][others].double().sum(0).cpu()  # (k,)
+            for i, v in zip(indices, values):
+                self.sums[(layer, i)] = self.sums.get((layer, i), 0.0) + float(v)
+            if layer == self.neurons[0][0]:
+                self.count += float(others.sum())
+        return pre_hook
+
+    def means(self) -> dict:
+        return {key: total / max(self.count, 1.0) for key, total in self.sums.items()}
+
+
+def ablate(exp: _Experiment) -> dict:
+    config = exp.config
+    interventions = []
+    neurons: tuple = ()
+    if config.neurons != "none":
+        if config.neurons == "auto":
+            found = _resolve_auto(exp, "super_neurons") or []
+            neurons = tuple((n["layer"], n["index"]) for n in found)
+            if not neurons:
+                raise SinkscopeError("the chain finder found no super neuron in this model; "
+                                     "pass --neurons LAYER:INDEX or --neurons none with --dims")
+        else:
+            neurons = _parse_pairs(config.neurons)
+        means = {}
+        if config.mode == "mean":
+            collector = _NeuronMeans(neurons)
+            run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, exp.sequences,
+                      Sweep(forward_pre_hooks=collector.hooks(exp.model, exp.adapter), batch_listeners=[collector]),
+                      batch_size=config.data.batch_size)
+            means = collector.means()
+        interventions.append(AblateNeurons(neurons=neurons, mode=config.mode, target=config.target, means=means))
+    dims: tuple = ()
+    if config.dims is not None:
+        if config.dims == "auto":
+            dims = tuple(_resolve_auto(exp, "massive_dims") or ())
+            if not dims:
+                raise SinkscopeError("the chain finder found no massive dim; pass --dims C[,C]")
+        else:
+            try:
+                dims = tuple(int(x) for x in config.dims.split(","))
+            except ValueError:
+                raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {config.dims!r}") from None
+        interventions.append(AblateDims(dims=dims, layers=_parse_layers(config.layers, None), mode=config.mode))
+    if not interventions:
+        raise SinkscopeError("nothing to ablate: pass --neurons and/or --dims")
+    nll = exp.adapter.causal
+    before = exp.sweep(nll=nll, label="baseline")
+    after = exp.sweep(interventions, nll=nll, label="ablate")
+    score_b = before["sink"].sink_score()[:, :, 0].float().mean(1)
+    score_a = after["sink"].sink_score()[:, :, 0].float().mean(1)
+    body = {
+        "neurons": [list(n) for n in neurons], "dims": list(dims), "mode": config.mode, "target": config.target,
+        "per_layer": [{"layer": layer, "sink_score_before": score_b[layer].item(),
+                       "sink_score_after": score_a[layer].item()} for layer in range(exp.n_layers)],
+        "dom_ratio_before": before["hidden"].sink_dom_ratio().tolist(),
+        "dom_ratio_after": after["hidden"].sink_dom_ratio().tolist(),
+        "max_abs_activation_before": before["hidden"].tally["max_abs"].tolist(),
+        "max_abs_activation_after": after["hidden"].tally["max_abs"].tolist(),
+        "sink_rate_before": sink_rate(before["sink"].importance()[:, :, 0].float()),
+        "sink_rate_after": sink_rate(after["sink"].importance()[:, :, 0].float()),
+        "perplexity_before": perplexity_with_ci(before["nll"]) if nll else None,
+        "perplexity_after": perplexity_with_ci(after["nll"]) if nll else None,
+    }
+    top = int(torch.argmax(score_b))
+    body["verdict"] = (
+        f"ablating {len(neurons)} neuron(s) and {len(dims)} dim(s): peak sink score {score_b[top]:.3f} -> "
+        f"{score_a[top]:.3f} at layer {top}; max DomRatio {max(body['dom_ratio_before']):.1f} -> "
+        f"{max(body['dom_ratio_after']):.1f}"
+        + (f"; perplexity {body['perplexity_before']['perplexity']:.2f} -> "
+           f"{body['perplexity_after']['perplexity']:.2f}" if nll else ""))
+    return exp.payload("ablate", body)
+
+
+EXPERIMENTS = {"isolate": isolate, "amplify": amplify, "ablate": ablate}
+
+
+def intervene(model, kind: str, config: InterveneConfig | None = None, *, tokenizer=None,
+              out: str | Path | None = None, progress: bool = False) -> dict:
+    """Run one intervention experiment and return the content of intervene.json.
+
+    ``model`` is a loaded transformers model (left unchanged) or a hub id / folder / embedded name.
+    """
+    config = config or InterveneConfig()
+    if kind not in EXPERIMENTS:
+        raise SinkscopeError(f"unknown intervention {kind!r}; choose one of {', '.join(EXPERIMENTS)}")
+    loaded = prepare_model(model, tokenizer, config.load)
+    payload = EXPERIMENTS[kind](_Experiment(loaded, config, progress))
+    if out is not None:
+        write_json(Path(out) / "intervene.json", payload)
+    return payload
+

@@ -1,0 +1,8 @@
+"""What to change: small frozen interventions that compose, applied only inside a sweep or ``applied``."""
+
+from .ablate import AblateDims, AblateNeurons
+from .amplify import Amplify
+from .base import Intervention, applied, compose
+from .isolate import Isolate
+
+__all__ = ["AblateDims", "AblateNeurons", "Amplify", "Intervention", "Isolate", "applied", "compose"]

@@ -1,0 +1,58 @@
+"""Link one (method.md section 2): variance discrepancy of the aggregated attention output.
+
+Pure tensor functions. The input of the attention output projection is the concatenation of the
+per-head outputs after value aggregation, (B, T, H * Dh). The first token's output is its own
+value (weight 1), later outputs average t + 1 values, so their spread falls like 1/sqrt(t + 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .stats import first_rest_ratio, fit_inverse_sqrt, kendall_tau, std_from_sums
+
+
+def std_across_dims(x: torch.Tensor, n_heads: int | None = None) -> torch.Tensor:
+    """Population std over hidden dims of every token, in float32.
+
+    x: (B, T, D) -> (B, T); with ``n_heads``, D splits into (H, D / H) and the result is (B, T, H).
+    """
+    x = x.float()
+    if n_heads is not None:
+        x = x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+    return x.std(-1, unbiased=False)
+
+
+def std_across_samples(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor,
+                       n_heads: int | None = None) -> torch.Tensor:
+    """Per position, the std over samples of every dim, then the mean over dims.
+
+    total, total_sq: (..., T, D) sums over samples of x and x^2 (float64); count: (..., T).
+    Returns (..., T), or (..., H, T) with ``n_heads`` (mean over each head's dims). NaN where unseen.
+    """
+    std = std_from_sums(total, total_sq, count[..., None])  # (..., T, D)
+    if n_heads is None:
+        return std.mean(-1)
+    std = std.reshape(*std.shape[:-1], n_heads, std.shape[-1] // n_heads).mean(-1)  # (..., T, H)
+    return std.transpose(-1, -2)
+
+
+def effective_tokens(probs: torch.Tensor) -> torch.Tensor:
+    """Effective number of aggregated tokens, 1 / sum_j a_tj^2, of attention rows (..., S) -> (...)."""
+    return 1.0 / (probs.double() ** 2).sum(-1)
+
+
+def variance_summary(std_before: torch.Tensor, std_after: torch.Tensor | None = None) -> dict:
+    """Per-layer summary of a per-position std curve.
+
+    std_before: (T,) std at the o_proj input by position (NaN where unseen); std_after: (T,) the
+    same at its output. Returns the s / sqrt(t + 1) fit with its R^2, the first-token / rest
+    ratio and, with ``std_after``, Kendall's tau (and p-value) between the two curves.
+    """
+    out = {"fit": fit_inverse_sqrt(std_before), "first_rest_ratio": float(first_rest_ratio(std_before))}
+    if std_after is not None:
+        tau, p = kendall_tau(std_before, std_after)
+        out["kendall_tau_o_proj"] = tau
+        out["kendall_p_o_proj"] = p
+        out["first_rest_ratio_after"] = float(first_rest_ratio(std_after))
+    return out

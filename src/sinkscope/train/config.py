@@ -1,0 +1,96 @@
+"""``sinkscope train`` / ``compare`` configs. Every field has its reason; the CLI flags come from them.
+
+Leaf names are unique across the sections, because each becomes one flag (``--variant``, ``--lr``).
+YAML presets in configs/ nest them by section (``model:``, ``data:``, ``optim:``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import field
+from .model import VARIANTS
+
+
+@dataclass
+class ModelSpec:
+    """The decoder to build (ignored for the shape when ``init_from`` names a checkpoint)."""
+
+    variant: str = field("softmax", why="attention variant (method.md sections 6-7)", choices=VARIANTS)
+    qk_norm: bool = field(False, why="RMSNorm on queries and keys; combines with every variant")
+    layers: int = field(6, why="decoder blocks; the sink forms in the middle layers, so a few are needed")
+    hidden_size: int = field(192, why="residual width C")
+    heads: int = field(6, why="query heads H (head_dim = hidden_size / heads)")
+    kv_heads: int | None = field(None, why="key/value heads for grouped-query attention; default = heads")
+    ffn_size: int | None = field(None, why="SwiGLU inner width; default 4 * hidden_size")
+    vocab_size: int = field(2048, why="BPE vocabulary trained on the data (ignored with --tokenizer)")
+    max_len: int = field(512, why="longest sequence the model accepts (rotary needs no table)")
+    rope_theta: float = field(10000.0, why="rotary base frequency")
+    tie_embeddings: bool = field(True, why="share input and output embeddings (paper setup)")
+    headnorm_shared: bool = field(False, why="headnorm: one gamma (head_dim,) shared by heads instead of (H, head_dim)")
+    gate: str = field("elementwise", why="gated: one gate per channel or one per head", choices=("elementwise", "headwise"))
+    init_from: str | None = field(None, why="continue-pretrain this HF llama-family folder/hub id instead of a "
+                                  "fresh model (with --variant headnorm, HeadNorm is added and calibrated)")
+
+
+@dataclass
+class TrainDataConfig:
+    """Where training text comes from and how windows are cut."""
+
+    source: str = field("stdlib", why="'stdlib' (Python's own sources, no download), a .txt/.jsonl file or "
+                        "folder, or hf:NAME[:CONFIG] for a Hugging Face dataset (streamed)")
+    split: str = field("train", why="hf: dataset split to stream")
+    text_field: str = field("text", why="hf/jsonl: record field holding the text")
+    max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)")
+    tokenizer: str | None = field(None, why="use this tokenizer (folder or hub id) instead of training a BPE one")
+    seq_len: int = field(128, why="tokens per training window, the BOS token included")
+    val_every_doc: int = field(50, why="every N-th document is held out for validation (deterministic)")
+    data_seed: int = field(0, why="seed of window sampling; with the step it fixes every batch")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warm-up and cosine decay."""
+
+    lr: float = field(3e-3, why="peak learning rate")
+    min_lr_ratio: float = field(0.1, why="cosine decays to lr * this")
+    warmup: int = field(100, why="linear warm-up steps")
+    weight_decay: float = field(0.1, why="AdamW decay, matrices only (not norms, gains, biases, sink logits)")
+    beta1: float = field(0.9, why="AdamW beta1 (paper: 0.9)")
+    beta2: float = field(0.95, why="AdamW beta2 (paper: 0.95)")
+    clip: float = field(1.0, why="global gradient-norm clip; 0 turns it off")
+    batch_size: int = field(32, why="sequences per micro-batch per process")
+    grad_accum: int = field(1, why="micro-batches per optimizer step")
+    steps: int = field(1000, why="optimizer steps in total (the cosine ends here)")
+
+
+@dataclass
+class TrainConfig:
+    """``sinkscope train``: pretrain one variant, with sink telemetry, checkpoints and resume."""
+
+    model: ModelSpec = field(default_factory=ModelSpec, why="architecture")
+    data: TrainDataConfig = field(default_factory=TrainDataConfig, why="training text")
+    optim: OptimConfig = field(default_factory=OptimConfig, why="optimiser and schedule")
+    seed: int = field(0, why="seed of the initialisation")
+    out: str = field("runs/run", why="run folder: checkpoints, logs, the final model")
+    log_every: int = field(10, why="steps between train-loss log lines")
+    eval_every: int = field(100, why="steps between validation passes")
+    eval_batches: int = field(4, why="validation batches (fixed windows) per pass")
+    telemetry_every: int = field(100, why="steps between sink telemetry records; 0 turns it off")
+    telemetry_samples: int = field(32, why="held-out windows in the fixed telemetry batch")
+    telemetry_len: int = field(64, why="tokens per telemetry window (the paper measures at T = 64)")
+    checkpoint_every: int = field(200, why="steps between checkpoints")
+    resume: bool = field(False, why="continue from the run folder's latest checkpoint")
+    compile: bool = field(False, why="torch.compile the model (faster on GPU, slow start)")
+    device: str = field("auto", why="cpu, cuda, or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
+    threads: int | None = field(None, why="CPU threads for torch; default: torch's choice")
+    max_minutes: float | None = field(None, why="stop (and save) after this much wall-clock time")
+
+
+@dataclass
+class CompareConfig:
+    """``sinkscope compare``: runs grouped by variant, loss and sink figures side by side."""
+
+    target_loss: float | None = field(None, why="report steps/tokens until the val loss first reaches this")
+    baseline: str = field("softmax", why="variant whose steps-to-target the speedup divides")
+    out: str | None = field(None, why="write compare.json here (a file path or folder)")
