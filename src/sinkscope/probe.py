@@ -17,6 +17,7 @@ from .adapters import blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
+from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
 from .errors import SinkscopeError
@@ -140,7 +141,7 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0)
     for observer in tallies.values():
         observer.tally.all_reduce()
-    result = _reduce(loaded, tallies, config, positions, len(sequences), max_len)
+    result = _reduce(loaded, tallies, config, positions, len(sequences), max_len, sequences)
     if out is not None and rank == 0:
         result.save(out)
     return result
@@ -167,18 +168,22 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     n_heads, _, _ = head_counts(model.config)
     observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions),
                  "hidden": HiddenObserver(n_layers, max_len)}
-    if config.capture.key_importance or config.capture.full_pattern:
+    if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
                                              config.capture.full_pattern)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
+    if config.chain:
+        chain = chain_observers(model, adapter, config, max_len)
+        extend_sweep(sweep, chain, model, adapter)
+        observers.update(chain)
     run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
               padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers
 
 
 def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions, n_sequences: int,
-            max_len: int) -> ProbeResult:
+            max_len: int, sequences: list[list[int]] | None = None) -> ProbeResult:
     sink, hidden = observers["sink"], observers["hidden"]
     score = sink.sink_score().float()  # (L, H, P)
     importance = sink.importance().float()
@@ -212,7 +217,12 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
         "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
     }
-    return ProbeResult(payload=payload, tables=_tables(sink, hidden, observers.get("keys"), positions))
+    tables = _tables(sink, hidden, observers.get("keys"), positions)
+    if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
+        chain = reduce_chain(loaded, observers, config, score[:, :, 0], onset, sequences or [])
+        payload.update(chain.payload)
+        tables.update(chain.tables)
+    return ProbeResult(payload=payload, tables=tables)
 
 
 def _seen_len(norm_by_position: torch.Tensor) -> int:

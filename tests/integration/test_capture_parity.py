@@ -198,13 +198,13 @@ def _grid(values) -> dict:
 
 
 # ---------------------------------------------------------------- the tests
-@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize(("padding_side", "query_chunk"), [("right", 1024), ("left", 5)])  # 5: several chunks
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_statistic_matches_brute_force(family, padding_side):
+def test_every_statistic_matches_brute_force(family, padding_side, query_chunk):
     model = tiny_model(family)
     sequences = _sequences()
     result = sinkscope.probe(model, sequences, chain=False, batch_size=BATCH_SIZE, padding_side=padding_side,
-                             sink_positions=KEYS, key_importance=True, full_pattern=True)
+                             sink_positions=KEYS, key_importance=True, full_pattern=True, query_chunk=query_chunk)
     ref, max_raw = brute_force(model, sequences, padding_side)
 
     for p in KEYS:

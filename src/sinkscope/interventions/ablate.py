@@ -105,7 +105,7 @@ class _DimEditor(BatchAware):
             others = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
             if self.batch is not None:
                 others = self.batch.valid.clone()
-            b, first = self.target_rows(0, hidden.shape[1], hidden.device)
+            b, first = self.target_rows(0, hidden.shape[0], hidden.device)
             others[b, first] = False
             hidden[..., idx] = hidden[..., idx][others].mean(0).to(hidden.dtype)
         if isinstance(output, (tuple, list)):

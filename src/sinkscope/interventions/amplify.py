@@ -37,7 +37,7 @@ class _AmplifyHook(BatchAware):
     def hook(self, layer: int):
         def pre_hook(module, args):
             x = args[0]  # (B, T, H*D): per-head outputs after value aggregation
-            b, rows = self.target_rows(self.spec.position, x.shape[1], x.device)
+            b, rows = self.target_rows(self.spec.position, x.shape[0], x.device)
             if bool((rows >= x.shape[1]).any()):
                 raise SinkscopeError(f"--position {self.spec.position} is past the end of a sequence")
             x = x.clone()

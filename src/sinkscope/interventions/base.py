@@ -42,13 +42,12 @@ class BatchAware:
 
     batch: BatchInfo | None = None
 
-    def target_rows(self, position: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_rows(self, position: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch index, absolute token index) of ``position`` counted from each sequence's first real token."""
+        rows = torch.arange(batch_size, device=device)
         if self.batch is None:
-            index = torch.full((1,), position, device=device)
-            return torch.zeros(1, dtype=torch.long, device=device), index
-        cols = self.batch.first + position
-        return torch.arange(len(cols), device=device), cols
+            return rows, torch.full((batch_size,), position, device=device)
+        return rows, self.batch.first.to(device) + position
 
 
 def check_layers(layers: Sequence[int] | None, n_layers: int) -> tuple[int, ...]:

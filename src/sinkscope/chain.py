@@ -1,0 +1,413 @@
+"""The causal chain of method.md sections 2-4, measured and linked with no coordinates given.
+
+variance discrepancy (C1) -> super neurons (C2) -> dimension disparity (C3) -> QK locking -> sink.
+
+:func:`chain_observers` builds the streamed observers ``probe`` adds to its sweep when
+``config.chain`` is on; :func:`reduce_chain` turns their (all-reduced) tallies into the ``variance``,
+``super_neurons``, ``disparity``, ``qk_locking`` and ``chain`` sections of probe.json plus Parquet
+tables. Layer and neuron indices are 0-based, as in the model's module lists. Disparity indices
+count layer *inputs*: k is the residual stream entering layer k (k = L: the final norm's input), so
+a neuron in layer l shows up at k = l + 1, the first layer whose attention can see it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .adapters import block_part, blocks, head_counts, weight_out_in
+from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver,
+                            key_weight, mlp_input_module, mlp_weights)
+from .capture.reducers import Tally, scatter_by_position
+from .capture.runner import Sweep, run_sweep
+from .config import ProbeConfig
+from .metrics.neurons import column_profile, selectivity, top_rows
+from .metrics.qk import cosine, key_rows, top_principal_direction
+from .metrics.stats import histogram_quantile
+from .metrics.variance import std_across_samples, variance_summary
+
+# Our choices (method.md leaves them open); each is the smallest rule that separates the planted
+# fixture from random weights with a wide margin, and Llama-2's reported spikes (|a| in the
+# hundreds against a median below 0.1) by orders of magnitude.
+SPIKE_Z_MIN = 50.0  # a channel spikes when (|a_sink| - median) / MAD of all other activations exceeds this ...
+SPIKE_RATIO_MIN = 20.0  # ... and |a_sink| exceeds this many times that median
+SPIKE_PERSISTENCE = 0.5  # ... in at least this share of the sequences (Yu et al.: repeat over prompts)
+MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
+WEIGHT_OUTLIER = 3.0  # weight finder: a gate/up row norm this many times its layer's median stands out
+DIM_SHARE_MIN = 0.1  # an output dim a down-projection column "writes": at least this share of its energy
+MASSIVE_PERSISTENCE = 0.5  # a dim is massive at the sink when it is massive in at least this share of sequences
+DISPARITY_CONTRAST = 4.0  # the DomRatio jumps where the sink's is this many times the other tokens' median
+MAX_SELECTIVITY_NEURONS = 4  # neurons traced position by position in the selectivity pass
+
+
+def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
+    """The streamed chain observers, keyed by name; each has a ``.tally``."""
+    n_layers = len(blocks(model, adapter))
+    n_heads, _, head_dim = head_counts(model.config)
+    hidden = model.config.hidden_size
+    width_in = _in_features(block_part(model, adapter, 0, "o_proj"), adapter)
+    channels = mlp_weights(model, adapter, 0)["down"].shape[1]
+    return {
+        "values": ValueOutputObserver(n_layers, n_heads, width_in, hidden, max_len, config.variance_positions),
+        "neurons": NeuronObserver(n_layers, channels, hidden, SPIKE_Z_MIN, SPIKE_RATIO_MIN),
+        "disparity": DisparityObserver(n_layers, hidden, max_len, config.massive_abs, config.massive_rel),
+        "queries": QueryObserver(n_layers, n_heads, head_dim),
+    }
+
+
+def _in_features(module, adapter) -> int:
+    return weight_out_in(module, adapter).shape[1]
+
+
+def extend_sweep(sweep: Sweep, observers: dict, model, adapter) -> Sweep:
+    """Add the chain observers' hooks to a probe sweep (in place) and return it."""
+    for name in ("values", "neurons"):
+        pre, post = observers[name].hooks(model, adapter)
+        sweep.forward_pre_hooks += pre
+        sweep.forward_hooks += post
+        sweep.batch_listeners.append(observers[name])
+    sweep.forward_hooks += observers["disparity"].hooks(model, adapter)
+    sweep.batch_listeners.append(observers["disparity"])
+    sweep.attention_observers.append(observers["queries"])
+    return sweep
+
+
+@dataclass
+class ChainResult:
+    payload: dict  # sections merged into probe.json
+    tables: dict[str, dict[str, list]]  # Parquet tables
+
+
+def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch.Tensor, onset: int | None,
+                 sequences: list[list[int]]) -> ChainResult:
+    """All chain sections from the all-reduced tallies; ``sink_score`` is (L, H) for the first token."""
+    model, adapter = loaded.model, loaded.adapter
+    variance, variance_tables = reduce_variance(observers["values"], observers.get("keys"))
+    disparity = reduce_disparity(observers["disparity"], config)
+    neurons = reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k)
+    massive = disparity["massive_dims"]
+    linked = link_neurons(neurons["candidates"], disparity)
+    traced = linked or neurons["candidates"][:1]
+    sel_table = neuron_selectivity(loaded, sequences[: config.selectivity_samples],
+                                   [(n["layer"], n["index"]) for n in traced[:MAX_SELECTIVITY_NEURONS]], config)
+    qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score)
+    chain = {
+        "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
+        "massive_dims": massive,
+        "disparity_layer": disparity["disparity_layer"],
+        "onset_layer": onset,
+    }
+    chain["consistent"] = _consistent(chain)
+    chain["verdict"] = _verdict(chain, neurons, disparity, config)
+    chain["evidence"] = {
+        "neurons": linked,
+        "finders_agree": bool(linked) and all(n["weight_outlier"] for n in linked),
+        "disparity": {k: disparity[k] for k in ("sink_dom_ratio", "other_dom_ratio_median", "contrast")},
+        "onset_threshold": config.onset_threshold,
+        "locked_heads": qk.get("locked_heads", []),
+    }
+    payload = {"variance": variance, "super_neurons": neurons, "disparity": disparity, "qk_locking": qk,
+               "chain": chain}
+    tables = {**variance_tables, "chain_qk": qk_table}
+    if sel_table["neuron"]:
+        tables["chain_neuron_selectivity"] = sel_table
+    return ChainResult(payload, tables)
+
+
+# ---- C1 -----------------------------------------------------------------------------------------
+
+def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
+    t = values.tally
+    L, T = t["count"].shape
+    Tv, H = values.tracked, values.n_heads
+    count = t["count"]
+    seen = count.where(count > 0, torch.nan)
+    samples_in = std_across_samples(t["in_sum"], t["in_sumsq"], count[:, :Tv])  # (L, Tv)
+    samples_heads = std_across_samples(t["in_sum"], t["in_sumsq"], count[:, :Tv], H)  # (L, H, Tv)
+    samples_out = std_across_samples(t["out_sum"], t["out_sumsq"], count[:, :Tv])
+    dims_in, dims_out = t["in_dim_std_sum"] / seen, t["out_dim_std_sum"] / seen  # (L, T)
+    dims_heads = t["in_head_dim_std_sum"] / seen[:, None]  # (L, H, T)
+    eff = keys.effective_tokens().double() if keys is not None else torch.full((L, H, T), torch.nan)
+    mean_eff = eff.nanmean(1)  # (L, T) over heads
+    layers = [{"layer": layer, "std_first": _num(samples_in[layer, 0]),
+               "across_samples": variance_summary(samples_in[layer], samples_out[layer]),
+               "across_dims": variance_summary(dims_in[layer], dims_out[layer]),
+               "effective_tokens_first_last": [_num(mean_eff[layer, 0]), _num(mean_eff[layer, _last(count[layer])])]}
+              for layer in range(L)]
+    pad = lambda x: torch.cat([x, torch.full((*x.shape[:-1], T - x.shape[-1]), torch.nan, dtype=x.dtype)], -1)  # noqa: E731
+    keep = count > 0  # (L, T)
+    per_pos = _grid_table(("layer", "position"), keep, {
+        "std_across_samples": pad(samples_in), "std_across_dims": dims_in, "std_across_samples_after": pad(samples_out),
+        "std_across_dims_after": dims_out, "effective_tokens": mean_eff})
+    per_head = _grid_table(("layer", "head", "position"), keep[:, None].expand(-1, H, -1), {
+        "std_across_samples": pad(samples_heads), "std_across_dims": dims_heads, "effective_tokens": eff})
+    section = {"positions_tracked": Tv, "layers": layers,
+               "tables": ["chain_variance_by_position", "chain_variance_by_head"]}
+    return section, {"chain_variance_by_position": per_pos, "chain_variance_by_head": per_head}
+
+
+def _grid_table(index_names: tuple[str, ...], keep: torch.Tensor, columns: dict[str, torch.Tensor]) -> dict:
+    """Long-format table of the cells where ``keep`` (shape S) is true; every column has shape S."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in keep.shape], indexing="ij"), -1).reshape(-1, keep.dim())
+    flat = keep.reshape(-1)
+    table = {name: grid[flat, i].tolist() for i, name in enumerate(index_names)}
+    for name, values in columns.items():
+        table[name] = [None if math.isnan(v) else v for v in values.reshape(-1)[flat].double().tolist()]
+    return table
+
+
+def _last(count_row: torch.Tensor) -> int:
+    seen = (count_row > 0).nonzero()
+    return int(seen[-1, 0]) if len(seen) else 0
+
+
+def _num(x) -> float | None:
+    value = float(x)
+    return None if math.isnan(value) else value
+
+
+# ---- C2 -----------------------------------------------------------------------------------------
+
+def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int) -> dict:
+    t = neurons.tally
+    sequences = t["sequences"].clamp(min=1)[:, None]  # (L, 1)
+    persistence = t["extreme_count"] / sequences  # (L, I)
+    sink_mean_abs = t["sink_abs_sum"] / sequences
+    other_mean_abs = t["other_abs_sum"] / t["other_tokens"].clamp(min=1)[:, None]
+    weight = weight_finder(model, adapter, top_k)
+    layers, index = (persistence >= SPIKE_PERSISTENCE).nonzero(as_tuple=True)
+    order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
+    candidates = []
+    for i in order.tolist():
+        layer, n = int(layers[i]), int(index[i])
+        down = mlp_weights(model, adapter, layer)["down"]
+        outliers = {row["index"] for row in weight[layer]["outliers"]}
+        candidates.append({
+            "layer": layer, "index": n, "persistence": float(persistence[layer, n]),
+            "sink_activation": float(t["sink_sum"][layer, n] / sequences[layer, 0]),
+            "sink_abs_mean": float(sink_mean_abs[layer, n]),
+            "other_abs_mean": float(other_mean_abs[layer, n]),
+            "other_abs_max": float(t["max_other_abs"][layer, n]),
+            "down_column": column_profile(down[:, n]),
+            "weight_outlier": n in outliers,
+        })
+    return {"candidates": candidates, "weight_finder": weight,
+            "thresholds": {"z_min": SPIKE_Z_MIN, "ratio_min": SPIKE_RATIO_MIN, "persistence": SPIKE_PERSISTENCE,
+                           "weight_outlier": WEIGHT_OUTLIER}}
+
+
+def weight_finder(model, adapter, top_k: int) -> list[dict]:
+    """Per layer, the top-k gate and up (fc1) rows by L2 norm and the rows that stand out in both."""
+    out = []
+    for layer in range(len(blocks(model, adapter))):
+        w = mlp_weights(model, adapter, layer)
+        up = top_rows(w["up"], top_k)
+        gate = top_rows(w["gate"], top_k) if w["gate"] is not None else None
+        standing = [r for r in up if r["ratio_to_median"] >= WEIGHT_OUTLIER]
+        if gate is not None:
+            gate_out = {r["index"] for r in gate if r["ratio_to_median"] >= WEIGHT_OUTLIER}
+            standing = [r for r in standing if r["index"] in gate_out]
+        out.append({"layer": layer, "gate": gate, "up": up, "outliers": standing})
+    return out
+
+
+def link_neurons(candidates: list[dict], disparity: dict) -> list[dict]:
+    """Candidates whose column writes a dim that is massive at the sink right after their layer."""
+    by_layer = disparity["massive_at_sink"]  # {k: [dims]}
+    linked = []
+    for cand in candidates:
+        seen = set(by_layer.get(cand["layer"] + 1, []))
+        dims = [d["dim"] for d in cand["down_column"]["dims"] if d["share"] >= DIM_SHARE_MIN and d["dim"] in seen]
+        if dims:
+            linked.append({**cand, "writes_massive": dims})
+    return linked
+
+
+def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config: ProbeConfig) -> dict:
+    """Per position: cos(x, w_gate[n]), x . w_up[n] and the activation of each neuron (re-run sweep)."""
+    table = {"neuron": [], "layer": [], "index": [], "position": [], "cos_gate": [], "up_dot": [], "activation": []}
+    if not neurons or not sequences:
+        return table
+    model, adapter = loaded.model, loaded.adapter
+    T = max(len(s) for s in sequences)
+    tally = Tally()
+    for name in ("cos_gate", "up_dot", "activation"):
+        tally.zeros(name, len(neurons), T)
+    tally.zeros("count", T)
+
+    class Listener:
+        batch = None
+
+    listener = Listener()
+    pre = []
+    for i, (layer, n) in enumerate(neurons):
+        w = mlp_weights(model, adapter, layer)
+        gate_row, up_row = (w["gate"][n] if w["gate"] is not None else None), w["up"][n]
+
+        def on_input(module, args, i=i, gate_row=gate_row, up_row=up_row):
+            batch = listener.batch
+            rel = torch.arange(args[0].shape[1], device=args[0].device)[None] - batch.first[:, None]
+            for name, value in selectivity(args[0], gate_row, up_row).items():
+                tally.add(name, (i,), scatter_by_position(value, rel, batch.valid, T))
+            if i == 0:
+                tally.add("count", (), scatter_by_position(batch.valid.double(), rel, batch.valid, T))
+
+        def on_down(module, args, i=i, n=n):
+            batch = listener.batch
+            rel = torch.arange(args[0].shape[1], device=args[0].device)[None] - batch.first[:, None]
+            tally.add("activation", (i,), scatter_by_position(args[0][..., n].float(), rel, batch.valid, T))
+
+        pre += [(mlp_input_module(model, adapter, layer), on_input),
+                (block_part(model, adapter, layer, "mlp_down"), on_down)]
+    run_sweep(model, adapter, loaded.tokenizer, sequences, Sweep(forward_pre_hooks=pre, batch_listeners=[listener]),
+              batch_size=config.data.batch_size, padding_side=config.data.padding_side,
+              query_chunk=config.capture.query_chunk)
+    count = tally["count"]
+    for i, (layer, n) in enumerate(neurons):
+        for pos in range(T):
+            if count[pos] == 0:
+                continue
+            table["neuron"].append(i)
+            table["layer"].append(layer)
+            table["index"].append(n)
+            table["position"].append(pos)
+            for name in ("cos_gate", "up_dot", "activation"):
+                table[name].append(float(tally[name][i, pos] / count[pos]))
+    return table
+
+
+# ---- C3 -----------------------------------------------------------------------------------------
+
+def reduce_disparity(obs: DisparityObserver, config: ProbeConfig) -> dict:
+    t = obs.tally
+    n_seq = t["sink_count"].clamp(min=1)
+    sink_dom = t["sink_dom_sum"] / n_seq
+    other_median = histogram_quantile(t["other_dom_hist"], obs.edges, 0.5)
+    other_median_norm = histogram_quantile(t["other_dom_norm_hist"], obs.edges, 0.5)
+    contrast = sink_dom / other_median.clamp_min(1.0)
+    seen = t["sink_count"] > 0
+    jumps = ((contrast >= DISPARITY_CONTRAST) & seen).nonzero()
+    share = t["massive_sink"] / n_seq[:, None]  # (K, D)
+    massive_at_sink, entries, first_seen = {}, [], {}
+    for k in range(share.shape[0]):
+        dims = (share[k] >= MASSIVE_PERSISTENCE).nonzero()[:, 0].tolist()
+        dims.sort(key=lambda d: -float(t["max_sink_abs"][k, d]))
+        if dims:
+            massive_at_sink[k] = dims
+        for d in dims:
+            first_seen.setdefault(d, (k, -float(t["max_sink_abs"][k, d])))
+            entries.append({"layer": k, "token": "first", "dim": d, "share": float(share[k, d]),
+                            "max_abs": float(t["max_sink_abs"][k, d])})
+        for d in (t["massive_other"][k] > 0).nonzero()[:, 0].tolist():
+            entries.append({"layer": k, "token": "other", "dim": d, "count": int(t["massive_other"][k, d])})
+    other_count = t["other_count"].clamp(min=1)
+    return {
+        "index": "layer input: k is the residual stream entering layer k; k = n_layers is the final norm's input",
+        "sink_dom_ratio": _list(sink_dom),
+        "sink_dom_ratio_norm": _list(t["sink_dom_norm_sum"] / n_seq),
+        "other_dom_ratio_median": _list(other_median),
+        "other_dom_ratio_norm_median": _list(other_median_norm),
+        "other_dom_ratio_mean": _list(t["other_dom_sum"] / other_count),
+        "other_dom_ratio_max": _list(t["max_other_dom"].where(t["other_count"] > 0, torch.nan)),
+        "other_dom_ratio_norm_max": _list(t["max_other_dom_norm"].where(t["other_count"] > 0, torch.nan)),
+        "contrast": _list(contrast),
+        "contrast_threshold": DISPARITY_CONTRAST,
+        "disparity_layer": int(jumps[0, 0]) if len(jumps) else None,
+        "massive": entries,
+        "massive_criteria": {"abs": config.massive_abs, "rel": config.massive_rel, "persistence": MASSIVE_PERSISTENCE},
+        "massive_at_sink": massive_at_sink,
+        "massive_dims": sorted(first_seen, key=lambda d: first_seen[d]),
+        "massive_tokens_by_position": t["massive_by_position"].tolist(),
+        "effective_rank": _list(t["erank_sum"] / n_seq),
+        "sink_normed_mean": (t["sink_normed_sum"] / n_seq[:, None]),  # (K, D) tensor, dropped before JSON
+    }
+
+
+def _list(x: torch.Tensor) -> list:
+    return [_num(v) for v in x.tolist()]
+
+
+# ---- QK locking ---------------------------------------------------------------------------------
+
+def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: torch.Tensor) -> tuple[dict, dict]:
+    t = obs.tally
+    n_heads, n_kv, head_dim = head_counts(model.config)
+    count = t["q_count"].clamp(min=1)  # (L,)
+    mean = t["q_sum"] / count[:, None, None]
+    top = top_principal_direction(t["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
+    sink_key = t["sink_key_sum"] / t["q_count"].where(t["q_count"] > 0, 1)[:, None, None]
+    share = t["positive_count"] / count[:, None]  # (L, H)
+    observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen
+    normed = disparity.pop("sink_normed_mean")
+    start = disparity["disparity_layer"]
+    L = share.shape[0]
+    table = {"layer": [], "head": [], "massive_dim": [], "alignment": [], "alignment_sink_key": [],
+             "positive_share": [], "sink_score": []}
+    layers = []
+    for layer in range(L):
+        dims = disparity["massive_at_sink"].get(layer, [])
+        dim = dims[0] if dims else None
+        align = [math.nan] * n_heads
+        if dim is not None and top.shape[-1] == head_dim:
+            column = key_rows(key_weight(model, adapter, layer, n_heads, n_kv, head_dim), n_kv, head_dim, n_heads)[..., dim]
+            column = column * torch.sign(normed[layer, dim]).to(column.dtype)
+            align = cosine(top[layer], column.to(top.device)).tolist()
+        for head in range(n_heads):
+            for name, value in (("layer", layer), ("head", head), ("massive_dim", dim), ("alignment", _num(align[head])),
+                                ("alignment_sink_key", _num(observed[layer, head])),
+                                ("positive_share", float(share[layer, head])), ("sink_score", float(sink_score[layer, head]))):
+                table[name].append(value)
+        if start is not None and layer >= start:
+            layers.append({"layer": layer, "massive_dim": dim, "alignment": [_num(a) for a in align],
+                           "alignment_sink_key": _list(observed[layer]), "positive_share": share[layer].tolist(),
+                           "sink_score": sink_score[layer].tolist()})
+    locked = [{"layer": row["layer"], "head": h} for row in layers for h in range(n_heads)
+              if row["positive_share"][h] >= 0.9 and (row["alignment"][h] or 0) >= 0.9]
+    section = {"from_layer": start, "layers": layers, "locked_heads": locked,
+               "note": None if start is not None else "no dimension disparity, so no massive key to lock onto",
+               "table": "chain_qk"}
+    return section, table
+
+
+# ---- the chain ----------------------------------------------------------------------------------
+
+def _consistent(chain: dict) -> bool:
+    if not chain["super_neurons"] or chain["disparity_layer"] is None or chain["onset_layer"] is None:
+        return False
+    first = min(n["layer"] for n in chain["super_neurons"])
+    return first < chain["disparity_layer"] <= chain["onset_layer"]
+
+
+def _verdict(chain: dict, neurons: dict, disparity: dict, config: ProbeConfig) -> str:
+    onset, jump, found = chain["onset_layer"], chain["disparity_layer"], chain["super_neurons"]
+    parts = []
+    if onset is None:
+        parts.append(f"No attention sink: no layer's head-mean sink score exceeds {config.onset_threshold}.")
+    else:
+        parts.append(f"The sink sets in at layer {onset}.")
+    if jump is None:
+        parts.append("The first token's DomRatio never jumps above "
+                     f"{DISPARITY_CONTRAST:g}x the other tokens' median: no dimension disparity.")
+    else:
+        k = jump
+        parts.append(f"The first token's DomRatio jumps at the input of layer {k} "
+                     f"({disparity['sink_dom_ratio'][k]:.1f} vs a median of "
+                     f"{disparity['other_dom_ratio_median'][k]:.1f} for other tokens).")
+    if found:
+        names = "; ".join(f"neuron {n['index']} of layer {n['layer']} writes dim(s) {', '.join(map(str, n['dims']))}"
+                          for n in found)
+        parts.append(f"Super neuron(s): {names}.")
+    elif neurons["candidates"]:
+        parts.append(f"{len(neurons['candidates'])} neuron(s) spike at the first token, but none writes a dim that "
+                     "is massive there: no super neuron.")
+    else:
+        parts.append("No neuron spikes at the first token: no super neuron.")
+    if chain["consistent"]:
+        parts.append("They line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
+    elif found and jump is not None and onset is not None:
+        parts.append("They do not line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
+    else:
+        parts.append("The chain is not established.")
+    return " ".join(parts)
