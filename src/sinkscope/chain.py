@@ -31,8 +31,8 @@ from .metrics.variance import std_across_samples, variance_summary
 # Our choices (method.md leaves them open); each is the smallest rule that separates the planted
 # fixture from random weights with a wide margin, and Llama-2's reported spikes (|a| in the
 # hundreds against a median below 0.1) by orders of magnitude.
-SPIKE_Z_MIN = 50.0  # a channel spikes when (|a_sink| - median) / MAD of all other activations exceeds this ...
-SPIKE_RATIO_MIN = 20.0  # ... and |a_sink| exceeds this many times that median
+SPIKE_Z_MIN = 500.0  # a channel spikes when (|a_sink| - median) / MAD of all other activations exceeds this ...
+SPIKE_RATIO_MIN = 100.0  # ... and |a_sink| exceeds this many times that median
 SPIKE_PERSISTENCE = 0.5  # ... in at least this share of the sequences (Yu et al.: repeat over prompts)
 MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
 WEIGHT_OUTLIER = 3.0  # weight finder: a gate/up row norm this many times its layer's median stands out

@@ -101,3 +101,63 @@ COMMANDS = [
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
             positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
 ]
+
+
+def _train_config_class():
+    from .train.config import TrainConfig
+
+    return TrainConfig
+
+
+def run_train(args: argparse.Namespace, config) -> int:
+    from .train.loop import train
+
+    summary = train(config)
+    if summary:
+        console = _console()
+        console.print(f"{summary['variant']}: {summary['steps']} steps, {summary['tokens']:,} tokens in "
+                      f"{summary['seconds'] / 60:.1f} min ({summary['tokens_per_second']:,.0f} tokens/s); "
+                      f"train loss {summary['final_train_loss']:.3f}, val loss {summary['final_val_loss']:.3f}")
+        console.print(f"model: {summary['model_folder']}   logs: {config.out}/metrics.jsonl, telemetry.jsonl")
+    return 0
+
+
+def run_compare(args: argparse.Namespace, config) -> int:
+    from rich.table import Table
+
+    from .train.compare import compare, save_compare
+
+    payload = compare(args.runs, config)
+    table = Table(title="runs by variant (mean ± std over seeds)")
+    for column in ("variant", "runs", "train loss", "val loss", "steps to target", "speedup", "sink score",
+                   "DomRatio", "eff. rank"):
+        table.add_column(column, justify="right")
+
+    def fmt(cell, digits=3):
+        if cell is None or cell.get("mean") is None:
+            return "—"
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+    for variant, row in payload["variants"].items():
+        speedup = row.get("speedup_vs_baseline")
+        table.add_row(variant, str(len(row["runs"])), fmt(row["final_train_loss"]), fmt(row["final_val_loss"]),
+                      fmt(row.get("steps_to_target"), 0), f"{speedup:.2f}x" if speedup else "—",
+                      fmt(row["max_layer_sink_score"]), fmt(row["max_layer_dom_ratio"], 1),
+                      fmt(row["mean_effective_rank"], 1))
+    _console().print(table)
+    if config.out:
+        print(f"results: {save_compare(payload, config.out)}")
+    return 0
+
+
+def _compare_config_class():
+    from .train.config import CompareConfig
+
+    return CompareConfig
+
+
+COMMANDS.append(Command("train", "pretrain a model with one attention variant, with sink telemetry",
+                        _train_config_class(), run_train))
+COMMANDS.append(Command("compare", "compare training runs grouped by variant (loss, speed, sinks)",
+                        _compare_config_class(), run_compare,
+                        positionals=(("runs", {"nargs": "+", "help": "run folders written by sinkscope train"}),)))

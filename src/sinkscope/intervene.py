@@ -17,7 +17,6 @@ from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
 from .config import DataConfig, LoadConfig, field
-from .data import load_sequences
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .loading import LoadedModel, prepare_model
@@ -72,13 +71,14 @@ def _parse_pairs(text: str) -> tuple[tuple[int, int], ...]:
 
 
 class _Experiment:
-    def __init__(self, loaded: LoadedModel, config: InterveneConfig, progress: bool):
+    def __init__(self, loaded: LoadedModel, config: InterveneConfig, progress: bool, data=None):
+        from .probe import sequences_for
+
         self.loaded, self.config, self.progress = loaded, config, progress
         self.model, self.adapter = loaded.model, loaded.adapter
         self.n_layers = len(blocks(self.model, self.adapter))
         self.n_heads = head_counts(self.model.config)[0]
-        self.sequences = load_sequences(config.data, loaded.tokenizer, self.model.config.vocab_size,
-                                        getattr(self.model.config, "bos_token_id", None))
+        self.sequences = sequences_for(data, loaded, config.data)
         self.max_len = max(len(s) for s in self.sequences)
         shortest = min(len(s) for s in self.sequences)
         if not 0 <= config.position < shortest - 1:
@@ -351,17 +351,18 @@ def ablate(exp: _Experiment) -> dict:
 EXPERIMENTS = {"isolate": isolate, "amplify": amplify, "ablate": ablate}
 
 
-def intervene(model, kind: str, config: InterveneConfig | None = None, *, tokenizer=None,
+def intervene(model, kind: str, config: InterveneConfig | None = None, *, data=None, tokenizer=None,
               out: str | Path | None = None, progress: bool = False) -> dict:
     """Run one intervention experiment and return the content of intervene.json.
 
-    ``model`` is a loaded transformers model (left unchanged) or a hub id / folder / embedded name.
+    ``model`` is a loaded transformers model (left unchanged) or a hub id / folder / embedded name;
+    ``data`` is as for :func:`sinkscope.probe` (None: ``config.data`` decides).
     """
     config = config or InterveneConfig()
     if kind not in EXPERIMENTS:
         raise SinkscopeError(f"unknown intervention {kind!r}; choose one of {', '.join(EXPERIMENTS)}")
     loaded = prepare_model(model, tokenizer, config.load)
-    payload = EXPERIMENTS[kind](_Experiment(loaded, config, progress))
+    payload = EXPERIMENTS[kind](_Experiment(loaded, config, progress, data))
     if out is not None:
         write_json(Path(out) / "intervene.json", payload)
     return payload

@@ -70,7 +70,7 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _sequences(data, loaded: LoadedModel, cfg: DataConfig) -> list[list[int]]:
+def sequences_for(data, loaded: LoadedModel, cfg: DataConfig) -> list[list[int]]:
     config = loaded.model.config
     vocab = config.vocab_size
     if data is None or isinstance(data, (str, Path)):
@@ -129,7 +129,7 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     """
     config = _apply_overrides(config or ProbeConfig(), overrides)
     loaded = prepare_model(model, tokenizer, config.load)
-    sequences = _sequences(data, loaded, config.data)
+    sequences = sequences_for(data, loaded, config.data)
     positions = config.capture.sink_positions
     if config.capture.sink_positions == (0,):
         positions = loaded.adapter.candidate_sinks

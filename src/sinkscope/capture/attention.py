@@ -47,6 +47,12 @@ class BatchInfo:
         last = torch.where(valid, positions, -1).amax(1)
         return cls(valid=valid, first=first, last=last)
 
+    def to(self, device: torch.device) -> BatchInfo:
+        """The same batch on ``device`` (layers of a --device-map model live on several devices)."""
+        if self.valid.device == device:
+            return self
+        return BatchInfo(valid=self.valid.to(device), first=self.first.to(device), last=self.last.to(device))
+
     def absolute(self, relative: Sequence[int]) -> torch.Tensor:
         """(B, P) key indices: p >= 0 counts from the first real token, p < 0 back from the last."""
         cols = [self.first + p if p >= 0 else self.last + 1 + p for p in relative]
@@ -279,7 +285,7 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         visible=visible, bias=bias,
         causal=is_causal if is_causal is not None else getattr(module, "is_causal", True),
         scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
-        softcap=softcap, batch=session.batch if session else None,
+        softcap=softcap, batch=session.batch.to(query.device) if session and session.batch else None,
         sink_logit=kwargs.get("sink_logit"), sigmoid_bias=kwargs.get("sigmoid_bias"),
     )
     for editor in session.mask_editors if session else ():

@@ -42,7 +42,7 @@ class HiddenObserver:
         return hook
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
-        batch = self.batch
+        batch = self.batch.to(hidden.device)
         valid = batch.valid
         finite = torch.isfinite(hidden).all(-1) | ~valid
         if not bool(finite.all()):

@@ -1,0 +1,176 @@
+"""Chain metrics (variance, neurons, disparity, QK, stats) against brute-force numpy/scipy."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from sinkscope.capture.reducers import Tally
+from sinkscope.metrics.disparity import dominance_ratio, log_bins, massive_mask
+from sinkscope.metrics.neurons import column_profile, robust_spike_scores, selectivity, top_rows
+from sinkscope.metrics.qk import cosine, key_rows, positive_dot_count, top_principal_direction
+from sinkscope.metrics.stats import (excess_kurtosis, first_rest_ratio, fit_inverse_sqrt, histogram_quantile,
+                                     kendall_tau, std_from_sums)
+from sinkscope.metrics.variance import effective_tokens, std_across_dims, std_across_samples
+
+
+def test_std_from_sums_merges_batches_exactly():
+    x = torch.randn(50, 7, 5, dtype=torch.float64) * 3 + 1
+    tally = Tally()
+    tally.zeros("s", 7, 5)
+    tally.zeros("q", 7, 5)
+    for chunk in x.split([3, 20, 27]):  # uneven batches merge to the same sums
+        tally.add("s", (), chunk.sum(0))
+        tally.add("q", (), (chunk ** 2).sum(0))
+    got = std_from_sums(tally["s"], tally["q"], torch.tensor(50.0))
+    np.testing.assert_allclose(got.numpy(), x.numpy().std(0), rtol=1e-9)
+
+
+def test_std_across_samples_per_position_and_head():
+    x = torch.randn(40, 6, 8, dtype=torch.float64)  # (N, T, D), D = 2 heads x 4
+    total, total_sq, count = x.sum(0), (x ** 2).sum(0), torch.full((6,), 40.0)
+    ref = x.numpy().std(0)  # (T, D)
+    np.testing.assert_allclose(std_across_samples(total, total_sq, count).numpy(), ref.mean(-1), rtol=1e-9)
+    heads = std_across_samples(total, total_sq, count, n_heads=2)  # (H, T)
+    np.testing.assert_allclose(heads.numpy(), ref.reshape(6, 2, 4).mean(-1).T, rtol=1e-9)
+
+
+def test_std_across_dims_matches_numpy():
+    x = torch.randn(3, 5, 12)
+    np.testing.assert_allclose(std_across_dims(x).numpy(), x.numpy().std(-1), rtol=1e-5)
+    np.testing.assert_allclose(std_across_dims(x, 3).numpy(), x.numpy().reshape(3, 5, 3, 4).std(-1), rtol=1e-5)
+
+
+def _kendall_brute(x, y):  # tau-a = tau-b without ties
+    pairs = list(itertools.combinations(range(len(x)), 2))
+    s = sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i, j in pairs)
+    return s / len(pairs)
+
+
+def test_kendall_tau_matches_pair_count_and_drops_nan():
+    x, y = np.random.default_rng(0).normal(size=(2, 15))
+    tau, p = kendall_tau(torch.tensor(x), torch.tensor(y))
+    assert tau == pytest.approx(_kendall_brute(x, y), abs=1e-12)
+    assert 0 <= p <= 1
+    x2, y2 = np.append(x, np.nan), np.append(y, 1.0)
+    assert kendall_tau(torch.tensor(x2), torch.tensor(y2))[0] == pytest.approx(tau, abs=1e-12)
+
+
+def test_fit_inverse_sqrt_recovers_exact_curve_and_matches_lstsq():
+    t = np.arange(32)
+    exact = fit_inverse_sqrt(torch.tensor(2.5 / np.sqrt(t + 1)))
+    assert exact["s"] == pytest.approx(2.5) and exact["r2"] == pytest.approx(1.0) and exact["relative_rmse"] < 1e-12
+    y = 2.5 / np.sqrt(t + 1) + np.random.default_rng(1).normal(0, 0.1, 32)
+    g = 1 / np.sqrt(t + 1)
+    s, *_ = np.linalg.lstsq(g[:, None], y, rcond=None)
+    r2 = 1 - ((y - s[0] * g) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    fit = fit_inverse_sqrt(torch.tensor(np.append(y, np.nan)))
+    assert fit["s"] == pytest.approx(s[0], rel=1e-10) and fit["r2"] == pytest.approx(r2, rel=1e-10)
+    assert fit["positions"] == 32
+    flat = fit_inverse_sqrt(torch.ones(32))  # a flat curve is a bad fit
+    assert flat["r2"] < 0.5 or math.isnan(flat["r2"])
+
+
+def test_first_rest_ratio_and_effective_tokens():
+    assert float(first_rest_ratio(torch.tensor([4.0, 1.0, 3.0, float("nan")]))) == pytest.approx(2.0)
+    probs = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25] * 4])
+    np.testing.assert_allclose(effective_tokens(probs).numpy(), [1.0, 2.0, 4.0])
+
+
+def test_excess_kurtosis_matches_scipy():
+    x = np.random.default_rng(2).standard_t(3, size=(4, 200))
+    np.testing.assert_allclose(excess_kurtosis(torch.tensor(x)).numpy(), scipy.stats.kurtosis(x, axis=-1), rtol=1e-9)
+
+
+def test_histogram_median_is_within_one_bin():
+    values = np.random.default_rng(3).lognormal(1.0, 0.5, 5000).clip(1, 60)
+    edges = log_bins(64, 512)
+    index = np.clip(np.searchsorted(edges.numpy(), values, side="right") - 1, 0, 511)
+    counts = torch.tensor(np.bincount(index, minlength=512), dtype=torch.float64)
+    median = float(histogram_quantile(counts[None], edges, 0.5)[0])
+    width = float((edges[1:] / edges[:-1]).max())
+    assert np.median(values) / width <= median <= np.median(values) * width
+    assert math.isnan(float(histogram_quantile(torch.zeros(1, 512), edges, 0.5)[0]))
+
+
+def test_robust_spike_scores_match_numpy():
+    g = torch.Generator().manual_seed(0)
+    act = torch.randn(3, 10, 20, generator=g)
+    act[:, 0, 7] = 500.0
+    valid = torch.ones(3, 10, dtype=torch.bool)
+    valid[:, 0] = False
+    valid[2, 8:] = False  # padding is ignored
+    z, ratio = robust_spike_scores(act[:, 0], act, valid)
+    for b in range(3):
+        others = np.abs(act[b][valid[b]].numpy()).ravel()
+        med = np.median(others)  # torch's median picks the lower middle; both agree for odd counts
+        lower = np.sort(others)[(len(others) - 1) // 2]
+        mad = np.sort(np.abs(others - lower))[(len(others) - 1) // 2]
+        np.testing.assert_allclose(z[b].numpy(), (np.abs(act[b, 0].numpy()) - lower) / mad, rtol=1e-5)
+        np.testing.assert_allclose(ratio[b].numpy(), np.abs(act[b, 0].numpy()) / lower, rtol=1e-5)
+        assert abs(med - lower) < 0.1
+    assert int(z.argmax(-1).unique()) == 7
+
+
+def test_top_rows_and_column_profile():
+    w = torch.randn(50, 16) * 0.1
+    w[13] = 3.0
+    rows = top_rows(w, 3)
+    assert rows[0]["index"] == 13 and rows[0]["ratio_to_median"] > 10 and len(rows) == 3
+    column = torch.zeros(16)
+    column[4], column[9] = 3.0, -1.0
+    profile = column_profile(column, top=2)
+    assert [d["dim"] for d in profile["dims"]] == [4, 9]
+    assert profile["dims"][0]["share"] == pytest.approx(0.9) and profile["dims"][1]["weight"] == -1.0
+    assert profile["kurtosis"] == pytest.approx(scipy.stats.kurtosis(column.numpy()), rel=1e-6)
+
+
+def test_selectivity_cosine_and_up_dot():
+    x = torch.randn(5, 8)
+    gate, up = torch.randn(8), torch.randn(8)
+    got = selectivity(x, gate, up)
+    xn, gn = x.numpy(), gate.numpy()
+    cos = xn @ gn / (np.linalg.norm(xn, axis=-1) * np.linalg.norm(gn))
+    np.testing.assert_allclose(got["cos_gate"].numpy(), cos, rtol=1e-5)
+    np.testing.assert_allclose(got["up_dot"].numpy(), xn @ up.numpy(), rtol=1e-5)
+    plain = selectivity(x, None, up)  # plain MLP: cosine with the fc1 row
+    np.testing.assert_allclose(plain["cos_gate"].numpy(), xn @ up.numpy() / (np.linalg.norm(xn, axis=-1)
+                                                                            * np.linalg.norm(up.numpy())), rtol=1e-5)
+
+
+def test_top_principal_direction_matches_svd_and_points_with_the_mean():
+    g = torch.Generator().manual_seed(1)
+    u = torch.tensor([0.6, -0.8, 0.0])
+    q = 3 * u + 0.3 * torch.randn(400, 3, generator=g)  # (N, Dh), common direction u
+    second = (q.T.double() @ q.double()) / len(q)
+    top = top_principal_direction(second, q.double().mean(0))
+    _, _, vt = np.linalg.svd(q.numpy().astype(np.float64), full_matrices=False)
+    assert abs(float(cosine(top, torch.tensor(vt[0])))) == pytest.approx(1.0, abs=1e-9)
+    assert float(cosine(top, u)) > 0.99  # signed towards the mean, not against it
+
+
+def test_positive_dot_count_and_key_rows():
+    q = torch.randn(2, 3, 5, 4)
+    k = torch.randn(2, 3, 4)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[:, 0] = False
+    brute = ((torch.einsum("bhtd,bhd->bht", q, k) > 0) & mask[:, None]).sum((0, 2))
+    assert positive_dot_count(q, k, mask).tolist() == brute.double().tolist()
+    w = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(8, 6)  # 2 kv heads x Dh 4, D 6
+    rows = key_rows(w, n_kv=2, head_dim=4, n_heads=4)
+    assert rows.shape == (4, 4, 6)
+    assert torch.equal(rows[1], w[:4]) and torch.equal(rows[2], w[4:])
+
+
+def test_massive_mask_and_dominance_ratio():
+    h = torch.full((2, 10), 0.05)
+    h[0, 3] = 150.0  # > 100 and > 1000 x median 0.05
+    h[1, 4] = 40.0  # large relative, but not > 100
+    mask = massive_mask(h, 100.0, 1000.0)
+    assert mask.nonzero().tolist() == [[0, 3]]
+    assert float(dominance_ratio(h)[0]) == pytest.approx(150 / ((150 + 9 * 0.05) / 10), rel=1e-5)
