@@ -19,7 +19,7 @@ import torch
 
 from .adapters import block_part, blocks, head_counts, weight_out_in
 from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver,
-                            key_weight, mlp_input_module, mlp_weights)
+                            as_tokens, key_weight, mlp_input_module, mlp_weights)
 from .capture.reducers import Tally, scatter_by_position
 from .capture.runner import Sweep, run_sweep
 from .config import ProbeConfig
@@ -248,16 +248,18 @@ def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config
 
         def on_input(module, args, i=i, gate_row=gate_row, up_row=up_row):
             batch = listener.batch
-            rel = torch.arange(args[0].shape[1], device=args[0].device)[None] - batch.first[:, None]
-            for name, value in selectivity(args[0], gate_row, up_row).items():
+            x = as_tokens(args[0], batch)
+            rel = torch.arange(x.shape[1], device=x.device)[None] - batch.first[:, None]
+            for name, value in selectivity(x, gate_row, up_row).items():
                 tally.add(name, (i,), scatter_by_position(value, rel, batch.valid, T))
             if i == 0:
                 tally.add("count", (), scatter_by_position(batch.valid.double(), rel, batch.valid, T))
 
         def on_down(module, args, i=i, n=n):
             batch = listener.batch
-            rel = torch.arange(args[0].shape[1], device=args[0].device)[None] - batch.first[:, None]
-            tally.add("activation", (i,), scatter_by_position(args[0][..., n].float(), rel, batch.valid, T))
+            a = as_tokens(args[0], batch)
+            rel = torch.arange(a.shape[1], device=a.device)[None] - batch.first[:, None]
+            tally.add("activation", (i,), scatter_by_position(a[..., n].float(), rel, batch.valid, T))
 
         pre += [(mlp_input_module(model, adapter, layer), on_input),
                 (block_part(model, adapter, layer, "mlp_down"), on_down)]

@@ -161,3 +161,41 @@ COMMANDS.append(Command("train", "pretrain a model with one attention variant, w
 COMMANDS.append(Command("compare", "compare training runs grouped by variant (loss, speed, sinks)",
                         _compare_config_class(), run_compare,
                         positionals=(("runs", {"nargs": "+", "help": "run folders written by sinkscope train"}),)))
+
+
+def run_report(args: argparse.Namespace, config) -> int:
+    from .report import build_report
+
+    report = build_report(args.runs, args.output, title=args.title)
+    print(f"report: {report.path}  ({len(report.figures)} figures, PNG and SVG in {report.figures_dir})")
+    for figure_id, why in report.missing.items():
+        print(f"  omitted {figure_id}: {why}")
+    return 0
+
+
+def _demo_config_class():
+    from .demo import DemoConfig
+
+    return DemoConfig
+
+
+def run_demo(args: argparse.Namespace, config) -> int:
+    from .demo import demo
+
+    result = demo(config)
+    print(f"report: {result['report']}")
+    for line in result["summary"]:
+        print(line)
+    print(f"demo finished in {result['seconds']:.0f} s")
+    return 0
+
+
+COMMANDS.append(Command("report", "draw every result under RUN folders into one offline HTML page (+ PNG/SVG)", None,
+                        run_report, positionals=(
+                            ("runs", {"nargs": "+", "metavar": "RUN", "help": "folders holding probe.json, "
+                                      "intervene.json, training logs or compare.json (searched recursively)"}),
+                            ("-o", {"dest": "output", "default": "report.html", "metavar": "FILE",
+                                    "help": "the HTML page to write; figures go to FILE_figures/ beside it"}),
+                            ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
+COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
+                        _demo_config_class(), run_demo))

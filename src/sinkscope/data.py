@@ -69,17 +69,24 @@ def special_tokens(tokenizer, bos: str, bos_token_id: int | None) -> tuple[list[
     """
     if bos == "never":
         return [], []
-    prefix, suffix = [], []
-    if tokenizer is not None:
-        marker = -1
-        wrapped = tokenizer.build_inputs_with_special_tokens([marker])
-        cut = wrapped.index(marker)
-        prefix, suffix = list(wrapped[:cut]), list(wrapped[cut + 1:])
+    prefix, suffix = _added_by_tokenizer(tokenizer) if tokenizer is not None else ([], [])
     if bos == "always" and not prefix:
+        bos_token_id = bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
         if bos_token_id is None:
             raise SinkscopeError("--bos always, but this model defines no BOS token; use --bos auto or never")
         prefix = [bos_token_id]
     return prefix, suffix
+
+
+def _added_by_tokenizer(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids the tokenizer puts before and after a text by itself (transformers 5's fast tokenizers have no
+    build_inputs_with_special_tokens, so compare one encoding with and without special tokens)."""
+    body = tokenizer("x", add_special_tokens=False)["input_ids"]
+    wrapped = tokenizer("x")["input_ids"]
+    for cut in range(len(wrapped) - len(body) + 1):
+        if wrapped[cut:cut + len(body)] == body:
+            return list(wrapped[:cut]), list(wrapped[cut + len(body):])
+    return [], []
 
 
 def _windows(ids: list[int], size: int, prefix: list[int], suffix: list[int]) -> list[list[int]]:

@@ -32,10 +32,18 @@ def resolve_source(name: str) -> str:
     return str(path) if path is not None else name
 
 
+def _looks_like_path(source: str) -> bool:
+    """A hub id is 'name' or 'org/name'; anything else (./x, /x, a/b/c, ~/x) can only be a folder."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
 def _read_config(source: str, cfg: LoadConfig):
     from transformers import AutoConfig
 
     local = Path(source)
+    if not local.exists() and _looks_like_path(source):
+        raise SinkscopeError(f"model folder {source} does not exist; pass a folder written by save_pretrained "
+                             "(config.json + safetensors) or a hub id like org/name")
     if local.exists() and not (local / "config.json").exists():
         raise SinkscopeError(f"{source} is a folder without config.json; point at a folder written by save_pretrained")
     try:

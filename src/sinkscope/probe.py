@@ -20,6 +20,7 @@ from .capture.sink import KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
+from .distributed import init_from_env
 from .errors import SinkscopeError
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
@@ -60,14 +61,6 @@ class ProbeResult:
         for name, columns in self.tables.items():
             write_parquet(out / f"{name}.parquet", columns)
         return write_json(out / "probe.json", self.payload)
-
-
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def sequences_for(data, loaded: LoadedModel, cfg: DataConfig) -> list[list[int]]:
@@ -137,7 +130,7 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     if config.capture.full_pattern and max_len > FULL_PATTERN_MAX_LEN:
         raise SinkscopeError(f"--full-pattern is for sequences up to {FULL_PATTERN_MAX_LEN} tokens; "
                              "drop it (the sink statistics need no T x T matrix)")
-    rank, world = _distributed()
+    rank, world = init_from_env("gloo")  # the tallies live on the CPU
     tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0)
     for observer in tallies.values():
         observer.tally.all_reduce()

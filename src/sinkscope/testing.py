@@ -131,3 +131,31 @@ def twin(model: torch.nn.Module, attn_implementation: str = "eager") -> torch.nn
     other = auto.from_config(config, attn_implementation=attn_implementation, dtype=model.dtype)
     other.load_state_dict(model.state_dict())
     return other.eval()
+
+
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()\n"
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3, matching the tiny configs' pad/bos/eos
+
+
+def tiny_tokenizer(add_bos: bool = True):
+    """A character-level fast tokenizer with ids below ``VOCAB``; it prepends <s> when ``add_bos``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + tuple(CHARS))}
+    assert len(vocab) <= VOCAB
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def save_tiny(family: str, folder, with_tokenizer: bool = True, **overrides):
+    """Write a tiny ``family`` model (safetensors) and, optionally, the tiny tokenizer to ``folder``."""
+    model = tiny_model(family, **overrides)
+    model.save_pretrained(folder)
+    if with_tokenizer:
+        tiny_tokenizer(add_bos=family not in ("gpt2", "opt", "bert")).save_pretrained(folder)
+    return model

@@ -33,6 +33,11 @@ def _relative(batch: BatchInfo, T: int) -> torch.Tensor:
     return torch.arange(T, device=batch.valid.device)[None] - batch.first[:, None]  # (B, T)
 
 
+def as_tokens(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
+    """(B, T, W) view of a hooked activation; some families (OPT) flatten tokens to (B*T, W) in the MLP."""
+    return x.view(*batch.valid.shape, -1) if x.dim() == 2 else x
+
+
 def _sink_rows(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), batch.first]  # (B, ...)
 
@@ -75,12 +80,12 @@ class ValueOutputObserver(_Hooked):
 
     def _pre(self, layer: int):
         def hook(module, args):
-            self.observe(layer, "in", args[0])
+            self.observe(layer, "in", as_tokens(args[0], self.batch))
         return hook
 
     def _post(self, layer: int):
         def hook(module, args, output):
-            self.observe(layer, "out", block_output_tensor(output))
+            self.observe(layer, "out", as_tokens(block_output_tensor(output), self.batch))
         return hook
 
     def observe(self, layer: int, side: str, x: torch.Tensor) -> None:
@@ -128,12 +133,12 @@ class NeuronObserver(_Hooked):
 
     def _pre(self, layer: int):
         def hook(module, args):
-            self.observe(layer, args[0])
+            self.observe(layer, as_tokens(args[0], self.batch))
         return hook
 
     def _post(self, layer: int):
         def hook(module, args, output):
-            out = _sink_rows(block_output_tensor(output), self.batch).double().abs().sum(0)
+            out = _sink_rows(as_tokens(block_output_tensor(output), self.batch), self.batch).double().abs().sum(0)
             self.tally.add("down_out_sink_abs_sum", (layer,), out)
         return hook
 

@@ -22,7 +22,11 @@ from .config import TrainDataConfig
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>")  # ids 0, 1, 2: the model config's bos/eos/pad
 TOKENIZER_SAMPLE_CHARS = 8_000_000  # BPE merges are learnt from this many characters (deterministic prefix)
-CACHE_DIR = Path(os.environ.get("SINKSCOPE_CACHE", Path.home() / ".cache" / "sinkscope"))
+
+
+def cache_dir() -> Path:
+    """Where tokenizers and token streams are cached: $SINKSCOPE_CACHE, else ~/.cache/sinkscope."""
+    return Path(os.environ.get("SINKSCOPE_CACHE", Path.home() / ".cache" / "sinkscope"))
 
 
 def stdlib_documents() -> list[str]:
@@ -113,7 +117,7 @@ def _fingerprint(docs: list[str], vocab_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_tokenizer(docs: list[str], vocab_size: int, cache_dir: Path = CACHE_DIR):
+def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None):
     """A byte-level BPE ``PreTrainedTokenizerFast`` learnt from ``docs`` (cached by content), adding BOS.
 
     The special tokens come first, so <|bos|> = 0, <|eos|> = 1, <|pad|> = 2 whatever the data.
@@ -121,7 +125,7 @@ def train_tokenizer(docs: list[str], vocab_size: int, cache_dir: Path = CACHE_DI
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    path = cache_dir / "tokenizers" / f"bpe-{_fingerprint(docs, vocab_size)}.json"
+    path = (cache or cache_dir()) / "tokenizers" / f"bpe-{_fingerprint(docs, vocab_size)}.json"
     if not path.exists():
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -193,10 +197,13 @@ class TokenData:
         body = stream[starts[:, None] + offsets].long()
         return torch.cat([torch.full((len(starts), 1), self.bos_id, dtype=torch.long), body], dim=1)
 
-    def batch(self, step: int, micro: int, rank: int, batch_size: int) -> torch.Tensor:
-        """The (B, T) training batch for optimizer ``step``, micro-batch ``micro``, process ``rank``."""
-        key = (self.seed * 1_000_003 + step) * 4099 + micro * 131 + rank
-        generator = torch.Generator().manual_seed(key)
+    def batch(self, index: int, batch_size: int) -> torch.Tensor:
+        """The ``index``-th (B, T) micro-batch of the run: index = (step * accum + micro) * world + rank.
+
+        Numbering micro-batches globally makes N processes with accumulation A see exactly the batches
+        of one process with accumulation N * A.
+        """
+        generator = torch.Generator().manual_seed(self.seed * 1_000_000_007 + index)
         starts = torch.randint(0, len(self.train) - self.seq_len + 1, (batch_size,), generator=generator)
         return self.windows(self.train, starts)
 
@@ -208,7 +215,7 @@ class TokenData:
         return self.windows(self.val, starts, length)
 
 
-def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache_dir: Path = CACHE_DIR):
+def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = None):
     """(tokenizer, TokenData) for a run: documents read, split, tokenizer trained or loaded, streams cached."""
     docs = read_documents(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_every_doc)
@@ -216,17 +223,17 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache_dir: Path = CACHE_
         tokenizer = load_tokenizer(cfg.tokenizer)
         tag = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()[:8]
     else:
-        tokenizer = train_tokenizer(train_docs, vocab_size, cache_dir)
+        tokenizer = train_tokenizer(train_docs, vocab_size, cache)
         tag = f"bpe{vocab_size}"
-    cache = cache_dir / "streams" / f"{_fingerprint(docs, cfg.val_every_doc)}-{tag}.pt"
-    if cache.exists():
-        train, val = torch.load(cache)
+    streams = (cache or cache_dir()) / "streams" / f"{_fingerprint(docs, cfg.val_every_doc)}-{tag}.pt"
+    if streams.exists():
+        train, val = torch.load(streams)
     else:
         train, val = encode(train_docs, tokenizer), encode(val_docs, tokenizer)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        streams.parent.mkdir(parents=True, exist_ok=True)
+        tmp = streams.with_suffix(f".{os.getpid()}.tmp")
         torch.save((train, val), tmp)
-        os.replace(tmp, cache)
+        os.replace(tmp, streams)
     bos = tokenizer.bos_token_id
     if bos is None:
         raise SinkscopeError("the tokenizer defines no BOS token; training windows need a fixed first token")

@@ -186,7 +186,8 @@ class Trainer:
             group["lr"] = lr_at(self.step, o)
         total = torch.zeros((), device=self.device)
         for micro in range(o.grad_accum):
-            ids = self.data.batch(self.step, micro, self.rank, o.batch_size).to(self.device)
+            index = (self.step * o.grad_accum + micro) * self.world + self.rank
+            ids = self.data.batch(index, o.batch_size).to(self.device)
             last = micro == o.grad_accum - 1
             sync = self.forward.no_sync() if self.world > 1 and not last else _nullcontext()
             with sync:

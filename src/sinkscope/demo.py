@@ -1,0 +1,353 @@
+"""``sinkscope demo``: the paper's whole story on the embedded organism checkpoints, offline, in minutes.
+
+For the model (``organism-softmax``) and its twin (``organism-headnorm``) the demo runs the probe on
+natural text and on random tokens (with the chain), then isolate, amplify and ablate, copies any
+training logs shipped with the checkpoints, and writes the report. It prints the report's path and a
+10-line summary of the chain it found. Any model folder works too (``--model``, ``--twin none``).
+
+Output layout (``--out``)::
+
+    <model label>/probe/         probe.json + Parquet tables (natural text)
+    <model label>/probe-random/  the same on random tokens
+    <model label>/isolate/ amplify/ ablate/   intervene.json
+    train/<model label>/         training logs shipped with (or made for) the checkpoint
+    report.html, report_figures/
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DataConfig, LoadConfig, ProbeConfig, field
+from .errors import SinkscopeError
+from .intervene import PAPER_LAMBDAS, InterveneConfig
+
+DEFAULT_MODEL = "organism-softmax"
+DEFAULT_TWIN = "organism-headnorm"
+TRAIN_LOGS = ("run.json", "metrics.jsonl", "telemetry.jsonl")
+
+
+@dataclass
+class DemoConfig:
+    """``sinkscope demo``: probe, chain, interventions and report on a model and its HeadNorm twin."""
+
+    out: str = field("runs/demo", why="output folder: result files of every step and report.html")
+    model: str = field(DEFAULT_MODEL, why="the model with a sink: embedded checkpoint name, local folder or hub id")
+    twin: str = field(DEFAULT_TWIN, why="the same model trained with the fix, drawn side by side; 'none' skips it")
+    data: str | None = field(None, why="natural-text data (file, folder or .jsonl); default: the embedded prompts")
+    samples: int = field(32, why="sequences per probe and intervention (few: the demo must take minutes)")
+    seq_len: int = field(64, why="tokens per sequence (the paper measures at T = 64)")
+    batch_size: int = field(8, why="sequences per forward pass")
+    bos: str = field("auto", why="prepend BOS: auto follows the tokenizer", choices=("auto", "always", "never"))
+    position: int = field(9, why="token that isolate and amplify turn into a sink (the paper: 9)")
+    lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors (the paper's grid)")
+    value_mean_tokens: int = field(1024, why="random tokens for the mean value vector mu of amplify")
+    train_minutes: float = field(1.5, why="if an organism checkpoint is missing: minutes to train each on the spot")
+    seed: int = field(0, why="seed of sampling and random tokens")
+    quiet: bool = field(False, why="no progress display")
+
+
+@dataclass
+class ModelResults:
+    """The payloads of one model's demo steps (None where a step was skipped)."""
+
+    label: str
+    natural: dict
+    random: dict
+    isolate: dict | None = None
+    amplify: dict | None = None
+    ablate: dict | None = None
+    note: str | None = None  # why a step was skipped
+
+
+def _label(name: str) -> str:
+    return Path(name.rstrip("/")).name or name
+
+
+def _data(config: DemoConfig, random_tokens: bool = False) -> DataConfig:
+    return DataConfig(data=None if random_tokens else config.data, random_tokens=random_tokens,
+                      seq_len=config.seq_len, samples=config.samples, batch_size=config.batch_size, bos=config.bos,
+                      seed=config.seed)
+
+
+def amplify_plan(onset: int | None, n_layers: int) -> tuple[int, tuple[int, ...]]:
+    """(observed layer, amplified layers): observe the onset layer, amplify every layer before it
+    (the paper: observe 2, amplify 0 and 1); with no onset (or onset 0), observe min(2, L - 1)."""
+    observe = onset if onset else min(2, n_layers - 1)
+    return observe, tuple(range(max(observe, 1)))
+
+
+class Steps:
+    """A rich progress display of the demo's steps (or nothing, with ``quiet``)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        if not quiet:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn())
+            self.task = self.progress.add_task("demo", total=total)
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def run(self, description: str, fn, *args, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, description=description)
+        result = fn(*args, **kwargs)
+        if self.progress is not None:
+            self.progress.advance(self.task)
+        return result
+
+    def log(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+
+
+def demo(config: DemoConfig | None = None) -> dict:
+    """Run the demo; returns {"report": path, "summary": [10 lines], "seconds": float, "models": [...]}."""
+    import torch
+
+    from .report import build_report
+
+    config = config or DemoConfig()
+    start = time.perf_counter()
+    out = Path(config.out)
+    names = [config.model] + ([config.twin] if config.twin and config.twin.lower() != "none" else [])
+    if len(set(map(_label, names))) != len(names):
+        raise SinkscopeError(f"--model and --twin must differ, got {config.model!r} twice")
+    per_model = 6  # load, probe natural, probe random, isolate, amplify, ablate
+    torch.manual_seed(config.seed)
+    with Steps(per_model * len(names) + 1, config.quiet) as steps:
+        sources = [ensure_checkpoint(name, out, config, steps) for name in names]
+        compare_training(out)
+        models = [run_model(name, source, out, config, steps) for name, source in zip(names, sources)]
+        report = steps.run("writing the report", build_report, [out], out / "report.html",
+                           title="sinkscope demo: " + " vs ".join(m.label for m in models))
+    _KEEP_ALIVE.clear()
+    summary = chain_summary(models, config)
+    return {"report": str(report.path), "summary": summary, "seconds": time.perf_counter() - start,
+            "models": [m.label for m in models], "missing_figures": report.missing}
+
+
+def ensure_checkpoint(name: str, out: Path, config: DemoConfig, steps: Steps) -> str:
+    """The folder/name to load for ``name``; a missing embedded organism is trained on the spot.
+
+    Training logs shipped with the checkpoint (run.json, metrics.jsonl, telemetry.jsonl in its folder
+    or its ``train/`` subfolder) are copied under ``out/train/<label>`` for the report.
+    """
+    from .loading import resolve_source
+
+    source = resolve_source(name)
+    if name in (DEFAULT_MODEL, DEFAULT_TWIN) and source == name and not Path(name).exists():
+        source = train_organism(name, out, config, steps)
+    folder = Path(source)
+    for candidate in (folder, folder / "train", folder.parent):
+        logs = [candidate / f for f in TRAIN_LOGS if (candidate / f).is_file()]
+        if logs and any(f.name != "run.json" for f in logs):
+            target = out / "train" / _label(name)
+            if candidate.resolve() != target.resolve():
+                target.mkdir(parents=True, exist_ok=True)
+                for f in logs:
+                    shutil.copyfile(f, target / f.name)
+            break
+    return source
+
+
+def train_organism(name: str, out: Path, config: DemoConfig, steps: Steps) -> str:
+    """Train the missing organism ``name`` (softmax or headnorm) through sinkscope.train; returns its model folder."""
+    variant = name.removeprefix("organism-")
+    try:
+        from .train.loop import train
+    except ImportError as err:
+        raise SinkscopeError(f"the embedded checkpoint {name!r} is missing and the training package cannot train it "
+                             f"({err}); pass --model FOLDER (and --twin FOLDER or none)") from None
+    folder = out / "train" / name
+    model_folder = folder / "model"
+    if (model_folder / "config.json").exists():  # trained by an earlier demo run into the same --out
+        return str(model_folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    cfg = organism_train_config(variant, folder, config.train_minutes, config.seed)
+    steps.log(f"{name} is not embedded in this install: training it for {config.train_minutes:g} min on the spot")
+    steps.run(f"training {name}", train, cfg)
+    return str(model_folder)
+
+
+ORGANISM_PRESET = Path(__file__).resolve().parents[2] / "configs" / "organism.yaml"  # in a source checkout
+
+
+def organism_train_config(variant: str, folder: Path, minutes: float, seed: int):
+    """The organism recipe (configs/organism.yaml when this is a checkout, else a small built-in one),
+    cut to ``minutes`` of wall-clock time on the CPU."""
+    import dataclasses
+
+    from .config import build, load_yaml
+    from .train.config import ModelSpec, OptimConfig, TrainConfig, TrainDataConfig
+
+    if ORGANISM_PRESET.exists():
+        cfg = build(TrainConfig, load_yaml(ORGANISM_PRESET))
+    else:
+        cfg = TrainConfig(model=ModelSpec(layers=4, hidden_size=128, heads=4, vocab_size=1024),
+                          data=TrainDataConfig(seq_len=64), optim=OptimConfig(lr=3e-3, warmup=30, batch_size=16,
+                                                                              steps=400))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=variant), out=str(folder),
+                               max_minutes=minutes, device="cpu", seed=seed, checkpoint_every=10_000,
+                               telemetry_every=min(cfg.telemetry_every or 50, 50), eval_every=min(cfg.eval_every, 50))
+
+
+def compare_training(out: Path) -> None:
+    """compare.json over the training runs under out/train (when there are any with run.json)."""
+    folders = sorted(str(p.parent) for p in (out / "train").glob("*/run.json"))
+    if not folders:
+        return
+    try:
+        from .train.compare import compare, save_compare
+    except ImportError:  # the training package has no compare yet: the report draws its own table
+        return
+    save_compare(compare(folders), out / "train" / "compare.json")
+
+
+_KEEP_ALIVE: list = []
+
+
+def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Steps) -> ModelResults:
+    from .adapters import blocks
+    from .intervene import intervene
+    from .loading import load_model
+    from .probe import probe
+
+    label = _label(name)
+    folder = out / label
+    loaded = steps.run(f"{label}: loading", load_model, source, LoadConfig())
+    _KEEP_ALIVE.append(loaded)  # intervene caches mu by id(model): a freed model's id must not be reused
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.config._name_or_path = label  # provenance and the report name the model by its label
+    probe_config = ProbeConfig(data=_data(config), selectivity_samples=min(8, config.samples))
+    natural = steps.run(f"{label}: probe + chain, natural text", probe, model, config.data, tokenizer=tokenizer,
+                        config=probe_config, out=folder / "probe").to_dict()
+    random = steps.run(f"{label}: probe + chain, random tokens", probe, model, tokenizer=tokenizer,
+                       config=ProbeConfig(data=_data(config, True), selectivity_samples=min(8, config.samples)),
+                       out=folder / "probe-random").to_dict()
+    results = ModelResults(label=label, natural=natural, random=random)
+    observe, layers = amplify_plan(natural.get("onset_layer"), len(blocks(model, loaded.adapter)))
+    base = {"data": _data(config), "position": config.position, "value_mean_tokens": config.value_mean_tokens}
+    results.isolate = steps.run(f"{label}: isolate token {config.position}", intervene, model, "isolate",
+                                InterveneConfig(**base), tokenizer=tokenizer, out=folder / "isolate")
+    results.amplify = steps.run(f"{label}: amplify token {config.position}", intervene, model, "amplify",
+                                InterveneConfig(**base, lambdas=config.lambdas, observe=observe,
+                                                layers=",".join(map(str, layers))),
+                                tokenizer=tokenizer, out=folder / "amplify")
+    neurons = (natural.get("chain") or {}).get("super_neurons") or []
+    if neurons:
+        spec = ",".join(f"{n['layer']}:{n['index']}" for n in neurons)
+        results.ablate = steps.run(f"{label}: ablate {spec}", intervene, model, "ablate",
+                                   InterveneConfig(**base, neurons=spec), tokenizer=tokenizer, out=folder / "ablate")
+    else:
+        results.note = "no super neuron found, so nothing to ablate"
+        steps.run(f"{label}: ablate skipped (no super neuron)", lambda: None)
+    return results
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _neurons_text(chain: dict) -> str:
+    found = chain.get("super_neurons") or []
+    if not found:
+        return "none found"
+    return "; ".join(f"layer {n['layer']} neuron {n['index']} -> dim {', '.join(map(str, n.get('dims') or []))}"
+                     for n in found[:3])
+
+
+def chain_summary(models: list[ModelResults], config: DemoConfig | None = None) -> list[str]:
+    """Ten lines: what the demo found on the first model, and how its twin compares."""
+    main = models[0]
+    p = main.natural
+    chain = p.get("chain") or {}
+    qk = p.get("qk_locking") or {}
+    consistent = "consistent with the paper (neuron < disparity <= onset)" if chain.get("consistent") \
+        else "not established"
+    return [
+        _header_line(models),
+        _sink_line(main),
+        _variance_line(p),
+        f"C2 super neuron(s): {_neurons_text(chain)}",
+        _disparity_line(p),
+        f"QK locking: {len(qk.get('locked_heads') or [])} locked head(s); chain {consistent}",
+        f"isolate: {main.isolate['verdict']}" if main.isolate else "isolate: not run",
+        f"amplify: {main.amplify['verdict']}" if main.amplify else "amplify: not run",
+        f"ablate: {main.ablate['verdict']}" if main.ablate else f"ablate: skipped, {main.note or 'not run'}",
+        _twin_line(models),
+    ]
+
+
+def _header_line(models: list[ModelResults]) -> str:
+    main = models[0]
+    natural, random = main.natural.get("data") or {}, main.random.get("data") or {}
+    return (f"demo: {' vs '.join(m.label for m in models)}; {natural.get('sequences')} natural-text and "
+            f"{random.get('sequences')} random-token sequences of {natural.get('max_len')} tokens")
+
+
+def _sink_line(main: ModelResults) -> str:
+    p = main.natural
+    onset, scores = p.get("onset_layer"), p.get("layer_sink_score") or []
+    where = (f"onset at layer {onset} (head-mean score {scores[onset]:.2f})" if onset is not None
+             else "no onset layer (no head-mean score above the threshold)")
+    return (f"sink: {where}; sink rate {_num(p.get('sink_rate')):.0f} % natural, "
+            f"{_num(main.random.get('sink_rate')):.0f} % random tokens")
+
+
+def _variance_line(p: dict) -> str:
+    found = (p.get("chain") or {}).get("super_neurons") or []
+    onset = p.get("onset_layer")
+    layer = found[0]["layer"] if found else max((onset or 1) - 1, 0)  # the paper: Llama-2 layer 1, onset 2
+    entry = next((e for e in (p.get("variance") or {}).get("layers", []) if e.get("layer") == layer), {})
+    dims = entry.get("across_dims") or {}
+    r2 = _num((dims.get("fit") or {}).get("r2"))
+    return (f"C1 variance: at the o_proj input of layer {layer} the first token's std over dims is "
+            f"{_num(dims.get('first_rest_ratio')):.2f}x the rest's (fit s/sqrt(t+1): R2 {r2:.2f})")
+
+
+def _disparity_line(p: dict) -> str:
+    chain, disparity = p.get("chain") or {}, p.get("disparity") or {}
+    jump = chain.get("disparity_layer")
+    if jump is None:
+        return "C3 disparity: none (the first token's DomRatio never stands out)"
+    dims = ", ".join(map(str, chain.get("massive_dims") or [])) or "none"
+    return (f"C3 disparity: first-token DomRatio {_num(disparity['sink_dom_ratio'][jump]):.1f} vs median "
+            f"{_num(disparity['other_dom_ratio_median'][jump]):.1f} from layer input {jump}; massive dims {dims}")
+
+
+def _twin_line(models: list[ModelResults]) -> str:
+    if len(models) < 2:
+        return "twin: none compared (--twin none)"
+    main, twin = models[0], models[1]
+    a, b = main.natural, twin.natural
+
+    def peak(p):
+        scores = [s for s in p.get("layer_sink_score") or [] if s is not None]
+        return max(scores) if scores else float("nan")
+
+    onset = b.get("onset_layer")
+    return (f"{twin.label}: peak sink score {peak(b):.2f} vs {peak(a):.2f}, sink rate {b.get('sink_rate', 0):.0f} % vs "
+            f"{a.get('sink_rate', 0):.0f} %, onset {'none' if onset is None else onset}, "
+            f"super neurons: {_neurons_text(b.get('chain') or {})}")

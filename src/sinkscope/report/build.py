@@ -1,0 +1,254 @@
+"""``sinkscope report``: result files in, one self-contained HTML page and its figure files out.
+
+The page is a pure function of the files found under the RUN folders (see load.py). Every figure is
+also written as PNG and SVG into ``<page stem>_figures/`` beside the page, for papers.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SinkscopeError
+from ..results import _atomic_write_bytes
+from . import figures_chain as chain_fig
+from . import figures_effects as effect_fig
+from . import figures_sink as sink_fig
+from .figures_sink import MissingData
+from .html import Column, Section, Slot, json_tables, page, table
+from .load import Results, Series, load_results
+from .style import inline_svg, png_bytes, svg_text
+
+FORMATS = ("svg", "png")
+SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "files")
+
+
+@dataclass
+class Report:
+    """What ``build_report`` wrote."""
+
+    path: Path
+    figures_dir: Path
+    figures: list[str] = field(default_factory=list)  # figure ids drawn
+    missing: dict[str, str] = field(default_factory=dict)  # figure id -> why it is omitted
+    sections: tuple[str, ...] = SECTIONS
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+class _Drawer:
+    """Turns figure functions into Slots, writing each drawn figure's files once."""
+
+    def __init__(self, figures_dir: Path, report: Report):
+        self.dir, self.report = figures_dir, report
+
+    def slot(self, kind: str, key: str, caption: str, draw) -> Slot:
+        figure_id = f"{kind}--{slug(key)}" if key else kind
+        try:
+            fig = draw()
+        except MissingData as why:
+            self.report.missing[figure_id] = str(why)
+            return Slot(figure_id, kind, caption, missing=str(why))
+        svg = svg_text(fig)
+        fig.set_layout_engine("none")  # keep the layout computed for the SVG: the PNG needs no second pass
+        _atomic_write_bytes(self.dir / f"{figure_id}.svg", svg.encode())
+        _atomic_write_bytes(self.dir / f"{figure_id}.png", png_bytes(fig))
+        self.report.figures.append(figure_id)
+        return Slot(figure_id, kind, caption, svg=inline_svg(svg, figure_id), link_dir=self.dir.name)
+
+
+def build_report(runs: list[str | Path], output: str | Path = "report.html", *, title: str | None = None) -> Report:
+    """Read the result files under ``runs`` and write the HTML page ``output`` plus its figure files.
+
+    Raises SinkscopeError when a folder holds no result files or a file has an incompatible schema.
+    """
+    results = load_results(runs)
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".htm"):
+        raise SinkscopeError(f"-o {output}: the report is an HTML file; give a name ending in .html")
+    figures_dir = output.with_name(output.stem + "_figures")
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(path=output, figures_dir=figures_dir)
+    draw = _Drawer(figures_dir, report)
+    sections = [_summary(results), _sink(results, draw), _variance(results, draw), _neurons(results, draw),
+                _disparity(results, draw), _qk(results, draw), _chain(results, draw), _interventions(results, draw),
+                _training(results, draw), _files(results)]
+    names = ", ".join(s.label for s in results.series) or ", ".join(t.label for t in results.training)
+    text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
+                f"under {', '.join(str(r) for r in results.runs)}", sections)
+    _atomic_write_bytes(output, text.encode("utf-8"))
+    return report
+
+
+def _columns(results: Results, fill) -> list[Column]:
+    """One column per series, filled by ``fill(series) -> list of parts``."""
+    return [Column(s.label + (f" ({s.variant})" if s.variant and s.variant not in s.label else ""), s.colour,
+                   fill(s)) for s in results.series]
+
+
+def _none_note(what: str) -> str:
+    return f'<div class="missing" data-missing="{what}">No {what} result files under these folders.</div>'
+
+
+def _summary(results: Results) -> Section:
+    rows = []
+    for s in results.series:
+        probe = s.probe.payload if s.probe else {}
+        chain = probe.get("chain") or {}
+        rows.append({
+            "run": s.label, "variant": s.variant, "model": s.model,
+            "onset layer": probe.get("onset_layer"),
+            "sink rate natural (%)": s.natural.payload.get("sink_rate") if s.natural else None,
+            "sink rate random (%)": s.random.payload.get("sink_rate") if s.random else None,
+            "super neurons": ", ".join(f"{n['layer']}:{n['index']}" for n in chain.get("super_neurons") or []) or None,
+            "massive dims": ", ".join(map(str, chain.get("massive_dims") or [])) or None,
+            "disparity layer": chain.get("disparity_layer"),
+            "chain consistent": chain.get("consistent"),
+        })
+    parts = [table(rows, "summary-table")] if rows else [_none_note("probe or intervention")]
+    for s in results.series:
+        verdicts = [(s.probe.payload.get("chain") or {}).get("verdict")] if s.probe else []
+        verdicts += [p.get("verdict") for p in s.interventions.values()]
+        verdicts = [v for v in verdicts if v]
+        if verdicts:
+            parts.append(f'<p class="verdict"><b>{html.escape(s.label)}</b>: '
+                         + "<br>".join(html.escape(v) for v in verdicts) + "</p>")
+    return Section("summary", "Summary", "What each run found, in one table; the verdicts are the probe's and "
+                   "the interventions' own sentences.", parts)
+
+
+def _sink(results: Results, draw: _Drawer) -> Section:
+    entries = [{"index": i, "label": s.label, "colour": s.colour, "natural": s.natural and s.natural.payload,
+                "random": s.random and s.random.payload} for i, s in enumerate(results.series)]
+    parts = [draw.slot("sink-rate", "", "sink score by layer and sink rate, all runs", lambda: sink_fig.sink_rate(entries))]
+    parts.append(_columns(results, lambda s: [draw.slot(
+        "sink-heatmap", s.label, "sink score per layer and head (natural text when probed)",
+        lambda: sink_fig.sink_heatmap(s.probe.payload if s.probe else None, s.label))]))
+    return Section("sink", "Where the sink is", "Sink score: the attention queries give to the first token, "
+                   "averaged over query positions (per head) and heads (per layer). Sink rate (Gu et al. 2025): "
+                   "the share of heads whose mean attention to token 0 exceeds eps.", parts)
+
+
+def _variance(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        tables = {key: p.table("chain_variance_by_position") for key, p in (("natural", s.natural), ("random", s.random))
+                  if p is not None}
+        return [draw.slot("variance", s.label, "std of the o_proj input by position; solid natural text, dashed "
+                          "random tokens, dotted the fitted s/sqrt(t+1)",
+                          lambda: chain_fig.variance_by_position(s.natural and s.natural.payload,
+                                                                 s.random and s.random.payload, tables, s.label,
+                                                                 s.colour))]
+    return Section("variance", "C1 variance discrepancy", "The first token's attention output is its own value "
+                   "(weight 1); later outputs average t + 1 values, so their spread falls like s / sqrt(t + 1).",
+                   [_columns(results, fill)])
+
+
+def _neurons(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        probe = s.probe
+        rows = chain_fig.neuron_rows(probe.payload) if probe else []
+        shown = [{"layer": r["layer"], "neuron": r["index"], "writes massive": ", ".join(map(str, r["writes_massive"]))
+                  or None, "sink |a|": r.get("sink_abs_mean"), "other |a| mean": r.get("other_abs_mean"),
+                  "persistence": r.get("persistence"), "kurtosis": (r.get("down_column") or {}).get("kurtosis"),
+                  "top dims": ", ".join(str(d["dim"]) for d in (r.get("down_column") or {}).get("dims", [])[:3]),
+                  "weight outlier": r.get("weight_outlier")} for r in rows[:8]]
+        parts = [table(shown, f"neuron-table--{slug(s.label)}")] if shown else []
+        parts.append(draw.slot("super-neurons", s.label, "down-projection column and selectivity by position",
+                               lambda: chain_fig.super_neurons(probe.payload if probe else None,
+                                                               probe.table("chain_neuron_selectivity") if probe else None,
+                                                               s.label, s.colour)))
+        return parts
+    return Section("neurons", "C2 super neurons", "FFN neurons that fire only at the first token; their "
+                   "down-projection column writes one or two hidden dims (channel-sparse).", [_columns(results, fill)])
+
+
+def _disparity(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        probe = s.probe
+        return [draw.slot("dom-ratio", s.label, "DomRatio by layer input, first token vs other tokens",
+                          lambda: sink_fig.dom_ratio(probe.payload if probe else None, s.label, s.colour)),
+                draw.slot("massive", s.label, "massive activations: hidden-state norm by layer and position",
+                          lambda: sink_fig.massive_activations(probe.payload if probe else None,
+                                                               probe.table("hidden_by_position") if probe else None,
+                                                               s.label, s.colour))]
+    return Section("disparity", "C3 dimension disparity and massive activations", "DomRatio(h) = max_j |h_j| / "
+                   "mean_j |h_j|. After the super neuron, the first token's residual stream is dominated by one dim "
+                   "(Sun et al. 2024: massive activations, |h| > 100 and 1000x the median).", [_columns(results, fill)])
+
+
+def _qk(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        probe = s.probe
+        return [draw.slot("qk-locking", s.label, "QK locking per layer and head",
+                          lambda: chain_fig.qk_locking(probe.payload if probe else None,
+                                                       probe.table("chain_qk") if probe else None, s.label))]
+    return Section("qk", "QK locking", "After RMSNorm the first token's key is nearly one fixed direction; heads "
+                   "whose queries align with it give it positive logits for nearly every query.",
+                   [_columns(results, fill)])
+
+
+def _chain(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        probe = s.probe
+        return [draw.slot("chain", s.label, "the chain with the coordinates found",
+                          lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour))]
+    return Section("chain", "The chain", "variance discrepancy -> super neuron -> dimension disparity -> QK locking "
+                   "-> sink, each box with what the probe found (grey: not found).", [_columns(results, fill)])
+
+
+def _interventions(results: Results, draw: _Drawer) -> Section:
+    def fill(s: Series):
+        out = []
+        for kind, caption, fn in (
+                ("amplify", "dose-response with 95 % CIs and the norm-only control", effect_fig.amplify_dose_response),
+                ("isolate", "sink score of the isolated token, before and after", effect_fig.before_after),
+                ("ablate", "ablating the super neuron: sink score and DomRatio before and after",
+                 effect_fig.before_after)):
+            payload = s.interventions.get(kind)
+            out.append(draw.slot(kind, s.label, caption,
+                                 lambda payload=payload, fn=fn, kind=kind: fn(_need_file(payload, kind), s.label, s.colour)))
+        return out
+    return Section("interventions", "Interventions", "Isolate: the target attends only to itself. Amplify: "
+                   "o -> mu + lambda (o - mu) at the target in the layers before the observed one; control o -> "
+                   "lambda o. Ablate: zero the super neuron.", [_columns(results, fill)])
+
+
+def _need_file(payload: dict | None, kind: str) -> dict:
+    if payload is None:
+        raise MissingData(f"no intervene.json of kind {kind}")
+    return payload
+
+
+def _training(results: Results, draw: _Drawer) -> Section:
+    runs = [{"label": t.label, "colour": t.colour, "variant": t.variant, "summary": t.summary, "metrics": t.metrics,
+             "telemetry": t.telemetry} for t in results.training]
+    parts = [draw.slot("training", "", "loss and sink telemetry against step, all runs",
+                       lambda: effect_fig.training_curves(runs))]
+    rows = effect_fig.compare_rows(runs)
+    if rows:
+        parts.append(table(rows, "compare-table"))
+    for path, payload in results.compare:
+        parts.append(f"<p><b>compare.json</b> <code>{html.escape(str(path))}</code></p>"
+                     + json_tables(payload, f"compare-{slug(str(path.parent.name))}"))
+    return Section("training", "Training", "Loss and sink telemetry of training runs (metrics.jsonl, "
+                   "telemetry.jsonl, run.json) and the compare table.", parts)
+
+
+def _files(results: Results) -> Section:
+    rows = []
+    for path in results.files:
+        rows.append({"file": str(path)})
+    for s in results.series:
+        for p in (s.natural, s.random):
+            if p is not None:
+                prov = p.payload.get("provenance") or {}
+                rows_by = {"file": str(p.path), "model": prov.get("model"), "git": prov.get("git_sha"),
+                           "sinkscope": (prov.get("versions") or {}).get("sinkscope"),
+                           "config hash": prov.get("config_hash")}
+                rows = [rows_by if r["file"] == str(p.path) else r for r in rows]
+    return Section("files", "Result files", "Every file this page was drawn from, with its provenance.",
+                   [table(rows, "files-table", ["file", "model", "git", "sinkscope", "config hash"])])

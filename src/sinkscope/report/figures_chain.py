@@ -1,0 +1,275 @@
+"""Figures of the causal chain (method.md sections 2-4): variance, super neurons, QK locking, diagram.
+
+Inputs are probe.json payloads and the Parquet tables beside them (column -> values dicts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.colors import to_rgba
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .figures_sink import MissingData, finite, need
+from .style import (
+    FIT_COLOUR,
+    HIGHLIGHT,
+    NATURAL_STYLE,
+    NEUTRAL,
+    RANDOM_STYLE,
+    integer_axis,
+    new_figure,
+    tag,
+)
+
+
+def layers_around(onset: int | None, n_layers: int, fallback: list[float] | None = None) -> list[int]:
+    """The onset layer and its neighbours (or, with no onset, around the highest-scoring layer)."""
+    centre = onset
+    if centre is None and fallback:
+        centre = int(np.nanargmax(finite(fallback)))
+    if centre is None:
+        centre = min(1, n_layers - 1)
+    return [k for k in (centre - 1, centre, centre + 1) if 0 <= k < n_layers]
+
+
+def _by_layer(table: dict, column: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = [i for i, k in enumerate(table["layer"]) if k == layer]
+    pos = np.array([table["position"][i] for i in rows])
+    val = finite([table[column][i] for i in rows])
+    order = np.argsort(pos)
+    return pos[order], val[order]
+
+
+def variance_by_position(natural: dict | None, random: dict | None, tables: dict, label: str, colour: str,
+                         max_positions: int = 32):
+    """Std of the o_proj input by position around the onset, with the fitted s / sqrt(t + 1).
+
+    tables: {"natural": chain_variance_by_position table | None, "random": ... }. Top row: std over
+    samples (method.md section 2, the paper's measure); bottom row: std over hidden dims per token.
+    """
+    runs = [(key, p, tables.get(key)) for key, p in (("natural", natural), ("random", random)) if p is not None]
+    runs = [(key, p, t) for key, p, t in runs if t and p.get("variance")]
+    if not runs:
+        raise MissingData("no variance section (probe --chain) with chain_variance_by_position.parquet")
+    reference = runs[0][1]
+    n_layers = len(reference.get("layer_sink_score") or reference["variance"]["layers"])
+    layers = layers_around(reference.get("onset_layer"), n_layers, reference.get("layer_sink_score"))
+    fig, axes = new_figure(2, len(layers), height=5.0, width=max(6.4, 3.0 * len(layers)), sharex=True)
+    for col, layer in enumerate(layers):
+        for row, (column, summary_key, what) in enumerate((("std_across_samples", "across_samples", "over samples"),
+                                                           ("std_across_dims", "across_dims", "over dims"))):
+            ax = axes[row, col]
+            for key, probe, table in runs:
+                style = RANDOM_STYLE if key == "random" else NATURAL_STYLE
+                pos, val = _by_layer(table, column, layer)
+                keep = pos < max_positions
+                line, = ax.plot(pos[keep], val[keep], style, color=colour, marker=".", markersize=4,
+                                label="random tokens" if key == "random" else "natural text")
+                tag(line, f"std-{column}-{layer}-{key}")
+                fit = _fit(probe, layer, summary_key)
+                if fit is not None and math.isfinite(fit.get("s") or math.nan):
+                    t = np.arange(0, int(pos[keep].max()) + 1 if keep.any() else max_positions)
+                    r2 = fit.get("r2")
+                    fitted, = ax.plot(t, fit["s"] / np.sqrt(t + 1), ":", color=FIT_COLOUR, linewidth=1.2,
+                                      label=f"fit s/sqrt(t+1) ({key}), s={fit['s']:.3g}"
+                                      + (f", R2={r2:.2f}" if r2 is not None and math.isfinite(r2) else ""))
+                    tag(fitted, f"fit-{column}-{layer}-{key}")
+            ax.set_title(f"layer {layer}: std {what}")
+            if row == 1:
+                ax.set_xlabel("token position t")
+            if col == 0:
+                ax.set_ylabel(f"std {what} (o_proj input)")
+            ax.legend(loc="upper right", fontsize=6)
+    fig.suptitle(f"{label}: variance of the aggregated attention output (layers around the onset)")
+    return fig
+
+
+def _fit(probe: dict, layer: int, key: str) -> dict | None:
+    for entry in (probe.get("variance") or {}).get("layers", []):
+        if entry.get("layer") == layer:
+            return (entry.get(key) or {}).get("fit")
+    return None
+
+
+def neuron_rows(probe: dict) -> list[dict]:
+    """Super-neuron candidates for the table: linked ones (writing a massive dim) first."""
+    neurons = (probe.get("super_neurons") or {}).get("candidates") or []
+    linked = {(n["layer"], n["index"]): n.get("dims", []) for n in (probe.get("chain") or {}).get("super_neurons", [])}
+    rows = []
+    for n in neurons:
+        key = (n.get("layer"), n.get("index"))
+        rows.append({**n, "linked": key in linked, "writes_massive": linked.get(key, [])})
+    rows.sort(key=lambda r: (not r["linked"], -(r.get("sink_abs_mean") or 0)))
+    return rows
+
+
+def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str, max_neurons: int = 3):
+    """Each super neuron's down-projection column (top dims by energy share, massive dims in red)
+    and its selectivity by position (cos(x, w_gate) and activation)."""
+    if probe is None or probe.get("super_neurons") is None:
+        raise MissingData("no super_neurons section (probe --chain)")
+    rows = neuron_rows(probe)[:max_neurons]
+    if not rows:
+        raise MissingData("no neuron spikes at the first token: no super-neuron candidate")
+    massive = set((probe.get("disparity") or {}).get("massive_dims") or [])
+    fig, axes = new_figure(len(rows), 2, height=2.4 * len(rows) + 0.6, width=9.0)
+    for r, n in enumerate(rows):
+        ax = axes[r, 0]
+        dims = (n.get("down_column") or {}).get("dims") or []
+        x = np.arange(len(dims))
+        shares = [d.get("share", 0.0) for d in dims]
+        bar_colours = [HIGHLIGHT if d.get("dim") in massive else NEUTRAL for d in dims]
+        bars = ax.bar(x, shares, color=bar_colours)
+        tag(bars, f"down-column-{r}")
+        ax.set_xticks(x, [str(d.get("dim")) for d in dims])
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("output dim (top by energy share; red = massive dim)")
+        ax.set_ylabel("share of column energy w_d^2 / sum w^2")
+        kurt = (n.get("down_column") or {}).get("kurtosis")
+        ax.set_title(f"layer {n['layer']} neuron {n['index']}: down_proj[:, {n['index']}]"
+                     + (f", kurtosis {kurt:.0f}" if kurt is not None else ""))
+        sel_ax = axes[r, 1]
+        trace = _selectivity_trace(selectivity, n["layer"], n["index"])
+        if trace is None:
+            sel_ax.set_axis_off()
+            sel_ax.text(0.5, 0.5, "selectivity not traced for this neuron", ha="center", va="center",
+                        color=NEUTRAL, fontsize=8, transform=sel_ax.transAxes)
+            continue
+        pos, cos, act = trace
+        line, = sel_ax.plot(pos, cos, "-o", color=colour, markersize=3, label="cos(x, w_gate[n])")
+        tag(line, f"selectivity-cos-{r}")
+        sel_ax.set_ylabel("cosine", color=colour)
+        sel_ax.set_xlabel("token position")
+        twin = sel_ax.twinx()
+        line, = twin.plot(pos, act, "-s", color=NEUTRAL, markersize=3, label="activation")
+        tag(line, f"selectivity-act-{r}")
+        twin.set_ylabel("activation (down_proj input)")
+        twin.spines["right"].set_visible(True)
+        sel_ax.set_title(f"selectivity by position (first token: act {act[0]:.3g})" if len(act) else "selectivity")
+        sel_ax.legend(handles=[sel_ax.lines[0], twin.lines[0]], loc="upper right")
+    fig.suptitle(f"{label}: super neurons")
+    return fig
+
+
+def _selectivity_trace(table: dict | None, layer: int, index: int):
+    if not table or not table.get("position"):
+        return None
+    rows = [i for i in range(len(table["position"])) if table["layer"][i] == layer and table["index"][i] == index]
+    if not rows:
+        return None
+    rows.sort(key=lambda i: table["position"][i])
+    return (np.array([table["position"][i] for i in rows]), finite([table["cos_gate"][i] for i in rows]),
+            finite([table["activation"][i] for i in rows]))
+
+
+def qk_locking(probe: dict, qk_table: dict | None, label: str):
+    """Per layer and head: alignment of the top query direction with W_K's massive-dim row, and the
+    share of queries with q . k0 > 0; locked heads dotted."""
+    section, = need(probe, "qk_locking")
+    if qk_table and qk_table.get("layer"):
+        n_layers = max(qk_table["layer"]) + 1
+        n_heads = max(qk_table["head"]) + 1
+        align = np.full((n_layers, n_heads), np.nan)
+        share = np.full((n_layers, n_heads), np.nan)
+        for i in range(len(qk_table["layer"])):
+            layer, head = qk_table["layer"][i], qk_table["head"][i]
+            align[layer, head] = math.nan if qk_table["alignment"][i] is None else qk_table["alignment"][i]
+            share[layer, head] = qk_table["positive_share"][i]
+    elif section.get("layers"):
+        rows = section["layers"]
+        align = np.array([finite(r["alignment"]) for r in rows])
+        share = np.array([finite(r["positive_share"]) for r in rows])
+        n_layers = rows[-1]["layer"] + 1
+        pad = n_layers - len(rows)
+        align = np.vstack([np.full((pad, align.shape[1]), np.nan), align])
+        share = np.vstack([np.full((pad, share.shape[1]), np.nan), share])
+    else:
+        raise MissingData(section.get("note") or "no QK-locking measurements")
+    n_layers, n_heads = share.shape
+    fig, axes = new_figure(1, 2, height=max(2.8, 0.26 * n_layers + 1.4), width=9.0)
+    panels = ((axes[0, 0], align, "alignment cos(top query dir, W_K row of massive dim)", -1.0, "coolwarm", "qk-align"),
+              (axes[0, 1], share, "share of queries with q . k0 > 0", 0.0, "viridis", "qk-share"))
+    for ax, grid, name, vmin, cmap, gid in panels:
+        image = ax.imshow(grid, aspect="auto", origin="lower", vmin=vmin, vmax=1.0, cmap=cmap, interpolation="nearest")
+        tag(image, gid)
+        fig.colorbar(image, ax=ax).set_label(name.split(" ")[0] if gid == "qk-align" else "share")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        integer_axis(ax.xaxis)
+        integer_axis(ax.yaxis)
+        ax.set_title(name, fontsize=8)
+        for head in section.get("locked_heads") or []:
+            ax.plot(head["head"], head["layer"], "o", color=HIGHLIGHT, markersize=4, markeredgecolor="white")
+    if not np.isfinite(align).any():
+        axes[0, 0].text(0.5, 0.5, "no massive dim: alignment undefined", ha="center", va="center", fontsize=8,
+                        color=NEUTRAL, transform=axes[0, 0].transAxes)
+    locked = len(section.get("locked_heads") or [])
+    fig.suptitle(f"{label}: QK locking ({locked} locked head{'s' if locked != 1 else ''}, red dots)")
+    return fig
+
+
+def chain_boxes(probe: dict) -> list[dict]:
+    """The five links of the chain as text boxes: {"id", "title", "lines", "found"}."""
+    chain, = need(probe, "chain")
+    variance = probe.get("variance") or {}
+    disparity = probe.get("disparity") or {}
+    qk = probe.get("qk_locking") or {}
+    onset = chain.get("onset_layer")
+    ratios = [(e["layer"], (e.get("across_dims") or {}).get("first_rest_ratio")) for e in variance.get("layers", [])]
+    ratios = [(k, r) for k, r in ratios if r is not None and math.isfinite(r)]
+    best = max(ratios, key=lambda kr: kr[1]) if ratios else None
+    neurons = chain.get("super_neurons") or []
+    jump = chain.get("disparity_layer")
+    dims = chain.get("massive_dims") or []
+    locked = qk.get("locked_heads") or []
+    scores = probe.get("layer_sink_score") or []
+    return [
+        {"id": "chain-c1", "title": "C1 variance discrepancy", "found": best is not None and best[1] > 1.0,
+         "lines": [f"first/rest std {best[1]:.2f}x" if best else "not measured",
+                   f"at layer {best[0]} (o_proj input)" if best else ""]},
+        {"id": "chain-c2", "title": "C2 super neuron", "found": bool(neurons),
+         "lines": [f"layer {n['layer']} neuron {n['index']}" for n in neurons[:2]] or ["none found"]},
+        {"id": "chain-c3", "title": "C3 dimension disparity", "found": jump is not None,
+         "lines": ([f"massive dim {', '.join(map(str, dims[:3]))}", f"from layer input {jump}",
+                    f"DomRatio {disparity['sink_dom_ratio'][jump]:.0f}" if disparity.get("sink_dom_ratio") else ""]
+                   if jump is not None else ["no disparity"])},
+        {"id": "chain-qk", "title": "QK locking", "found": bool(locked),
+         "lines": [f"{len(locked)} locked head(s)", f"from layer {qk.get('from_layer')}" if locked else ""]},
+        {"id": "chain-sink", "title": "attention sink", "found": onset is not None,
+         "lines": ([f"onset layer {onset}", f"score {scores[onset]:.2f}" if onset < len(scores) else ""]
+                   if onset is not None else ["no onset"])},
+    ]
+
+
+def chain_diagram(probe: dict, label: str, colour: str):
+    """The chain C1 -> C2 -> C3 -> QK -> sink, each box with the coordinates found (grey if not)."""
+    boxes = chain_boxes(probe)
+    chain = probe["chain"]
+    fig, axes = new_figure(height=2.6, width=9.0)
+    ax = axes[0, 0]
+    ax.set_xlim(0, 10.3)
+    ax.set_ylim(0, 3)
+    ax.set_axis_off()
+    width, gap = 1.7, 0.35
+    for i, box in enumerate(boxes):
+        x = 0.1 + i * (width + gap)
+        patch = FancyBboxPatch((x, 0.6), width, 1.9, boxstyle="round,pad=0.05",
+                               facecolor=to_rgba(colour, 0.15) if box["found"] else "white",
+                               edgecolor=colour if box["found"] else NEUTRAL, linewidth=2.0 if box["found"] else 1.0,
+                               linestyle="-" if box["found"] else "--")
+        tag(patch, box["id"])
+        ax.add_patch(patch)
+        ax.text(x + width / 2, 2.2, box["title"], ha="center", va="center", fontsize=8, weight="bold")
+        for j, line in enumerate(l for l in box["lines"] if l):
+            ax.text(x + width / 2, 1.7 - 0.35 * j, line, ha="center", va="center", fontsize=7.5,
+                    color="#222222" if box["found"] else NEUTRAL)
+        if i < len(boxes) - 1:
+            ax.add_patch(FancyArrowPatch((x + width + 0.03, 1.55), (x + width + gap - 0.03, 1.55),
+                                         arrowstyle="-|>", mutation_scale=12, color="#333333"))
+    verdict = "consistent with the paper" if chain.get("consistent") else "not established"
+    ax.text(5, 0.25, f"chain {verdict}: neuron layer < disparity layer <= onset layer", ha="center", fontsize=8,
+            color="#333333" if chain.get("consistent") else HIGHLIGHT)
+    ax.set_title(f"{label}: the causal chain found (layer and neuron indices 0-based)")
+    return fig

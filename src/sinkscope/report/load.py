@@ -1,0 +1,220 @@
+"""Find and read the result files under each RUN folder; the report reads nothing else.
+
+Result files, found recursively: ``probe.json`` (+ its Parquet tables beside it), ``intervene.json``
+(kinds isolate / amplify / ablate), training runs (a folder with ``run.json``, ``metrics.jsonl`` or
+``telemetry.jsonl``) and ``compare.json``. JSON files go through :func:`sinkscope.results.read_json`,
+so a file from an incompatible schema is refused with one clear line.
+
+Probe and intervention results are grouped into :class:`Series`: one per model within a RUN
+folder (provenance ``model``). A series holds at most one natural-text and one random-token probe
+and one result per intervention kind; a second one of the same sort starts a new series, so
+nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SinkscopeError
+from ..results import read_json
+
+INTERVENTION_KINDS = ("isolate", "amplify", "ablate")
+TRAIN_FILES = ("run.json", "metrics.jsonl", "telemetry.jsonl")
+KNOWN_VARIANTS = ("softmax1", "sink_logit", "softmax", "headnorm", "gated", "sigmoid")  # longest names first
+
+
+@dataclass
+class ProbeFile:
+    path: Path
+    payload: dict
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def random_tokens(self) -> bool:
+        return (self.payload.get("data") or {}).get("source") == "random-tokens"
+
+    def table(self, name: str) -> dict[str, list] | None:
+        """A Parquet table written beside probe.json (column -> values), or None when absent."""
+        if name not in self._tables:
+            path = self.path.parent / f"{name}.parquet"
+            if not path.exists():
+                self._tables[name] = None
+            else:
+                import pyarrow.parquet as pq
+
+                try:
+                    self._tables[name] = pq.read_table(path).to_pydict()
+                except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError; say which file
+                    raise SinkscopeError(f"{path} is not a readable Parquet table ({err}); "
+                                         "re-run the probe that wrote it") from None
+        return self._tables[name]
+
+
+@dataclass
+class Series:
+    """One model's results within one RUN folder, drawn as one column of the report."""
+
+    label: str
+    model: str | None
+    variant: str | None
+    natural: ProbeFile | None = None
+    random: ProbeFile | None = None
+    interventions: dict[str, dict] = field(default_factory=dict)  # kind -> intervene.json payload
+    colour: str = ""
+
+    @property
+    def probe(self) -> ProbeFile | None:
+        """The probe the chain figures use: natural text when present, else random tokens."""
+        return self.natural or self.random
+
+
+@dataclass
+class TrainingRun:
+    label: str
+    path: Path
+    variant: str | None
+    summary: dict | None  # run.json
+    metrics: list[dict]  # metrics.jsonl records
+    telemetry: list[dict]  # telemetry.jsonl records
+    colour: str = ""
+
+
+@dataclass
+class Results:
+    """Everything the report draws, read from the RUN folders."""
+
+    runs: list[Path]
+    series: list[Series]
+    training: list[TrainingRun]
+    compare: list[tuple[Path, dict]]
+    files: list[Path]  # every result file read, for the provenance section
+
+
+def guess_variant(*texts: str | None) -> str | None:
+    """The attention variant named in a model name or folder ("organism-headnorm" -> "headnorm")."""
+    for text in texts:
+        if not text:
+            continue
+        low = text.lower().replace("-", "_")
+        for name in KNOWN_VARIANTS:
+            if name in low.split("/")[-1] or f"_{name}" in low or low.endswith(name):
+                return name
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines log; a torn last line (a run still writing) is skipped."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise SinkscopeError(f"{path} line {n} is not valid JSON; re-run the training that wrote it") from None
+    return records
+
+
+def _result_files(root: Path) -> list[Path]:
+    names = {"probe.json", "intervene.json", "compare.json", *TRAIN_FILES}
+    found = [p for p in sorted(root.rglob("*")) if p.name in names and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return found
+
+
+def load_results(runs: list[str | Path]) -> Results:
+    """Read every result file under the RUN folders; raises SinkscopeError when a folder holds none."""
+    if not runs:
+        raise SinkscopeError("give at least one RUN folder written by sinkscope probe / intervene / train")
+    roots = [Path(r) for r in runs]
+    series: list[Series] = []
+    training: list[TrainingRun] = []
+    compare: list[tuple[Path, dict]] = []
+    files: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            raise SinkscopeError(f"{root} is not a folder; pass folders written by sinkscope probe/intervene/train")
+        found = _result_files(root)
+        if not found:
+            raise SinkscopeError(f"{root} holds no sinkscope result files (probe.json, intervene.json, run.json, "
+                                 "metrics.jsonl, telemetry.jsonl, compare.json); run `sinkscope probe MODEL --out "
+                                 f"{root}` first")
+        files += found
+        series += _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")])
+        training += _training(root, sorted({p.parent for p in found if p.name in TRAIN_FILES}))
+        compare += [(p, read_json(p)) for p in found if p.name == "compare.json"]
+    _name_series(series, roots)
+    _colour(series, training)
+    return Results(runs=roots, series=series, training=training, compare=compare, files=files)
+
+
+def _series(root: Path, paths: list[Path]) -> list[Series]:
+    out: list[Series] = []
+    for path in paths:
+        payload = read_json(path)
+        kind = payload.get("kind")
+        model = (payload.get("provenance") or {}).get("model")
+        if path.name == "probe.json":
+            item = ProbeFile(path, payload)
+            slot = "random" if item.random_tokens else "natural"
+            target = next((s for s in out if s.model == model and getattr(s, slot) is None), None)
+            if target is None:
+                target = Series(label="", model=model, variant=None)
+                out.append(target)
+            setattr(target, slot, item)
+        elif kind in INTERVENTION_KINDS:
+            target = next((s for s in out if s.model == model and kind not in s.interventions), None)
+            if target is None:
+                target = Series(label="", model=model, variant=None)
+                out.append(target)
+            target.interventions[kind] = payload
+        else:
+            raise SinkscopeError(f"{path} holds a {kind!r} result; intervene.json must be one of "
+                                 f"{', '.join(INTERVENTION_KINDS)}")
+    for s in out:
+        s.label = str(root.resolve())  # placeholder, named in _name_series
+    return out
+
+
+def _name_series(series: list[Series], roots: list[Path]) -> None:
+    """Short unique labels: the model's folder name, or the RUN folder's when that is clearer."""
+    taken: dict[str, int] = {}
+    for s in series:
+        model_name = Path(s.model).name if s.model else None
+        run_name = Path(s.label).name
+        per_run = sum(1 for t in series if t.label == s.label)
+        label = model_name if (per_run > 1 or len(roots) == 1) and model_name else run_name
+        s.variant = guess_variant(model_name, run_name)
+        taken[label] = taken.get(label, 0) + 1
+        s.label = label if taken[label] == 1 else f"{label} ({taken[label]})"
+
+
+def _training(root: Path, folders: list[Path]) -> list[TrainingRun]:
+    runs = []
+    for folder in folders:
+        summary = read_json(folder / "run.json") if (folder / "run.json").exists() else None
+        metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+        telemetry = read_jsonl(folder / "telemetry.jsonl") if (folder / "telemetry.jsonl").exists() else []
+        rel = folder.relative_to(root)
+        label = str(rel) if str(rel) != "." else root.name
+        variant = (summary or {}).get("variant") or guess_variant(label, root.name)
+        runs.append(TrainingRun(label=label, path=folder, variant=variant, summary=summary, metrics=metrics,
+                                telemetry=telemetry))
+    return runs
+
+
+def _colour(series: list[Series], training: list[TrainingRun]) -> None:
+    from .style import variant_colour
+
+    unknown = 0
+    for item in [*series, *training]:
+        if item.variant is None:
+            item.colour = variant_colour(None, unknown)
+            unknown += 1
+        else:
+            item.colour = variant_colour(item.variant)

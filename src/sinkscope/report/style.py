@@ -1,0 +1,117 @@
+"""Shared look of every report figure: one colour per attention variant, sizes, and SVG/PNG output.
+
+The same variant always gets the same colour in every figure (softmax blue, headnorm orange, ...),
+so a reader can follow the baseline and the fix across the page without reading legends twice.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import matplotlib
+from matplotlib.figure import (
+    Figure,  # a bare Figure draws with Agg and never opens a window
+)
+
+# One colour per attention variant (the names of sinkscope.train.model.VARIANTS), colour-blind safe
+# (Okabe-Ito). Runs whose variant is unknown take the OTHER_COLOURS in order.
+VARIANT_COLOURS = {
+    "softmax": "#0072B2",  # blue: the baseline with a sink
+    "headnorm": "#E69F00",  # orange: the fix
+    "gated": "#009E73",
+    "sigmoid": "#CC79A7",
+    "softmax1": "#56B4E9",
+    "sink_logit": "#D55E00",
+}
+OTHER_COLOURS = ("#444444", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF")
+HIGHLIGHT = "#D62728"  # massive dims, onset markers, locked heads
+NEUTRAL = "#9A9A9A"  # "the other tokens", controls
+FIT_COLOUR = "#222222"  # fitted curves
+
+RANDOM_STYLE = "--"  # random-token inputs are dashed, natural text solid, in every figure
+NATURAL_STYLE = "-"
+
+FIG_WIDTH = 6.4  # inches; two runs side by side fit a laptop screen at 100 % zoom
+FIG_DPI = 110
+
+matplotlib.rcParams.update({
+    "svg.fonttype": "none",  # text stays text: smaller files, searchable, selectable
+    "svg.hashsalt": "sinkscope",  # deterministic SVG ids, so a report is reproducible byte for byte
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "font.family": "DejaVu Sans",
+})
+
+
+def variant_colour(variant: str | None, index: int = 0) -> str:
+    """The colour of ``variant``; unknown variants cycle through OTHER_COLOURS by ``index``."""
+    if variant in VARIANT_COLOURS:
+        return VARIANT_COLOURS[variant]
+    return OTHER_COLOURS[index % len(OTHER_COLOURS)]
+
+
+def new_figure(rows: int = 1, cols: int = 1, height: float = 3.6, width: float = FIG_WIDTH, **kwargs):
+    """A figure not registered with pyplot (so nothing leaks between figures) and its axes."""
+    fig = Figure(figsize=(width, height), dpi=FIG_DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def svg_text(fig: Figure) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    return buffer.getvalue()
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+_REF = re.compile(r'(url\(#|href="#)([^)"]+)')
+
+
+def inline_svg(svg: str, prefix: str) -> str:
+    """SVG text ready to sit inside HTML: no XML prolog, every id prefixed so figures cannot clash.
+
+    Matplotlib names elements ``figure_1``, ``patch_1`` ... in every file, and clip paths by hash;
+    prefixing ids and the references to them keeps each figure's ids unique in one page.
+    """
+    start = svg.find("<svg")
+    body = svg[start:] if start >= 0 else svg
+    body = _ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', body)
+    return _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", body)
+
+
+def integer_axis(axis) -> None:
+    """Layers, heads and positions are whole numbers: no 0.5 ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def note_axes(ax, text: str) -> None:
+    """Write a short note in an empty panel (used only inside a figure that has other data)."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color=NEUTRAL, wrap=True,
+            transform=ax.transAxes)
+
+
+def tag(artist, gid: str):
+    """Give an artist an SVG id; a bar container tags each bar ``gid``, ``gid-1``, ``gid-2`` ..."""
+    patches = getattr(artist, "patches", None)
+    if patches is not None:
+        for i, patch in enumerate(patches):
+            patch.set_gid(gid if i == 0 else f"{gid}-{i}")
+    else:
+        artist.set_gid(gid)
+    return artist

@@ -1,0 +1,95 @@
+"""The chain runs on every supported family, and reads each family's MLP and key weights the right
+way round (gated / fused gate_up / plain fc1-fc2 / Conv1D; separate / fused / per-head-fused qkv)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sinkscope.adapters import adapter_for, block_part, blocks, head_counts
+from sinkscope.capture.attention import BatchInfo, capture_attention
+from sinkscope.capture.chain import key_weight, mlp_input_module, mlp_weights
+from sinkscope.metrics.qk import key_rows
+from sinkscope.probe import probe
+from sinkscope.testing import tiny_model
+
+
+def test_chain_sections_on_every_family(family):
+    model = tiny_model(family)
+    n_layers = len(blocks(model, adapter_for(model)))
+    result = probe(model, torch.randint(3, 96, (4, 12), generator=torch.Generator().manual_seed(0)), batch_size=3)
+    chain = result["chain"]
+    assert {"super_neurons", "massive_dims", "disparity_layer", "onset_layer", "consistent", "verdict"} <= set(chain)
+    assert isinstance(chain["consistent"], bool) and chain["verdict"]
+    assert len(result["variance"]["layers"]) == n_layers
+    assert len(result["disparity"]["sink_dom_ratio"]) == n_layers + 1
+    assert len(result["super_neurons"]["weight_finder"]) == n_layers
+    assert len(result.tables["chain_qk"]["layer"]) == n_layers * head_counts(model.config)[0]
+    eff = [e for e in result.tables["chain_variance_by_position"]["effective_tokens"] if e is not None]
+    assert eff and all(e >= 1 - 1e-6 for e in eff)
+
+
+def _record(module, store, name):
+    def hook(m, args, output):
+        store[name] = (args[0].detach(), output.detach())
+    return module.register_forward_hook(hook)
+
+
+def test_mlp_weights_are_oriented_out_in(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    store = {}
+    first = mlp_input_module(model, adapter, 0)
+    handles = [_record(first, store, "first"), _record(block_part(model, adapter, 0, "mlp_down"), store, "down")]
+    if adapter.mlp_gate is not None:
+        handles.append(_record(block_part(model, adapter, 0, "mlp_up"), store, "up"))
+    with torch.no_grad():
+        model(torch.randint(3, 96, (2, 6)))
+    for h in handles:
+        h.remove()
+    w = mlp_weights(model, adapter, 0)
+    bias = lambda name: (getattr(block_part(model, adapter, 0, name), "bias", None)  # noqa: E731
+                         if getattr(block_part(model, adapter, 0, name), "bias", None) is not None else 0)
+    x, y = store["first"]
+    if adapter.mlp_gate_up_fused:  # phi3: one Linear, rows [gate | up]
+        torch.testing.assert_close(x @ w["gate"].T, y[..., : w["gate"].shape[0]])
+        torch.testing.assert_close(x @ w["up"].T, y[..., w["gate"].shape[0]:])
+    elif adapter.mlp_gate is not None:
+        torch.testing.assert_close(x @ w["gate"].T + bias("mlp_gate"), y)
+        torch.testing.assert_close(store["up"][0] @ w["up"].T + bias("mlp_up"), store["up"][1])
+    else:
+        assert w["gate"] is None
+        torch.testing.assert_close(x @ w["up"].T + bias("mlp_up"), y)
+    a, out = store["down"]
+    torch.testing.assert_close(a @ w["down"].T + bias("mlp_down"), out)
+
+
+def test_key_weight_gives_the_key_attention_sees(family):
+    if family == "qwen3":
+        pytest.skip("qwen3 normalises keys per head after the projection")
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    part = "k_proj" if adapter.k_proj is not None else "qkv_proj"
+    for block in blocks(model, adapter):  # zero biases, so the key of x is exactly W_K x
+        module = block.get_submodule(getattr(adapter, part))
+        if getattr(module, "bias", None) is not None:
+            module.bias.data.zero_()
+    n_heads, n_kv, head_dim = head_counts(model.config)
+    inputs, keys = {}, {}
+
+    class FirstKey:
+        def observe(self, call):
+            keys[call.layer] = call.key[:, :, 0].detach()  # position 0: rotary is the identity there
+
+    handles = [block_part(model, adapter, i, part).register_forward_hook(
+        lambda m, a, o, i=i: inputs.__setitem__(i, a[0][:, 0].detach())) for i in range(len(blocks(model, adapter)))]
+    ids = torch.randint(3, 96, (2, 6))
+    with torch.no_grad(), capture_attention(model, adapter, [FirstKey()]) as session:
+        session.batch = BatchInfo.from_attention_mask(torch.ones_like(ids))
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    for layer in keys:
+        rows = key_rows(key_weight(model, adapter, layer, n_heads, n_kv, head_dim), n_kv, head_dim, n_heads)
+        expect = torch.einsum("hdD,bD->bhd", rows, inputs[layer])
+        torch.testing.assert_close(expect, keys[layer], rtol=1e-4, atol=1e-5)

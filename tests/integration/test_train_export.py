@@ -1,0 +1,115 @@
+"""HF export/import parity, HeadNorm on a plain Llama, and probe loading every variant's folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import sinkscope
+from sinkscope.errors import SinkscopeError
+from sinkscope.train import VARIANTS, SinkscopeConfig, add_headnorm, build_model, from_llama, to_llama
+from sinkscope.train.export import export_model
+
+
+def tiny(variant="softmax", **kw) -> SinkscopeConfig:
+    values = dict(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, attention_variant=variant, max_position_embeddings=64)
+    values.update(kw)
+    return SinkscopeConfig(**values)
+
+
+def trained_like(model):
+    """Perturb every weight so parity is not checked on the init's special structure (norms at 1)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture
+def tokenizer(tmp_path, monkeypatch):
+    from sinkscope.train.data import train_tokenizer
+
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n" for i in range(300))
+    return train_tokenizer([text], 60, tmp_path / "cache")
+
+
+def test_softmax_exports_to_plain_llama_with_parity():
+    ours = trained_like(build_model(tiny())).eval()
+    llama = to_llama(ours).eval()
+    assert type(llama).__name__ == "LlamaForCausalLM"
+    ids = torch.randint(0, 60, (3, 20))
+    with torch.no_grad():
+        diff = (ours(input_ids=ids).logits - llama(input_ids=ids).logits).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_llama_imports_with_parity_and_headnorm_calibrated():
+    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    llama = trained_like(transformers.LlamaForCausalLM(cfg)).eval()
+    ids = torch.randint(0, 60, (2, 16))
+    ours = from_llama(llama).eval()
+    with torch.no_grad():
+        assert (ours(input_ids=ids).logits - llama(input_ids=ids).logits).abs().max().item() <= 1e-5
+    headnorm = from_llama(llama, variant="headnorm", seed=5).eval()
+    added = add_headnorm(llama, seed=5).eval()  # same calibration, through hooks on the plain Llama
+    for ours_layer, llama_layer in zip(headnorm.model.layers, added.model.layers):
+        torch.testing.assert_close(ours_layer.self_attn.head_norm.weight, llama_layer.self_attn.head_norm.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(headnorm(input_ids=ids).logits, added(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        # and HeadNorm really changes the function
+        assert (headnorm(input_ids=ids).logits - ours(input_ids=ids).logits).abs().max() > 1e-3
+    with pytest.raises(SinkscopeError, match="continues as softmax or headnorm"):
+        from_llama(llama, variant="sigmoid")
+
+
+def test_add_headnorm_model_continues_training():
+    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = add_headnorm(transformers.LlamaForCausalLM(cfg))
+    ids = torch.randint(0, 60, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.model.layers[1].self_attn.head_norm.weight.grad is not None
+    assert any("head_norm" in k for k in model.state_dict())
+    with pytest.raises(SinkscopeError, match="already has a head_norm"):
+        add_headnorm(model)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_round_trips_and_probe_loads_its_folder(variant, tmp_path, tokenizer):
+    model = trained_like(build_model(tiny(variant, qk_norm=variant == "gated"))).eval()
+    folder = export_model(model, tokenizer, tmp_path / variant)
+    card = json.loads((folder / "sinkscope.json").read_text())
+    assert card["variant"] == variant
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == ("llama" if variant == "softmax" else "sinkscope")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.randint(3, 60, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    direct = sinkscope.probe(model, ids, chain=False)
+    from_folder = sinkscope.probe(str(folder), ids, chain=False)
+    assert from_folder["layer_sink_score"] == pytest.approx(direct["layer_sink_score"], abs=1e-5)
+    assert from_folder["model"]["n_layers"] == 2
+
+
+def test_sigmoid_probe_reports_sigmoid_weights():
+    """Probe's captured attention for the sigmoid variant equals sigmoid(q.k/sqrt(D) - log T) to token 0."""
+    model = trained_like(build_model(tiny("sigmoid"))).eval()
+    ids = torch.randint(3, 60, (2, 10))
+    captured = sinkscope.probe(model, ids, chain=False)["sink_score"]  # (L, H)
+    layer0 = model.model.layers[0]
+    x = layer0.input_layernorm(model.model.embed_tokens(ids))
+    q = layer0.self_attn.q_proj(x).view(2, 10, 4, 8).transpose(1, 2)
+    k = layer0.self_attn.k_proj(x).view(2, 10, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+    cos, sin = model.model.rotary_emb(x, torch.arange(10)[None])
+    from sinkscope.train.model import apply_rotary
+
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    logits = (q @ k[:, :, :1].transpose(-1, -2)).squeeze(-1) / 8 ** 0.5  # (B, H, T) to key 0
+    expected = torch.sigmoid(logits - torch.log(torch.tensor(10.0)))[:, :, 1:].mean((0, 2))
+    assert captured[0] == pytest.approx(expected.tolist(), abs=1e-5)
