@@ -10,7 +10,14 @@ import transformers
 
 import sinkscope
 from sinkscope.errors import SinkscopeError
-from sinkscope.train import VARIANTS, SinkscopeConfig, add_headnorm, build_model, from_llama, to_llama
+from sinkscope.train import (
+    VARIANTS,
+    SinkscopeConfig,
+    add_headnorm,
+    build_model,
+    from_llama,
+    to_llama,
+)
 from sinkscope.train.export import export_model
 
 

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from sinkscope.cli import main
 from sinkscope.config import build, load_yaml

@@ -45,7 +45,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     one = subprocess.run([sys.executable, "-m", "sinkscope", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "sinkscope", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "probe.json").read_text())

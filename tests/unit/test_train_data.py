@@ -9,7 +9,12 @@ import torch
 
 from sinkscope.errors import SinkscopeError
 from sinkscope.train.config import TrainDataConfig
-from sinkscope.train.data import TokenData, prepare_data, split_documents, stdlib_documents
+from sinkscope.train.data import (
+    TokenData,
+    prepare_data,
+    split_documents,
+    stdlib_documents,
+)
 
 TEXT = "".join(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
 
@@ -27,7 +32,7 @@ def corpus(tmp_path, monkeypatch):
 def test_tokenizer_round_trips_and_loads_with_auto_tokenizer(corpus, tmp_path):
     from transformers import AutoTokenizer
 
-    tokenizer, data = prepare_data(TrainDataConfig(source=str(corpus), seq_len=16, val_every_doc=5), 300)
+    tokenizer, _ = prepare_data(TrainDataConfig(source=str(corpus), seq_len=16, val_every_doc=5), 300)
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2)
     ids = tokenizer("def f(x):")["input_ids"]
     assert ids[0] == 0 and tokenizer.decode(ids[1:]) == "def f(x):"

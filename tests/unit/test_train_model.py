@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from sinkscope.errors import SinkscopeError
-from sinkscope.train.model import VARIANTS, SinkscopeConfig, build_model, exact_attention
+from sinkscope.train.model import (
+    VARIANTS,
+    SinkscopeConfig,
+    build_model,
+    exact_attention,
+)
 
 
 def tiny(variant="softmax", **kw) -> SinkscopeConfig:
@@ -133,7 +138,7 @@ def test_headnorm_calibration_matches_first_token_output_std():
         g = torch.Generator().manual_seed(3 + i)
         x = torch.randn(CALIBRATION_BATCH, CALIBRATION_LEN, 32, generator=g)
         seen = []
-        hook = ref_layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        hook = ref_layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
         rotary = softmax.model.rotary_emb(x, torch.arange(CALIBRATION_LEN)[None])
         with torch.no_grad():
             ref_layer.self_attn(ref_layer.input_layernorm(x), rotary)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -44,7 +46,10 @@ class HiddenObserver:
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
         batch = self.batch.to(hidden.device)
         valid = batch.valid
-        finite = torch.isfinite(hidden).all(-1) | ~valid
+        norms = token_norms(hidden)  # (B, T) float32, non-finite wherever a hidden value is
+        finite = torch.isfinite(norms) | ~valid
+        if not bool(finite.all()):  # confirm value by value (a norm can also overflow)
+            finite = torch.isfinite(hidden).all(-1) | ~valid
         if not bool(finite.all()):
             b, pos = (int(i) for i in (~finite).nonzero()[0])
             raise SinkscopeError(f"non-finite hidden state after layer {layer} (sequence {b}, position {pos}); "
@@ -52,13 +57,14 @@ class HiddenObserver:
         T = hidden.shape[1]
         rel = torch.arange(T, device=hidden.device)[None] - batch.first[:, None]
         t = self.tally
-        t.add("norm_sum", (layer,), scatter_by_position(token_norms(hidden), rel, valid, self.max_len))
+        t.add("norm_sum", (layer,), scatter_by_position(norms, rel, valid, self.max_len))
         t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
         cols = batch.absolute(self.positions)  # (B, P)
         tracked = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, P, D)
         t.add("dom_ratio_sum", (layer,), dominance_ratio(tracked).sum(0))
         t.add("dom_count", (layer,), torch.tensor(float(hidden.shape[0])))
-        t.add("max_abs", (layer,), hidden.float().abs().amax(-1).masked_fill(~valid, 0).amax())
+        max_abs = torch.linalg.vector_norm(hidden, ord=math.inf, dim=-1, dtype=torch.float32)  # (B, T), one pass
+        t.add("max_abs", (layer,), max_abs.masked_fill(~valid, 0).amax())
 
     def norm_by_position(self) -> torch.Tensor:
         """(L, T) mean L2 norm of the block output by position (NaN where no token was seen)."""

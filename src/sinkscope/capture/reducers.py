@@ -74,7 +74,9 @@ def scatter_by_position(values: torch.Tensor, relative: torch.Tensor, valid: tor
     valid:    (B, T) bool, tokens to include.
     """
     lead = values.shape[:-2]
+    out = torch.zeros(*lead, length, dtype=torch.float64, device=values.device)
+    if bool(valid.all()) and bool((relative == relative[:1]).all()):  # no padding: sum the batch first
+        return out.index_add_(len(lead), relative[0], values.sum(-2, dtype=torch.float64))
     flat = values.reshape(*lead, -1)[..., valid.reshape(-1)]
     index = relative.reshape(-1)[valid.reshape(-1)]
-    out = torch.zeros(*lead, length, dtype=torch.float64, device=values.device)
     return out.index_add_(len(lead), index, flat.double())

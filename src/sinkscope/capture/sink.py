@@ -21,7 +21,10 @@ def relative_positions(call: AttentionCall) -> torch.Tensor:
 def check_finite(call: AttentionCall) -> None:
     """Raise naming the layer and head if any real query got a non-finite output or lse."""
     valid = call.batch.valid[:, None, :]  # (B, 1, T)
-    bad = (~torch.isfinite(call.output).all(-1) | ~torch.isfinite(call.lse)) & valid  # (B, H, T)
+    # one cheap pass: a row sum is non-finite whenever a value is; locate exactly only then
+    bad = ~torch.isfinite(call.output.sum(-1, dtype=torch.float32) + call.lse) & valid  # (B, H, T)
+    if bool(bad.any()):
+        bad = (~torch.isfinite(call.output).all(-1) | ~torch.isfinite(call.lse)) & valid
     if bool(bad.any()):
         b, h, t = (int(i) for i in bad.nonzero()[0])
         raise SinkscopeError(

@@ -56,33 +56,35 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
     reference = runs[0][1]
     n_layers = len(reference.get("layer_sink_score") or reference["variance"]["layers"])
     layers = layers_around(reference.get("onset_layer"), n_layers, reference.get("layer_sink_score"))
-    fig, axes = new_figure(2, len(layers), height=5.0, width=max(6.4, 3.0 * len(layers)), sharex=True)
+    fig, axes = new_figure(2, len(layers), height=5.2, sharex=True)
     for col, layer in enumerate(layers):
         for row, (column, summary_key, what) in enumerate((("std_across_samples", "across_samples", "over samples"),
                                                            ("std_across_dims", "across_dims", "over dims"))):
             ax = axes[row, col]
+            r2s = []
             for key, probe, table in runs:
                 style = RANDOM_STYLE if key == "random" else NATURAL_STYLE
                 pos, val = _by_layer(table, column, layer)
                 keep = pos < max_positions
-                line, = ax.plot(pos[keep], val[keep], style, color=colour, marker=".", markersize=4,
+                line, = ax.plot(pos[keep], val[keep], style, color=colour, marker=".", markersize=3,
                                 label="random tokens" if key == "random" else "natural text")
                 tag(line, f"std-{column}-{layer}-{key}")
                 fit = _fit(probe, layer, summary_key)
                 if fit is not None and math.isfinite(fit.get("s") or math.nan):
                     t = np.arange(0, int(pos[keep].max()) + 1 if keep.any() else max_positions)
-                    r2 = fit.get("r2")
                     fitted, = ax.plot(t, fit["s"] / np.sqrt(t + 1), ":", color=FIT_COLOUR, linewidth=1.2,
-                                      label=f"fit s/sqrt(t+1) ({key}), s={fit['s']:.3g}"
-                                      + (f", R2={r2:.2f}" if r2 is not None and math.isfinite(r2) else ""))
+                                      label="fit s/sqrt(t+1)" if key == runs[0][0] else None)
                     tag(fitted, f"fit-{column}-{layer}-{key}")
-            ax.set_title(f"layer {layer}: std {what}")
+                    r2 = fit.get("r2")
+                    r2s.append(f"{r2:.2f}" if r2 is not None and math.isfinite(r2) and r2 > -10 else "<0")
+            ax.set_title(f"layer {layer}, std {what}" + (f"\nfit R2 {' / '.join(r2s)}" if r2s else ""), fontsize=8)
             if row == 1:
                 ax.set_xlabel("token position t")
             if col == 0:
-                ax.set_ylabel(f"std {what} (o_proj input)")
-            ax.legend(loc="upper right", fontsize=6)
-    fig.suptitle(f"{label}: variance of the aggregated attention output (layers around the onset)")
+                ax.set_ylabel(f"std {what}\n(o_proj input)")
+    axes[0, 0].legend(loc="upper right", fontsize=6)
+    fig.suptitle(f"{label}: std of the attention output by position" + (" (R2: natural / random)" if len(runs) > 1
+                                                                           else ""))
     return fig
 
 
@@ -114,7 +116,7 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
     if not rows:
         raise MissingData("no neuron spikes at the first token: no super-neuron candidate")
     massive = set((probe.get("disparity") or {}).get("massive_dims") or [])
-    fig, axes = new_figure(len(rows), 2, height=2.4 * len(rows) + 0.6, width=9.0)
+    fig, axes = new_figure(len(rows), 2, height=2.6 * len(rows) + 0.6)
     for r, n in enumerate(rows):
         ax = axes[r, 0]
         dims = (n.get("down_column") or {}).get("dims") or []
@@ -188,13 +190,13 @@ def qk_locking(probe: dict, qk_table: dict | None, label: str):
     else:
         raise MissingData(section.get("note") or "no QK-locking measurements")
     n_layers, n_heads = share.shape
-    fig, axes = new_figure(1, 2, height=max(2.8, 0.26 * n_layers + 1.4), width=9.0)
-    panels = ((axes[0, 0], align, "alignment cos(top query dir, W_K row of massive dim)", -1.0, "coolwarm", "qk-align"),
-              (axes[0, 1], share, "share of queries with q . k0 > 0", 0.0, "viridis", "qk-share"))
+    fig, axes = new_figure(1, 2, height=max(3.0, 0.26 * n_layers + 1.6))
+    panels = ((axes[0, 0], align, "cos(top query direction,\nW_K row of the massive dim)", -1.0, "coolwarm", "qk-align"),
+              (axes[0, 1], share, "share of queries\nwith q . k0 > 0", 0.0, "viridis", "qk-share"))
     for ax, grid, name, vmin, cmap, gid in panels:
         image = ax.imshow(grid, aspect="auto", origin="lower", vmin=vmin, vmax=1.0, cmap=cmap, interpolation="nearest")
         tag(image, gid)
-        fig.colorbar(image, ax=ax).set_label(name.split(" ")[0] if gid == "qk-align" else "share")
+        fig.colorbar(image, ax=ax).set_label("cosine" if gid == "qk-align" else "share of queries")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         integer_axis(ax.xaxis)
@@ -230,7 +232,8 @@ def chain_boxes(probe: dict) -> list[dict]:
          "lines": [f"first/rest std {best[1]:.2f}x" if best else "not measured",
                    f"at layer {best[0]} (o_proj input)" if best else ""]},
         {"id": "chain-c2", "title": "C2 super neuron", "found": bool(neurons),
-         "lines": [f"layer {n['layer']} neuron {n['index']}" for n in neurons[:2]] or ["none found"]},
+         "lines": [f"layer {n['layer']} neuron {n['index']} -> dim {', '.join(map(str, n.get('dims') or []))}"
+                   for n in neurons[:2]] or ["none found"]},
         {"id": "chain-c3", "title": "C3 dimension disparity", "found": jump is not None,
          "lines": ([f"massive dim {', '.join(map(str, dims[:3]))}", f"from layer input {jump}",
                     f"DomRatio {disparity['sink_dom_ratio'][jump]:.0f}" if disparity.get("sink_dom_ratio") else ""]
@@ -244,32 +247,34 @@ def chain_boxes(probe: dict) -> list[dict]:
 
 
 def chain_diagram(probe: dict, label: str, colour: str):
-    """The chain C1 -> C2 -> C3 -> QK -> sink, each box with the coordinates found (grey if not)."""
+    """The chain C1 -> C2 -> C3 -> QK -> sink, top to bottom, each box with the coordinates found
+    (dashed grey when not found)."""
     boxes = chain_boxes(probe)
     chain = probe["chain"]
-    fig, axes = new_figure(height=2.6, width=9.0)
+    fig, axes = new_figure(height=4.6)
     ax = axes[0, 0]
-    ax.set_xlim(0, 10.3)
-    ax.set_ylim(0, 3)
+    n = len(boxes)
+    ax.set_xlim(0, 10)
+    ax.set_ylim(-0.9, n)
     ax.set_axis_off()
-    width, gap = 1.7, 0.35
     for i, box in enumerate(boxes):
-        x = 0.1 + i * (width + gap)
-        patch = FancyBboxPatch((x, 0.6), width, 1.9, boxstyle="round,pad=0.05",
-                               facecolor=to_rgba(colour, 0.15) if box["found"] else "white",
-                               edgecolor=colour if box["found"] else NEUTRAL, linewidth=2.0 if box["found"] else 1.0,
-                               linestyle="-" if box["found"] else "--")
+        y = n - 1 - i  # first link on top
+        found = box["found"]
+        patch = FancyBboxPatch((0.2, y + 0.12), 9.6, 0.7, boxstyle="round,pad=0.04",
+                               facecolor=to_rgba(colour, 0.15) if found else "white",
+                               edgecolor=colour if found else NEUTRAL, linewidth=2.0 if found else 1.0,
+                               linestyle="-" if found else "--")
         tag(patch, box["id"])
         ax.add_patch(patch)
-        ax.text(x + width / 2, 2.2, box["title"], ha="center", va="center", fontsize=8, weight="bold")
-        for j, line in enumerate(l for l in box["lines"] if l):
-            ax.text(x + width / 2, 1.7 - 0.35 * j, line, ha="center", va="center", fontsize=7.5,
-                    color="#222222" if box["found"] else NEUTRAL)
-        if i < len(boxes) - 1:
-            ax.add_patch(FancyArrowPatch((x + width + 0.03, 1.55), (x + width + gap - 0.03, 1.55),
-                                         arrowstyle="-|>", mutation_scale=12, color="#333333"))
+        ax.text(0.45, y + 0.47, box["title"], ha="left", va="center", fontsize=9, weight="bold",
+                color="#222222" if found else NEUTRAL)
+        facts = "   ".join(line for line in box["lines"] if line)
+        ax.text(4.2, y + 0.47, facts, ha="left", va="center", fontsize=8.5, color="#222222" if found else NEUTRAL)
+        if i < n - 1:
+            ax.add_patch(FancyArrowPatch((1.5, y + 0.1), (1.5, y - 0.14), arrowstyle="-|>", mutation_scale=10,
+                                         color="#333333"))
     verdict = "consistent with the paper" if chain.get("consistent") else "not established"
-    ax.text(5, 0.25, f"chain {verdict}: neuron layer < disparity layer <= onset layer", ha="center", fontsize=8,
+    ax.text(5, -0.45, f"chain {verdict} (neuron layer < disparity layer <= onset layer)", ha="center", fontsize=8.5,
             color="#333333" if chain.get("consistent") else HIGHLIGHT)
-    ax.set_title(f"{label}: the causal chain found (layer and neuron indices 0-based)")
+    ax.set_title(f"{label}: the causal chain found (indices 0-based)")
     return fig

@@ -47,7 +47,7 @@ def before_after(payload: dict, label: str, colour: str):
     before = finite([r.get("sink_score_before") for r in rows])
     after = finite([r.get("sink_score_after") for r in rows])
     dom = kind == "ablate" and payload.get("dom_ratio_before") is not None
-    fig, axes = new_figure(1, 2 if dom else 1, height=3.3, width=9.0 if dom else 6.4)
+    fig, axes = new_figure(1, 2 if dom else 1, height=3.4)
     ax = axes[0, 0]
     width = 0.4
     bars = ax.bar(layers - width / 2, before, width, color=NEUTRAL, label="before")
@@ -120,8 +120,9 @@ def training_curves(runs: list[dict]):
     runs = [r for r in runs if r.get("metrics") or r.get("telemetry")]
     if not runs:
         raise MissingData("no training log (metrics.jsonl / telemetry.jsonl)")
-    fig, axes = new_figure(1, 1 + len(TELEMETRY_PANELS), height=3.4, width=15.0)
-    loss_ax = axes[0, 0]
+    fig, grid = new_figure(2, 3, height=6.0, width=11.0)
+    axes = grid.ravel()
+    loss_ax, legend_ax = axes[0], axes[-1]
     for i, run in enumerate(runs):
         steps, loss = _series(run.get("metrics") or [], "loss")
         if len(steps):
@@ -133,20 +134,23 @@ def training_curves(runs: list[dict]):
             tag(line, f"val-loss-{i}")
         for j, (key, reduce, name, log) in enumerate(TELEMETRY_PANELS, 1):
             steps, values = _series(run.get("telemetry") or [], key, reduce)
-            ax = axes[0, j]
             if len(steps):
-                line, = ax.plot(steps, values, "-o", color=run["colour"], markersize=3, label=run["label"])
+                line, = axes[j].plot(steps, values, "-o", color=run["colour"], markersize=3, label=run["label"])
                 tag(line, f"telemetry-{key}-{i}")
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel(name)
-            if log:
-                ax.set_yscale("log")
-            ax.set_title(key.replace("_", " "))
+    for j, (key, _, name, log) in enumerate(TELEMETRY_PANELS, 1):
+        axes[j].set_xlabel("optimizer step")
+        axes[j].set_ylabel(name)
+        axes[j].set_title(key.replace("_", " "))
+        if log:
+            axes[j].set_yscale("log")
     loss_ax.set_xlabel("optimizer step")
     loss_ax.set_ylabel("cross-entropy loss (nats/token)")
-    loss_ax.set_title("loss")
-    loss_ax.legend(loc="best", fontsize=6)
-    axes[0, 1].legend(loc="best", fontsize=6)
+    loss_ax.set_title("loss (solid train, dashed validation)")
+    legend_ax.set_axis_off()
+    handles, labels = loss_ax.get_legend_handles_labels()
+    if not handles:  # telemetry only: name the runs from the first telemetry panel
+        handles, labels = axes[1].get_legend_handles_labels()
+    legend_ax.legend(handles, labels, loc="center", fontsize=8, title="runs")
     fig.suptitle("training: loss and sink telemetry (fixed held-out batch)")
     return fig
 

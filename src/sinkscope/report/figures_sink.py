@@ -166,9 +166,10 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     grid = np.full((n_layers, n_pos), np.nan)
     keep = pos < n_pos
     grid[layers[keep], pos[keep]] = norm[keep]
-    fig = new_figure(height=3.8, width=9.0)[0]
+    fig = new_figure(height=6.2)[0]
     fig.clear()
-    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    grid_spec = fig.add_gridspec(2, 1, height_ratios=[1.7, 1.0])
+    ax3 = fig.add_subplot(grid_spec[0], projection="3d")
     xx, yy = np.meshgrid(np.arange(n_pos), np.arange(n_layers))
     heights = np.nan_to_num(grid).ravel()
     colours = [colour if x == 0 else NEUTRAL for x in xx.ravel()]
@@ -176,10 +177,12 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     tag(bars, "massive-3d")
     ax3.set_xlabel("token position")
     ax3.set_ylabel("layer")
+    integer_axis(ax3.xaxis)
+    integer_axis(ax3.yaxis)
     ax3.set_zlabel("mean ||h|| (L2)")
-    ax3.set_title("hidden-state norm by layer and position")
+    ax3.set_title("mean hidden-state norm by layer and position (first token coloured)")
     ax3.view_init(elev=25, azim=-60)
-    ax = fig.add_subplot(1, 2, 2)
+    ax = fig.add_subplot(grid_spec[1])
     values = finite(max_abs)
     line, = ax.plot(range(len(values)), values, "-o", color=colour, markersize=4, label="max |h| (all tokens)")
     tag(line, "max-abs")
@@ -191,7 +194,8 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     integer_axis(ax.xaxis)
     ax.set_ylabel("max |activation| (log)")
     dims = (probe.get("disparity") or {}).get("massive_dims") or []
-    ax.set_title("massive dims: " + (", ".join(map(str, dims[:6])) if dims else "none"))
+    ax.set_title("max |activation| by layer; massive dims at the first token: "
+                 + (", ".join(map(str, dims[:6])) if dims else "none"))
     ax.legend(loc="best")
     fig.suptitle(f"{label}: massive activations")
     return fig

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import SinkscopeError
-from ..results import read_json, write_json, SCHEMA_VERSION
+from ..results import SCHEMA_VERSION, read_json, write_json
 
 KEEP_CHECKPOINTS = 2  # older checkpoints are deleted once a newer one is complete
 

@@ -43,7 +43,7 @@ def hf_documents(name: str, split: str, text_field: str, limit: int | None) -> l
     path, _, config_name = name.partition(":")
     try:
         stream = datasets.load_dataset(path, config_name or None, split=split, streaming=True)
-    except Exception as err:  # datasets raises many types for missing/offline/malformed sources
+    except Exception as err:  # noqa: BLE001  (datasets raises many types for missing/offline/malformed sources)
         raise SinkscopeError(f"cannot stream dataset '{name}' split '{split}': {str(err).splitlines()[0]}") from None
     texts = []
     for record in stream:
@@ -122,7 +122,14 @@ def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None)
 
     The special tokens come first, so <|bos|> = 0, <|eos|> = 1, <|pad|> = 2 whatever the data.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     path = (cache or cache_dir()) / "tokenizers" / f"bpe-{_fingerprint(docs, vocab_size)}.json"

@@ -10,6 +10,7 @@ Run folder layout (``--out``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,7 +23,12 @@ from torch import nn
 
 from ..errors import SinkscopeError
 from ..results import SCHEMA_VERSION, provenance, to_jsonable, write_json
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_log,
+)
 from .config import TrainConfig
 from .data import prepare_data
 from .model import SinkscopeConfig, build_model
@@ -144,11 +150,11 @@ class Trainer:
             self._resume()
         elif self.rank == 0 and latest_checkpoint(self.out) is not None:
             raise SinkscopeError(f"{self.out} already holds a run; pass --resume to continue it or a new --out")
-        self.forward = self.model
+        self.forward = self.ddp = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(self.model)
+            self.forward = self.ddp = DistributedDataParallel(self.model)
         if cfg.compile:
             self.forward = torch.compile(self.forward)
         self.val_batch = self.data.fixed_val(cfg.eval_batches * cfg.optim.batch_size)
@@ -189,7 +195,7 @@ class Trainer:
             index = (self.step * o.grad_accum + micro) * self.world + self.rank
             ids = self.data.batch(index, o.batch_size).to(self.device)
             last = micro == o.grad_accum - 1
-            sync = self.forward.no_sync() if self.world > 1 and not last else _nullcontext()
+            sync = self.ddp.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
             with sync:
                 loss = self._loss(ids)
                 (loss / o.grad_accum).backward()
@@ -217,11 +223,15 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, o = self.cfg, self.cfg.optim
-        board = TensorBoard(self.out / "tensorboard") if self.rank == 0 else None
+        lead = self.rank == 0  # only rank 0 writes; every rank joins validation and telemetry (probe all-reduces)
+        board = TensorBoard(self.out / "tensorboard") if lead else None
         metrics, telemetry = self.out / "metrics.jsonl", self.out / "telemetry.jsonl"
-        if self.rank == 0 and self.step == 0:
-            for log in (metrics, telemetry):
-                log.unlink(missing_ok=True)
+        if self.step >= o.steps:
+            raise SinkscopeError(f"{self.out} already finished its {o.steps} steps; nothing to resume")
+        if self.step == 0:
+            if lead:
+                for log in (metrics, telemetry):
+                    log.unlink(missing_ok=True)
             self._telemetry(telemetry, board)
         start = time.perf_counter() - self.elapsed
         stopped_early = False
@@ -230,33 +240,29 @@ class Trainer:
             self.elapsed = time.perf_counter() - start
             record = {"step": self.step, "tokens": self.tokens(self.step), "loss": loss, "lr": lr_at(self.step - 1, o),
                       "grad_norm": grad_norm, "seconds": round(self.elapsed, 2)}
-            if self.step % cfg.eval_every == 0 or self.step == o.steps:
+            stopped_early = cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes
+            last = self.step == o.steps or stopped_early
+            if self.step % cfg.eval_every == 0 or last:
                 record["val_loss"] = self.validate()
-            if self.rank == 0 and (self.step % cfg.log_every == 0 or "val_loss" in record):
+            if lead and (self.step % cfg.log_every == 0 or "val_loss" in record):
                 _append(metrics, record)
                 board.scalars(self.step, record)
-            if cfg.telemetry_every and self.step % cfg.telemetry_every == 0 and self.rank == 0:
+            if cfg.telemetry_every and (self.step % cfg.telemetry_every == 0 or last):
                 self._telemetry(telemetry, board)
-            if self.step % cfg.checkpoint_every == 0 and self.rank == 0:
+            if lead and (self.step % cfg.checkpoint_every == 0 or last):
                 save_checkpoint(self.out, self.step, self.model, self.optimizer, self._state())
-            if cfg.max_minutes is not None and self.elapsed > 60 * cfg.max_minutes:
-                stopped_early = True
+            if stopped_early:
                 break
-        if self.rank != 0:
+        if not lead:
             return {}
-        if "val_loss" not in record:
-            record["val_loss"] = self.validate()
-            _append(metrics, record)
-        if self.step % cfg.checkpoint_every:
-            save_checkpoint(self.out, self.step, self.model, self.optimizer, self._state())
-        if cfg.telemetry_every and self.step % cfg.telemetry_every:
-            self._telemetry(telemetry, board)
         board.close()
         return self._finish(record, stopped_early)
 
     def _telemetry(self, path: Path, board) -> None:
-        record = {"step": self.step, "tokens": self.tokens(self.step), "seconds": round(self.elapsed, 2),
-                  **sink_telemetry(self.model, self.telemetry_batch)}
+        figures = sink_telemetry(self.model, self.telemetry_batch)
+        if self.rank != 0:
+            return
+        record = {"step": self.step, "tokens": self.tokens(self.step), "seconds": round(self.elapsed, 2), **figures}
         _append(path, record)
         board.scalars(self.step, {f"sink/{k}": v for k, v in record.items() if isinstance(v, list)})
 
@@ -284,14 +290,6 @@ class Trainer:
         }
         write_json(self.out / "run.json", summary)
         return summary
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -26,7 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 VARIANTS = ("softmax", "headnorm", "gated", "sigmoid", "softmax1", "sink_logit")
@@ -112,8 +115,12 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))  # (D/2,)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self) -> torch.Tensor:
+        """(D/2,) inverse frequencies; recomputed after from_pretrained (buffers are not saved)."""
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
@@ -310,6 +317,8 @@ class SinkscopePreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, SinkscopeAttention) and hasattr(module, "sink_logit"):
             init.zeros_(module.sink_logit)
+        elif isinstance(module, Rotary):
+            init.copy_(module.inv_freq, module.frequencies())
 
 
 class SinkscopeModel(SinkscopePreTrainedModel):

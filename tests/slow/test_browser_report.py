@@ -1,0 +1,153 @@
+"""The demo report in headless Chromium: no console errors, every figure drawn and non-empty, every section there.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``); skipped without it. The screenshot is kept
+as an artefact under the output folder: ``$SINKSCOPE_ARTIFACTS/browser-demo/report_screenshot.png``
+(a temporary folder when the variable is unset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sinkscope.demo import DEFAULT_MODEL, DEFAULT_TWIN, DemoConfig, demo
+from sinkscope.models import embedded_path
+from sinkscope.report import SECTIONS
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+PER_RUN_FIGURES = ("sink-heatmap", "variance", "super-neurons", "dom-ratio", "massive", "qk-locking", "chain",
+                   "amplify", "isolate")
+LAYOUT_PROBE = """<script>
+const rows = [...document.querySelectorAll('figure.figure')].map(f => {
+  const svg = f.querySelector('svg'); const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+  return {id: f.id, width: box.width, height: box.height, marks: svg ? svg.querySelectorAll('path,use,text,image').length : 0};
+});
+const pre = document.createElement('pre'); pre.id = 'layout-check'; pre.textContent = JSON.stringify(rows);
+document.body.appendChild(pre);
+</script></body>"""
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("headless Chromium not installed: apt-get update && apt-get install -y chromium")
+
+
+def run_chromium(args: list[str], profile: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    command = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def console_errors(stderr: str) -> list[str]:
+    """Console messages and failed loads that Chromium logged while loading the page."""
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line
+            or "net::ERR_" in line]
+
+
+class Figures(HTMLParser):
+    """Sections and figure elements of the page, with the size of each figure's inline SVG markup."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.figures, self.missing = [], {}, []
+        self._current, self._depth = None, 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag == "figure":
+            self._current = attrs.get("id")
+            self.figures[self._current] = 0
+        elif self._current is not None and tag in ("path", "use", "text", "image"):
+            self.figures[self._current] += 1
+        if "missing" in (attrs.get("class") or "").split():
+            self.missing.append(attrs.get("id"))
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._current = None
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory) -> Path:
+    """The demo's report: on the embedded organisms when shipped, else on the planted fixture beside a tiny llama."""
+    root = Path(os.environ.get("SINKSCOPE_ARTIFACTS") or tmp_path_factory.mktemp("artifacts")) / "browser-demo"
+    if root.exists():
+        shutil.rmtree(root)
+    if embedded_path(DEFAULT_MODEL) and embedded_path(DEFAULT_TWIN):
+        result = demo(DemoConfig(out=str(root), quiet=True))
+    else:
+        from sinkscope.fixtures import planted_sink_model
+        from sinkscope.testing import save_tiny
+
+        models = tmp_path_factory.mktemp("models")
+        model, answer = planted_sink_model()
+        model.save_pretrained(models / "planted")
+        save_tiny("llama", models / "tiny-llama")
+        data = models / "ids.jsonl"
+        data.write_text("".join(json.dumps({"input_ids": ids}) + "\n" for ids in answer.inputs(16, 32)))
+        result = demo(DemoConfig(out=str(root), model=str(models / "planted"), twin=str(models / "tiny-llama"),
+                                 data=str(data), samples=16, seq_len=32, quiet=True))
+    return Path(result["report"])
+
+
+def test_console_error_detection_works(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>console.error('sinkscope-canary')</script></body></html>")
+    done = run_chromium(["--dump-dom", page.as_uri()], tmp_path / "profile")
+    assert any("sinkscope-canary" in line for line in console_errors(done.stderr)), done.stderr[-2000:]
+
+
+def test_page_loads_without_console_errors_and_has_every_section(demo_report, tmp_path):
+    done = run_chromium(["--dump-dom", demo_report.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert console_errors(done.stderr) == []
+    page = Figures()
+    page.feed(done.stdout)
+    assert page.sections == list(SECTIONS)
+    runs = sorted({m.group(1) for f in page.figures if (m := re.match(r"fig-sink-heatmap--(.+)", f))})
+    assert len(runs) == 2, page.figures
+    for run in runs[:1] if "planted" not in runs else ["planted"]:
+        for kind in PER_RUN_FIGURES:
+            assert f"fig-{kind}--{run}" in page.figures, (kind, run)
+    assert "fig-sink-rate" in page.figures
+    empty = [f for f, marks in page.figures.items() if marks < 20]
+    assert empty == [], f"figures with (almost) nothing drawn: {empty}"
+
+
+def test_every_figure_has_a_rendered_size(demo_report, tmp_path):
+    check = demo_report.with_name("report.layout-check.html")
+    check.write_text(demo_report.read_text().replace("</body>", LAYOUT_PROBE))
+    try:
+        done = run_chromium(["--window-size=1400,900", "--dump-dom", check.as_uri()], tmp_path / "profile")
+    finally:
+        check.unlink()
+    rows = json.loads(re.search(r'<pre id="layout-check">(.*?)</pre>', done.stdout, re.DOTALL).group(1))
+    assert len(rows) >= 10
+    tiny = [r for r in rows if r["width"] < 300 or r["height"] < 120 or r["marks"] < 20]
+    assert tiny == [], tiny
+
+
+def test_screenshot_is_kept_and_not_blank(demo_report, tmp_path):
+    shot = demo_report.with_name("report_screenshot.png")
+    done = run_chromium(["--window-size=1400,5000", f"--screenshot={shot}", demo_report.as_uri()],
+                        tmp_path / "profile")
+    assert shot.exists() and shot.stat().st_size > 50_000, done.stderr[-2000:]
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    low, high = image.getextrema()
+    assert high - low > 100  # text and figures, not a blank page
