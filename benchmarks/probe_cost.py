@@ -10,7 +10,8 @@ Every measurement runs in a fresh child process, so one run's allocations cannot
 Peak memory is the kernel's own high-water mark of resident memory (VmHWM in /proc/self/status),
 reset (``clear_refs`` 5) after the model and inputs exist; we report the peak above that baseline
 ("extra") and the absolute peak. Python-level tools (tracemalloc) do not see torch's allocations.
-Wall time is the best of ``--repeats`` runs. Targets (issue 2): (b)/(a) <= 1.3 in time and <= 1.2
+Wall and CPU time are the best of ``--repeats`` runs, (a) and (b) interleaved so that other work on
+the machine disturbs both alike. Targets (issue 2): (b)/(a) <= 1.3 in time and <= 1.2
 in peak memory at T=4096; (b) completes T=16384 on a 24 GiB machine.
 """
 
@@ -58,12 +59,14 @@ def _model(seq_len: int, attn_implementation: str):
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation).eval()
 
 
-def child(mode: str, seq_len: int, repeats: int) -> dict:
-    """Build the model, then time ``mode`` and record its peak resident memory. Runs in its own process."""
+def child(mode: str, seq_len: int, threads: int) -> dict:
+    """Build the model, then time one run of ``mode`` and record its peak resident memory. Own process."""
     import torch
 
     import sinkscope
 
+    if threads:
+        torch.set_num_threads(threads)
     model = _model(seq_len, "eager" if mode == "c" else "sdpa")
     ids = torch.randint(0, VOCAB, (1, seq_len), generator=torch.Generator().manual_seed(0))
 
@@ -76,15 +79,12 @@ def child(mode: str, seq_len: int, repeats: int) -> dict:
     run(ids[:, :64])  # warm-up: first-call set-up (thread pools, kernel selection) is not the method's cost
     baseline = _status("VmRSS")
     reset = _reset_peak()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run(ids)
-        times.append(time.perf_counter() - start)
-        del out
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(ids)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     peak = _status("VmHWM")
-    return {"mode": mode, "seq_len": seq_len, "seconds": min(times), "all_seconds": times,
-            "baseline_bytes": baseline, "peak_bytes": peak, "extra_bytes": peak - baseline, "peak_reset": reset,
+    return {"mode": mode, "seq_len": seq_len, "seconds": wall, "cpu_seconds": cpu, "baseline_bytes": baseline,
+            "peak_bytes": peak, "extra_bytes": peak - baseline, "peak_reset": reset,
             "threads": torch.get_num_threads()}
 
 
@@ -101,11 +101,11 @@ def _available_bytes() -> int:
     return 0
 
 
-def measure(mode: str, seq_len: int, repeats: int) -> dict:
+def measure(mode: str, seq_len: int, threads: int) -> dict:
     if mode == "c" and _eager_bytes(seq_len) > 0.6 * _available_bytes():
         return {"mode": mode, "seq_len": seq_len, "skipped": f"needs ~{_eager_bytes(seq_len) / 2**30:.0f} GiB "
                 f"for attentions, {_available_bytes() / 2**30:.0f} GiB available"}
-    cmd = [sys.executable, __file__, "--child", mode, str(seq_len), "--repeats", str(repeats)]
+    cmd = [sys.executable, __file__, "--child", mode, str(seq_len), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["killed"])[-1]
@@ -123,124 +123,64 @@ def _ratio(x: dict, y: dict, key: str) -> str:
     return f"{x[key] / y[key]:.2f}"
 
 
+def best(runs: list[dict]) -> dict:
+    """Fastest wall and CPU time over repeats (the least disturbed by other work); the highest peak."""
+    done = [r for r in runs if "seconds" in r]
+    if not done:
+        return runs[0]
+    out = dict(done[0])
+    out.update(seconds=min(r["seconds"] for r in done), cpu_seconds=min(r["cpu_seconds"] for r in done),
+               peak_bytes=max(r["peak_bytes"] for r in done), extra_bytes=max(r["extra_bytes"] for r in done),
+               all_seconds=[r["seconds"] for r in done], all_cpu_seconds=[r["cpu_seconds"] for r in done])
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, nargs="+", default=[1024, 4096, 16384], help="T values to measure")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best time is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of (a) and (b), interleaved, best kept; (c) runs once; T >= 16384 once")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     parser.add_argument("--json", help="also write all measurements to this file")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), args.repeats)))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.threads)))
         return 0
 
     print(f"load: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
-          f"{_available_bytes() / 2**30:.1f} GiB available", flush=True)
+          f"{_available_bytes() / 2**30:.1f} GiB available; threads {args.threads or 'default'}", flush=True)
     rows = []
     for seq_len in args.seq_len:
-        found = {}
-        for mode in args.modes:
-            repeats = 1 if seq_len >= 16384 else args.repeats
-            found[mode] = r = measure(mode, seq_len, repeats)
+        runs: dict[str, list] = {m: [] for m in args.modes}
+        repeats = 1 if seq_len >= 16384 else args.repeats
+        for r in range(repeats):
+            for mode in args.modes:
+                if mode == "c" and r > 0:
+                    continue
+                runs[mode].append(measure(mode, seq_len, args.threads))
+        found = {m: best(v) for m, v in runs.items()}
+        for mode, r in found.items():
             rows.append(r)
             note = r.get("skipped") or r.get("failed")
             if note:
                 print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} {note}", flush=True)
             else:
-                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} {r['seconds']:8.2f} s   peak "
-                      f"{_gib(r['peak_bytes'])} GiB   extra {_gib(r['extra_bytes'])} GiB", flush=True)
+                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} wall {r['seconds']:7.2f} s  cpu "
+                      f"{r['cpu_seconds']:7.2f} s  peak {_gib(r['peak_bytes'])} GiB  extra {_gib(r['extra_bytes'])} GiB",
+                      flush=True)
         a, b, c = (found.get(m, {}) for m in "abc")
-        print(f"T={seq_len:6d} (b)/(a): time {_ratio(b, a, 'seconds')}, peak {_ratio(b, a, 'peak_bytes')}, "
-              f"extra {_ratio(b, a, 'extra_bytes')}   (c)/(b): time {_ratio(c, b, 'seconds')}, "
+        print(f"T={seq_len:6d} (b)/(a): wall {_ratio(b, a, 'seconds')}, cpu {_ratio(b, a, 'cpu_seconds')}, "
+              f"peak {_ratio(b, a, 'peak_bytes')}, extra {_ratio(b, a, 'extra_bytes')}   "
+              f"(c)/(b): wall {_ratio(c, b, 'seconds')}, cpu {_ratio(c, b, 'cpu_seconds')}, "
               f"peak {_ratio(c, b, 'peak_bytes')}, extra {_ratio(c, b, 'extra_bytes')}", flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "load": os.getloadavg()}, f, indent=1)
+            json.dump({"rows": rows, "load": os.getloadavg(), "threads": args.threads}, f, indent=1)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# ---- chain: the variance pass (issue 4) ------------------------------------------------------------
-# Run from the repository root:
-#   python -c "from benchmarks.probe_cost import chain_main; chain_main()" --samples 500 --seq-len 64
-# Target (issue 4): the variance pass (o_proj input/output tallies by position and dim, plus the
-# effective number of aggregated tokens) over 500 sequences of length 64 on the 12-layer d=768
-# model costs < 2x the plain forward passes over the same data.
-
-CHAIN_TARGET = 2.0
-
-
-def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repeats: int = 1) -> dict:
-    """Seconds for (a) plain forwards, (v) the variance pass, (p) probe(chain=False), (f) probe(chain=True).
-
-    All four run in this process on the same random-token data; each is the best of ``repeats``.
-    """
-    import torch
-
-    import sinkscope
-    from sinkscope.adapters import adapter_for, blocks, head_counts
-    from sinkscope.capture.chain import ValueOutputObserver
-    from sinkscope.capture.runner import Sweep, run_sweep
-    from sinkscope.capture.sink import KeyStatsObserver
-
-    model = _model(seq_len, "sdpa")
-    adapter = adapter_for(model)
-    ids = torch.randint(0, VOCAB, (samples, seq_len), generator=torch.Generator().manual_seed(0))
-    seqs = ids.tolist()
-    n_layers, (n_heads, _, _) = len(blocks(model, adapter)), head_counts(model.config)
-
-    def plain():
-        with torch.no_grad():
-            for chunk in ids.split(batch_size):
-                model(input_ids=chunk, use_cache=False)
-
-    def variance():
-        values = ValueOutputObserver(n_layers, n_heads, HIDDEN, HIDDEN, seq_len, seq_len)
-        keys = KeyStatsObserver(n_layers, n_heads, seq_len)
-        pre, post = values.hooks(model, adapter)
-        sweep = Sweep(attention_observers=[keys], forward_pre_hooks=pre, forward_hooks=post, batch_listeners=[values])
-        run_sweep(model, adapter, None, seqs, sweep, batch_size=batch_size)
-
-    def probe(chain: bool):
-        return lambda: sinkscope.probe(model, seqs, chain=chain, batch_size=batch_size)
-
-    runs = {"a": plain, "v": variance, "p": probe(False), "f": probe(True)}
-    with torch.no_grad():
-        model(input_ids=ids[:2], use_cache=False)  # warm-up
-    seconds = {}
-    for _ in range(repeats):
-        for name, run in runs.items():  # interleaved, so a load change hits every mode alike
-            start = time.perf_counter()
-            run()
-            seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
-    return {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "seconds": seconds,
-            "variance_over_plain": seconds["v"] / seconds["a"], "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0]}
-
-
-def chain_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="cost of the chain's variance pass against plain forwards")
-    parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--json", help="also write the measurement to this file")
-    args = parser.parse_args(argv)
-    r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats)
-    names = {"a": "plain forwards (no_grad, SDPA)", "v": "variance pass (o_proj tallies + effective tokens)",
-             "p": "sinkscope.probe(chain=False)", "f": "sinkscope.probe(chain=True)"}
-    for key, name in names.items():
-        print(f"({key}) {name:52s} {r['seconds'][key]:8.2f} s   x{r['seconds'][key] / r['seconds']['a']:.2f}")
-    ok = r["variance_over_plain"] < CHAIN_TARGET
-    print(f"(v)/(a) = {r['variance_over_plain']:.2f} (target < {CHAIN_TARGET}): {'ok' if ok else 'MISSED'}; "
-          f"{r['samples']} x {r['seq_len']} tokens, batch {r['batch_size']}, {r['threads']} threads, "
-          f"load {r['load']:.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
-    return 0 if ok else 1

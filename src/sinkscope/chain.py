@@ -19,7 +19,7 @@ import torch
 
 from .adapters import block_part, blocks, head_counts, weight_out_in
 from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver,
-                            as_tokens, key_weight, mlp_input_module, mlp_weights)
+                            as_tokens, few_threads, key_weight, mlp_input_module, mlp_weights)
 from .capture.reducers import Tally, scatter_by_position
 from .capture.runner import Sweep, run_sweep
 from .config import ProbeConfig
@@ -284,14 +284,14 @@ def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config
 
 def reduce_disparity(obs: DisparityObserver, config: ProbeConfig) -> dict:
     t = obs.tally
-    n_seq = t["sink_count"].clamp(min=1)
+    n_seq = t["sink_count"].where(t["sink_count"] > 0, torch.nan)  # NaN: a layer input never observed
     sink_dom = t["sink_dom_sum"] / n_seq
     other_median = histogram_quantile(t["other_dom_hist"], obs.edges, 0.5)
     other_median_norm = histogram_quantile(t["other_dom_norm_hist"], obs.edges, 0.5)
     contrast = sink_dom / other_median.clamp_min(1.0)
     seen = t["sink_count"] > 0
     jumps = ((contrast >= DISPARITY_CONTRAST) & seen).nonzero()
-    share = t["massive_sink"] / n_seq[:, None]  # (K, D)
+    share = t["massive_sink"] / t["sink_count"].clamp(min=1)[:, None]  # (K, D)
     massive_at_sink, entries, first_seen = {}, [], {}
     for k in range(share.shape[0]):
         dims = (share[k] >= MASSIVE_PERSISTENCE).nonzero()[:, 0].tolist()
@@ -338,7 +338,8 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
     n_heads, n_kv, head_dim = head_counts(model.config)
     count = t["q_count"].clamp(min=1)  # (L,)
     mean = t["q_sum"] / count[:, None, None]
-    top = top_principal_direction(t["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
+    with few_threads():
+        top = top_principal_direction(t["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
     sink_key = t["sink_key_sum"] / t["q_count"].where(t["q_count"] > 0, 1)[:, None, None]
     share = t["positive_count"] / count[:, None]  # (L, H)
     observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen

@@ -86,7 +86,7 @@ class ProbeConfig:
     chain: bool = field(True, why="also measure the causal chain (variance, super neurons, disparity); off for speed")
     massive_abs: float = field(MASSIVE_ABS, why="Sun et al. 2024: a massive activation has |x| above this")
     massive_rel: float = field(MASSIVE_REL, why="Sun et al. 2024: ... and above this many times its token's median |x|")
-    variance_positions: int = field(512, why="positions (from the first token) with per-dim sums for the across-samples "
+    variance_positions: int = field(256, why="positions (from the first token) with per-dim sums for the across-samples "
                                     "std; memory is layers x this x hidden x 4 doubles")
     neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer")
     selectivity_samples: int = field(16, why="sequences re-run to trace each super neuron's selectivity by position")

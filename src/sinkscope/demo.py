@@ -67,8 +67,9 @@ def _label(name: str) -> str:
     return Path(name.rstrip("/")).name or name
 
 
-def _data(config: DemoConfig, random_tokens: bool = False) -> DataConfig:
-    return DataConfig(data=None if random_tokens else config.data, random_tokens=random_tokens,
+def _data(config: DemoConfig, natural: str | None = None) -> DataConfig:
+    """Natural text from the token-id file ``natural``; random tokens when it is None."""
+    return DataConfig(data=natural, random_tokens=natural is None,
                       seq_len=config.seq_len, samples=config.samples, batch_size=config.batch_size, bos=config.bos,
                       seed=config.seed)
 
@@ -228,6 +229,36 @@ def compare_training(out: Path) -> None:
 _KEEP_ALIVE: list = []
 
 
+def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
+    """Full-length natural-text windows for probe and interventions, written as token ids to a .jsonl.
+
+    The text (``--data`` or the embedded prompts) is tokenized as one stream and cut into windows of
+    exactly ``--seq-len`` tokens (special tokens included), so every sequence reaches the target
+    position of isolate and amplify. Pre-tokenized .jsonl data (``input_ids``) is used as given.
+    """
+    import json
+
+    from .data import embedded_prompts, read_documents, special_tokens
+
+    docs = read_documents(config.data) if config.data else embedded_prompts()
+    if config.data and any("input_ids" in d for d in docs):
+        return config.data
+    tokenizer = loaded.tokenizer
+    if tokenizer is None:
+        raise SinkscopeError(f"{loaded.name} has no tokenizer for natural text; pass --data FILE.jsonl with "
+                             "'input_ids' records")
+    prefix, suffix = special_tokens(tokenizer, config.bos, getattr(loaded.model.config, "bos_token_id", None))
+    body = config.seq_len - len(prefix) - len(suffix)
+    stream = [i for d in docs for i in tokenizer(d["text"], add_special_tokens=False)["input_ids"]]
+    windows = [prefix + stream[i:i + body] + suffix for i in range(0, len(stream) - body + 1, body)]
+    if not windows:
+        raise SinkscopeError(f"the natural text has fewer than {body} tokens; lower --seq-len or pass a longer --data")
+    path = folder / "natural-text.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in windows[: config.samples]))
+    return str(path)
+
+
 def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Steps) -> ModelResults:
     from .adapters import blocks
     from .intervene import intervene
@@ -240,15 +271,16 @@ def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Step
     _KEEP_ALIVE.append(loaded)  # intervene caches mu by id(model): a freed model's id must not be reused
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config._name_or_path = label  # provenance and the report name the model by its label
-    probe_config = ProbeConfig(data=_data(config), selectivity_samples=min(8, config.samples))
-    natural = steps.run(f"{label}: probe + chain, natural text", probe, model, config.data, tokenizer=tokenizer,
+    text = natural_data(config, loaded, folder)
+    probe_config = ProbeConfig(data=_data(config, text), selectivity_samples=min(8, config.samples))
+    natural = steps.run(f"{label}: probe + chain, natural text", probe, model, tokenizer=tokenizer,
                         config=probe_config, out=folder / "probe").to_dict()
     random = steps.run(f"{label}: probe + chain, random tokens", probe, model, tokenizer=tokenizer,
-                       config=ProbeConfig(data=_data(config, True), selectivity_samples=min(8, config.samples)),
+                       config=ProbeConfig(data=_data(config), selectivity_samples=min(8, config.samples)),
                        out=folder / "probe-random").to_dict()
     results = ModelResults(label=label, natural=natural, random=random)
     observe, layers = amplify_plan(natural.get("onset_layer"), len(blocks(model, loaded.adapter)))
-    base = {"data": _data(config), "position": config.position, "value_mean_tokens": config.value_mean_tokens}
+    base = {"data": _data(config, text), "position": config.position, "value_mean_tokens": config.value_mean_tokens}
     results.isolate = steps.run(f"{label}: isolate token {config.position}", intervene, model, "isolate",
                                 InterveneConfig(**base), tokenizer=tokenizer, out=folder / "isolate")
     results.amplify = steps.run(f"{label}: amplify token {config.position}", intervene, model, "amplify",

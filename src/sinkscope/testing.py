@@ -8,7 +8,7 @@ defaults (``INIT_STD``) so that attention patterns are far from uniform and soft
 
 >>> from sinkscope.testing import FAMILIES, tiny_model
 >>> model = tiny_model("llama")
->>> sorted(FAMILIES) == sorted(__import__("sinkscope").adapters.supported_model_types())
+>>> set(FAMILIES) <= set(__import__("sinkscope").adapters.supported_model_types())
 True
 """
 

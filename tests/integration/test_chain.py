@@ -228,3 +228,21 @@ def test_chain_statistics_match_brute_force():
             cos = top @ keys[h].numpy() / np.linalg.norm(keys[h].numpy())
             assert qk["alignment_sink_key"][j] == pytest.approx(cos, abs=1e-5)
             assert qk["sink_score"][j] == pytest.approx(result["sink_score"][layer][h])
+
+
+@pytest.mark.parametrize("random_tokens", [False, True])
+def test_variance_on_natural_text_and_random_tokens(random_tokens):
+    from sinkscope.testing import tiny_tokenizer
+
+    kwargs = dict(random_tokens=True, bos="never") if random_tokens else {}
+    result = probe(tiny_model("llama"), tokenizer=tiny_tokenizer(), samples=8, seq_len=24, **kwargs)
+    assert result["data"]["source"] == ("random-tokens" if random_tokens else "embedded-prompts")
+    for layer in result["variance"]["layers"]:
+        for side in ("across_samples", "across_dims"):
+            fit = layer[side]["fit"]
+            assert fit["s"] > 0 and fit["positions"] >= 2 and -1e9 < fit["r2"] <= 1
+            assert -1 <= layer[side]["kendall_tau_o_proj"] <= 1
+    if random_tokens:  # the first token differs between samples, so its across-samples std is real
+        assert all(layer["std_first"] > 0 for layer in result["variance"]["layers"])
+    else:  # every sequence starts with the same BOS: identical first tokens, zero spread
+        assert all(layer["std_first"] == pytest.approx(0, abs=1e-6) for layer in result["variance"]["layers"])

@@ -65,7 +65,9 @@ def test_demo_runs_on_natural_text_without_a_twin(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[10] == "twin: none compared (--twin none)"
     payload = json.loads((out / "tiny" / "probe" / "probe.json").read_text())
-    assert payload["data"]["source"] == "embedded-prompts"
+    assert payload["data"]["source"].endswith("natural-text.jsonl")  # the embedded prompts, cut to full windows
+    windows = [json.loads(line)["input_ids"] for line in (out / "tiny" / "natural-text.jsonl").read_text().splitlines()]
+    assert len(windows) == 4 and all(len(w) == 16 for w in windows)
     assert json.loads((out / "tiny" / "probe-random" / "probe.json").read_text())["data"]["source"] == "random-tokens"
 
 

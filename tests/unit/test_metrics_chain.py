@@ -174,3 +174,15 @@ def test_massive_mask_and_dominance_ratio():
     mask = massive_mask(h, 100.0, 1000.0)
     assert mask.nonzero().tolist() == [[0, 3]]
     assert float(dominance_ratio(h)[0]) == pytest.approx(150 / ((150 + 9 * 0.05) / 10), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (40, 12), (2, 7, 30)])
+def test_effective_rank_gram_matches_svd(shape):
+    from sinkscope.metrics.disparity import effective_rank, effective_rank_gram
+
+    x = torch.randn(*shape, dtype=torch.float64)
+    s = np.linalg.svd(x.numpy(), compute_uv=False)
+    p = s / s.sum(-1, keepdims=True)
+    brute = np.exp(-(p * np.log(p)).sum(-1))
+    np.testing.assert_allclose(effective_rank_gram(x).numpy(), brute, rtol=1e-9)
+    np.testing.assert_allclose(effective_rank(x).numpy(), brute, rtol=1e-5)

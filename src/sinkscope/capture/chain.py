@@ -14,11 +14,13 @@ Positions count from each sequence's first real token. No activation is kept pas
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
-from ..adapters import Adapter, block_part, blocks, get_path, base_model, weight_out_in
-from ..metrics.disparity import dominance_ratio, effective_rank, log_bins, massive_mask
+from ..adapters import Adapter, base_model, block_part, blocks, get_path, weight_out_in
+from ..metrics.disparity import dominance_ratio, effective_rank_gram, log_bins, massive_mask
 from ..metrics.neurons import robust_spike_scores
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims
@@ -27,10 +29,27 @@ from .hooks import block_output_tensor
 from .reducers import Tally, scatter_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
+MEDIAN_POSITIONS = 256  # spike reference: median/MAD over at most this many evenly spaced other tokens
+RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
 
 
 def _relative(batch: BatchInfo, T: int) -> torch.Tensor:
     return torch.arange(T, device=batch.valid.device)[None] - batch.first[:, None]  # (B, T)
+
+
+@contextmanager
+def few_threads(n: int = 1):
+    """Run small LAPACK calls (eigvalsh of T x T, eigh of Dh x Dh) on ``n`` threads, then restore.
+
+    On a busy CPU, multi-threaded LAPACK on small matrices spins and can be 100x slower than one
+    thread (measured: a 64 x 768 svdvals took 1.6 s on 2 threads under load, 5 ms on 1).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(n, previous))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def as_tokens(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
@@ -148,7 +167,8 @@ class NeuronObserver(_Hooked):
         sink = _sink_rows(act, batch).float()  # (B, I)
         others = batch.valid.clone()
         others[torch.arange(B, device=act.device), batch.first] = False
-        z, ratio = robust_spike_scores(sink, act, others)
+        stride = max(1, T // MEDIAN_POSITIONS)  # deterministic subsample: long sequences keep the median cheap
+        z, ratio = robust_spike_scores(sink, act[:, ::stride], others[:, ::stride])
         mags = act.float().abs().masked_fill(~others[..., None], 0)
         t.add("sequences", (layer,), torch.tensor(float(B)))
         t.add("other_tokens", (layer,), others.sum().double())
@@ -241,7 +261,8 @@ class DisparityObserver(_Hooked):
         t.add("max_sink_abs", (k,), sink.abs().amax(0))
         t.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
         if self.with_rank:
-            ranks = [effective_rank(residual[b, batch.valid[b]]) for b in range(B)]
+            with few_threads():
+                ranks = [effective_rank_gram(residual[b, batch.valid[b]][:RANK_TOKENS]) for b in range(B)]
             t.add("erank_sum", (k,), torch.stack(ranks).double().sum())
 
     def _histogram(self, values: torch.Tensor) -> torch.Tensor:

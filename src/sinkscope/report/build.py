@@ -241,14 +241,9 @@ def _training(results: Results, draw: _Drawer) -> Section:
 def _files(results: Results) -> Section:
     rows = []
     for path in results.files:
-        rows.append({"file": str(path)})
-    for s in results.series:
-        for p in (s.natural, s.random):
-            if p is not None:
-                prov = p.payload.get("provenance") or {}
-                rows_by = {"file": str(p.path), "model": prov.get("model"), "git": prov.get("git_sha"),
-                           "sinkscope": (prov.get("versions") or {}).get("sinkscope"),
-                           "config hash": prov.get("config_hash")}
-                rows = [rows_by if r["file"] == str(p.path) else r for r in rows]
-    return Section("files", "Result files", "Every file this page was drawn from, with its provenance.",
+        prov = results.provenance.get(path) or {}
+        rows.append({"file": str(path), "model": prov.get("model"), "git": prov.get("git_sha"),
+                     "sinkscope": (prov.get("versions") or {}).get("sinkscope"), "config hash": prov.get("config_hash")})
+    return Section("files", "Result files", "Every file this page was drawn from, with its provenance "
+                   "(training logs carry theirs in run.json).",
                    [table(rows, "files-table", ["file", "model", "git", "sinkscope", "config hash"])])

@@ -90,6 +90,7 @@ class Results:
     training: list[TrainingRun]
     compare: list[tuple[Path, dict]]
     files: list[Path]  # every result file read, for the provenance section
+    provenance: dict[Path, dict] = field(default_factory=dict)  # JSON result file -> its provenance
 
 
 def guess_variant(*texts: str | None) -> str | None:
@@ -136,6 +137,7 @@ def load_results(runs: list[str | Path]) -> Results:
     training: list[TrainingRun] = []
     compare: list[tuple[Path, dict]] = []
     files: list[Path] = []
+    provenance: dict[Path, dict] = {}
     for root in roots:
         if not root.is_dir():
             raise SinkscopeError(f"{root} is not a folder; pass folders written by sinkscope probe/intervene/train")
@@ -145,18 +147,22 @@ def load_results(runs: list[str | Path]) -> Results:
                                  "metrics.jsonl, telemetry.jsonl, compare.json); run `sinkscope probe MODEL --out "
                                  f"{root}` first")
         files += found
-        series += _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")])
+        series += _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")], provenance)
         training += _training(root, sorted({p.parent for p in found if p.name in TRAIN_FILES}))
         compare += [(p, read_json(p)) for p in found if p.name == "compare.json"]
     _name_series(series, roots)
     _colour(series, training)
-    return Results(runs=roots, series=series, training=training, compare=compare, files=files)
+    provenance |= {t.path / "run.json": (t.summary or {}).get("provenance") or {} for t in training if t.summary}
+    provenance |= {path: payload.get("provenance") or {} for path, payload in compare}
+    return Results(runs=roots, series=series, training=training, compare=compare, files=files,
+                   provenance=provenance)
 
 
-def _series(root: Path, paths: list[Path]) -> list[Series]:
+def _series(root: Path, paths: list[Path], provenance: dict[Path, dict]) -> list[Series]:
     out: list[Series] = []
     for path in paths:
         payload = read_json(path)
+        provenance[path] = payload.get("provenance") or {}
         kind = payload.get("kind")
         model = (payload.get("provenance") or {}).get("model")
         if path.name == "probe.json":
