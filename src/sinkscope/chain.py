@@ -23,6 +23,7 @@ from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, Va
 from .capture.reducers import Tally, scatter_by_position
 from .capture.runner import Sweep, run_sweep
 from .config import ProbeConfig
+from .errors import SinkscopeError
 from .metrics.neurons import column_profile, selectivity, top_rows
 from .metrics.qk import cosine, key_rows, top_principal_direction
 from .metrics.stats import histogram_quantile
@@ -44,6 +45,7 @@ MAX_SELECTIVITY_NEURONS = 4  # neurons traced position by position in the select
 
 def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
     """The streamed chain observers, keyed by name; each has a ``.tally``."""
+    check_chain_config(config)
     n_layers = len(blocks(model, adapter))
     n_heads, _, head_dim = head_counts(model.config)
     hidden = model.config.hidden_size
@@ -55,6 +57,18 @@ def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
         "disparity": DisparityObserver(n_layers, hidden, max_len, config.massive_abs, config.massive_rel),
         "queries": QueryObserver(n_layers, n_heads, head_dim),
     }
+
+
+def check_chain_config(config: ProbeConfig) -> None:
+    """Refuse chain settings that cannot mean anything, naming the flag to change."""
+    if config.variance_positions < 1:
+        raise SinkscopeError("--variance-positions must be at least 1")
+    if config.neuron_top_k < 1:
+        raise SinkscopeError("--neuron-top-k must be at least 1")
+    if config.selectivity_samples < 0:
+        raise SinkscopeError("--selectivity-samples must be 0 (no trace) or more")
+    if config.massive_abs < 0 or config.massive_rel < 0:
+        raise SinkscopeError("--massive-abs and --massive-rel must be non-negative")
 
 
 def _in_features(module, adapter) -> int:

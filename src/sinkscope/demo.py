@@ -64,7 +64,11 @@ class ModelResults:
 
 
 def _label(name: str) -> str:
-    return Path(name.rstrip("/")).name or name
+    """A short name for the report: the folder's name (its run folder's for a training run's ``model/``)."""
+    path = Path(name.rstrip("/"))
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    return path.name or name
 
 
 def _data(config: DemoConfig, natural: str | None = None) -> DataConfig:
@@ -87,6 +91,7 @@ class Steps:
     def __init__(self, total: int, quiet: bool):
         self.quiet = quiet
         self.progress = None
+        self.timings: list[tuple[str, float]] = []  # (step, seconds), for docs/benchmarks.md
         if not quiet:
             from rich.progress import (
                 BarColumn,
@@ -112,7 +117,9 @@ class Steps:
     def run(self, description: str, fn, *args, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, description=description)
+        start = time.perf_counter()
         result = fn(*args, **kwargs)
+        self.timings.append((description, time.perf_counter() - start))
         if self.progress is not None:
             self.progress.advance(self.task)
         return result
@@ -145,7 +152,7 @@ def demo(config: DemoConfig | None = None) -> dict:
     _KEEP_ALIVE.clear()
     summary = chain_summary(models, config)
     return {"report": str(report.path), "summary": summary, "seconds": time.perf_counter() - start,
-            "models": [m.label for m in models], "missing_figures": report.missing}
+            "models": [m.label for m in models], "missing_figures": report.missing, "timings": steps.timings}
 
 
 def ensure_checkpoint(name: str, out: Path, config: DemoConfig, steps: Steps) -> str:

@@ -246,3 +246,12 @@ def test_variance_on_natural_text_and_random_tokens(random_tokens):
         assert all(layer["std_first"] > 0 for layer in result["variance"]["layers"])
     else:  # every sequence starts with the same BOS: identical first tokens, zero spread
         assert all(layer["std_first"] == pytest.approx(0, abs=1e-6) for layer in result["variance"]["layers"])
+
+
+@pytest.mark.parametrize("flag,value", [("variance_positions", 0), ("neuron_top_k", 0), ("selectivity_samples", -1),
+                                        ("massive_abs", -1.0)])
+def test_bad_chain_settings_are_refused(flag, value):
+    from sinkscope.errors import SinkscopeError
+
+    with pytest.raises(SinkscopeError, match="--" + flag.replace("_", "-")):
+        probe(tiny_model("llama"), torch.randint(3, 96, (2, 8)), **{flag: value})

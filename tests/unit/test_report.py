@@ -272,6 +272,12 @@ def test_colours_follow_the_variant_across_figures(full_run, built):
     assert f'background:{VARIANT_COLOURS["headnorm"]}' in heatmap_page
 
 
+def test_the_baseline_is_drawn_left_of_the_fix(tmp_path):
+    write_probe(tmp_path / "a-headnorm", probe_payload("m/organism-headnorm", onset=None))
+    write_probe(tmp_path / "b-softmax", probe_payload("m/organism-softmax"))
+    assert [s.variant for s in load_results([tmp_path]).series] == ["softmax", "headnorm"]
+
+
 def test_guess_variant_prefers_the_longest_name():
     assert guess_variant("runs/organism-headnorm") == "headnorm"
     assert guess_variant("organism-softmax1") == "softmax1"

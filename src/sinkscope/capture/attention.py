@@ -205,7 +205,7 @@ def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] |
         return None  # causal with a kv offset: let the chunked path apply the offset exactly
     mask = None
     if call.visible is not None:
-        mask = torch.zeros(call.visible.shape, dtype=q.dtype, device=q.device).masked_fill(~call.visible, -math.inf)
+        mask = torch.zeros(call.visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~call.visible, -math.inf)
     try:
         if q.device.type == "cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -55,8 +55,8 @@ class _Drawer:
             return Slot(figure_id, kind, caption, missing=str(why))
         svg = svg_text(fig)
         fig.set_layout_engine("none")  # keep the layout computed for the SVG: the PNG needs no second pass
-        _atomic_write_bytes(self.dir / f"{figure_id}.svg", svg.encode())
-        _atomic_write_bytes(self.dir / f"{figure_id}.png", png_bytes(fig))
+        _write(self.dir / f"{figure_id}.svg", svg.encode())
+        _write(self.dir / f"{figure_id}.png", png_bytes(fig))
         self.report.figures.append(figure_id)
         return Slot(figure_id, kind, caption, svg=inline_svg(svg, figure_id), link_dir=self.dir.name)
 
@@ -80,8 +80,14 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
     names = ", ".join(s.label for s in results.series) or ", ".join(t.label for t in results.training)
     text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
                 f"under {', '.join(str(r) for r in results.runs)}", sections)
-    _atomic_write_bytes(output, text.encode("utf-8"))
+    _write(output, text.encode("utf-8"))
     return report
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write, readable by everyone (a page is meant to be opened and served)."""
+    _atomic_write_bytes(path, data)
+    path.chmod(0o644)
 
 
 def _columns(results: Results, fill) -> list[Column]:

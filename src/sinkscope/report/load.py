@@ -93,6 +93,14 @@ class Results:
     provenance: dict[Path, dict] = field(default_factory=dict)  # JSON result file -> its provenance
 
 
+VARIANT_ORDER = ("softmax", "headnorm", "gated", "sigmoid", "softmax1", "sink_logit")  # columns left to right
+
+
+def _variant_rank(variant: str | None) -> int:
+    """softmax and unknown variants (usually a hub model, the baseline) first, then the fixes in VARIANT_ORDER."""
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else 0
+
+
 def guess_variant(*texts: str | None) -> str | None:
     """The attention variant named in a model name or folder ("organism-headnorm" -> "headnorm")."""
     for text in texts:
@@ -151,6 +159,8 @@ def load_results(runs: list[str | Path]) -> Results:
         training += _training(root, sorted({p.parent for p in found if p.name in TRAIN_FILES}))
         compare += [(p, read_json(p)) for p in found if p.name == "compare.json"]
     _name_series(series, roots)
+    series.sort(key=lambda s: _variant_rank(s.variant))  # stable: the baseline first, then the fixes
+    training.sort(key=lambda t: _variant_rank(t.variant))
     _colour(series, training)
     provenance |= {t.path / "run.json": (t.summary or {}).get("provenance") or {} for t in training if t.summary}
     provenance |= {path: payload.get("provenance") or {} for path, payload in compare}
@@ -207,10 +217,14 @@ def _training(root: Path, folders: list[Path]) -> list[TrainingRun]:
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
         telemetry = read_jsonl(folder / "telemetry.jsonl") if (folder / "telemetry.jsonl").exists() else []
         rel = folder.relative_to(root)
-        label = str(rel) if str(rel) != "." else root.name
+        label = folder.name if str(rel) != "." else root.name
         variant = (summary or {}).get("variant") or guess_variant(label, root.name)
         runs.append(TrainingRun(label=label, path=folder, variant=variant, summary=summary, metrics=metrics,
                                 telemetry=telemetry))
+    names = [r.label for r in runs]
+    for run in runs:  # two runs in folders of the same name: fall back to the path under RUN
+        if names.count(run.label) > 1:
+            run.label = str(run.path.relative_to(root))
     return runs
 
 

@@ -167,30 +167,22 @@ def exact_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         weights = torch.sigmoid(logits + sigmoid_bias) * visible
         out = torch.matmul(weights.to(value.dtype), value)  # (B, H, T, D)
         return out.transpose(1, 2).contiguous(), None
-    mask = visible if bias is None else bias.to(query.dtype).masked_fill(~visible, float("-inf"))
-    if attention_mask is None and T == S:
-        out, lse = _sdpa_with_lse(query, key, value, None, scaling)
-    else:
-        out, lse = _sdpa_with_lse(query, key, value, mask, scaling)
-    if sink_logit is not None:  # softmax1 / sink_logit: differs from softmax, a virtual key (logit s_h, value 0)
-        total = torch.logaddexp(lse, sink_logit.float().view(1, -1, 1))  # (B, H, T)
-        out = out * torch.exp(lse - total).unsqueeze(-1).to(out.dtype)
+    mask = torch.zeros(visible.shape, dtype=query.dtype, device=query.device).masked_fill(~visible, float("-inf"))
+    if bias is not None:
+        mask = mask + bias.to(query.dtype)
+    if sink_logit is None:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    # softmax1 / sink_logit: differs from softmax, one virtual key with a zero vector (so q . k = 0),
+    # a zero value, and the per-head logit s_h added through the float mask; still one SDPA call.
+    B, H, _, D = query.shape
+    key = torch.cat([key, key.new_zeros(B, H, 1, D)], dim=2)  # (B, H, S + 1, D)
+    value = torch.cat([value, value.new_zeros(B, H, 1, value.shape[-1])], dim=2)
+    mask = mask if mask.dim() == 4 else mask[None, None]  # (B|1, 1|H, T, S)
+    column = sink_logit.to(query.dtype).view(1, H, 1, 1).expand(mask.shape[0], H, T, 1)  # (B|1, H, T, 1)
+    mask = torch.cat([mask.expand(mask.shape[0], H, T, S), column], dim=-1)  # (B|1, H, T, S + 1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
-
-
-def _sdpa_with_lse(q, k, v, mask, scaling):
-    """SDPA output (B, H, T, D) and the float32 log-sum-exp of its logits (B, H, T), exactly, with autograd."""
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scaling  # (B, H, T, S)
-    if mask is None:
-        T, S = q.shape[2], k.shape[2]
-        logits = logits.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T), float("-inf"))
-    elif mask.dtype == torch.bool:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    else:
-        logits = logits + mask.float()
-    lse = torch.logsumexp(logits, dim=-1)  # (B, H, T)
-    probs = torch.nan_to_num(torch.exp(logits - lse.unsqueeze(-1)), nan=0.0)
-    return torch.matmul(probs.to(v.dtype), v), lse
 
 
 def sdpa_attention(module: nn.Module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
