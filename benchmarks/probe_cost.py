@@ -184,3 +184,88 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- chain: the variance pass (issue 4) ------------------------------------------------------------
+# Run from the repository root:
+#   python -c "from benchmarks.probe_cost import chain_main; chain_main()" --samples 500 --seq-len 64
+# Target (issue 4): the variance pass (o_proj input/output tallies by position and dim, plus the
+# effective number of aggregated tokens) over 500 sequences of length 64 on the 12-layer d=768
+# model costs < 2x the plain forward passes over the same data.
+
+CHAIN_TARGET = 2.0
+
+
+def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repeats: int = 1) -> dict:
+    """Seconds for (a) plain forwards, (v) the variance pass, (p) probe(chain=False), (f) probe(chain=True).
+
+    All four run in this process on the same random-token data; each is the best of ``repeats``.
+    """
+    import torch
+
+    import sinkscope
+    from sinkscope.adapters import adapter_for, blocks, head_counts
+    from sinkscope.capture.chain import ValueOutputObserver
+    from sinkscope.capture.runner import Sweep, run_sweep
+    from sinkscope.capture.sink import KeyStatsObserver
+
+    model = _model(seq_len, "sdpa")
+    adapter = adapter_for(model)
+    ids = torch.randint(0, VOCAB, (samples, seq_len), generator=torch.Generator().manual_seed(0))
+    seqs = ids.tolist()
+    n_layers, (n_heads, _, _) = len(blocks(model, adapter)), head_counts(model.config)
+
+    def plain():
+        with torch.no_grad():
+            for chunk in ids.split(batch_size):
+                model(input_ids=chunk, use_cache=False)
+
+    def variance():
+        values = ValueOutputObserver(n_layers, n_heads, HIDDEN, HIDDEN, seq_len, seq_len)
+        keys = KeyStatsObserver(n_layers, n_heads, seq_len)
+        pre, post = values.hooks(model, adapter)
+        sweep = Sweep(attention_observers=[keys], forward_pre_hooks=pre, forward_hooks=post, batch_listeners=[values])
+        run_sweep(model, adapter, None, seqs, sweep, batch_size=batch_size)
+
+    def probe(chain: bool):
+        return lambda: sinkscope.probe(model, seqs, chain=chain, batch_size=batch_size)
+
+    runs = {"a": plain, "v": variance, "p": probe(False), "f": probe(True)}
+    with torch.no_grad():
+        model(input_ids=ids[:2], use_cache=False)  # warm-up
+    seconds, cpu = {}, {}
+    for _ in range(repeats):
+        for name, run in runs.items():  # interleaved, so a load change hits every mode alike
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
+            cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - start_cpu)
+    return {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "seconds": seconds,
+            "cpu_seconds": cpu, "variance_over_plain": seconds["v"] / seconds["a"],
+            "variance_over_plain_cpu": cpu["v"] / cpu["a"], "threads": torch.get_num_threads(),
+            "load": os.getloadavg()[0]}
+
+
+def chain_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="cost of the chain's variance pass against plain forwards")
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", help="also write the measurement to this file")
+    args = parser.parse_args(argv)
+    r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats)
+    names = {"a": "plain forwards (no_grad, SDPA)", "v": "variance pass (o_proj tallies + effective tokens)",
+             "p": "sinkscope.probe(chain=False)", "f": "sinkscope.probe(chain=True)"}
+    for key, name in names.items():
+        print(f"({key}) {name:52s} wall {r['seconds'][key]:8.2f} s  x{r['seconds'][key] / r['seconds']['a']:.2f}   "
+              f"cpu {r['cpu_seconds'][key]:8.2f} s  x{r['cpu_seconds'][key] / r['cpu_seconds']['a']:.2f}")
+    ok = r["variance_over_plain"] < CHAIN_TARGET
+    print(f"(v)/(a) = {r['variance_over_plain']:.2f} wall, {r['variance_over_plain_cpu']:.2f} cpu "
+          f"(target < {CHAIN_TARGET}): {'ok' if ok else 'MISSED'}; "
+          f"{r['samples']} x {r['seq_len']} tokens, batch {r['batch_size']}, {r['threads']} threads, "
+          f"load {r['load']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0 if ok else 1

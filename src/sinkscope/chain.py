@@ -354,7 +354,7 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
     mean = t["q_sum"] / count[:, None, None]
     with few_threads():
         top = top_principal_direction(t["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
-    sink_key = t["sink_key_sum"] / t["q_count"].where(t["q_count"] > 0, 1)[:, None, None]
+    sink_key = t["sink_key_sum"] / t["sequences"].clamp(min=1)[:, None, None]  # mean key at the first token
     share = t["positive_count"] / count[:, None]  # (L, H)
     observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen
     normed = disparity.pop("sink_normed_mean")

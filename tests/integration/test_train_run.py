@@ -163,3 +163,27 @@ def test_every_preset_builds(preset):
 
 def test_presets_exist():
     assert {"paper-152m.yaml", "organism.yaml", "cpu-compare.yaml"} <= {p.name for p in CONFIGS.glob("*.yaml")}
+
+
+def test_init_from_a_llama_checkpoint_continues_with_headnorm(corpus, tmp_path):
+    import transformers
+
+    from sinkscope.train.data import prepare_data
+
+    tokenizer, _ = prepare_data(TrainDataConfig(source=str(corpus), val_every_doc=4), 300)
+    folder = tmp_path / "llama"
+    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    summary = train(tiny(corpus, tmp_path / "run", variant="headnorm", init_from=str(folder), tokenizer=str(folder),
+                         steps=3))
+    assert summary["steps"] == 3
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.attention_variant == "headnorm" and model.config.hidden_size == 32
+    small = tmp_path / "small"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+    )).save_pretrained(small)
+    with pytest.raises(SinkscopeError, match="pass --tokenizer"):
+        Trainer(tiny(corpus, tmp_path / "run2", init_from=str(small)))

@@ -186,3 +186,11 @@ def test_effective_rank_gram_matches_svd(shape):
     brute = np.exp(-(p * np.log(p)).sum(-1))
     np.testing.assert_allclose(effective_rank_gram(x).numpy(), brute, rtol=1e-9)
     np.testing.assert_allclose(effective_rank(x).numpy(), brute, rtol=1e-5)
+
+
+def test_robust_spike_scores_without_other_tokens_are_zero():
+    act = torch.randn(2, 3, 5)
+    valid = torch.zeros(2, 3, dtype=torch.bool)
+    valid[1, 1:] = True
+    z, ratio = robust_spike_scores(act[:, 0], act, valid)
+    assert z[0].abs().sum() == 0 and ratio[0].abs().sum() == 0 and ratio[1].abs().sum() > 0

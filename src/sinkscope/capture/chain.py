@@ -276,12 +276,13 @@ class QueryObserver:
 
     Tallies: q_count (L); q_sum (L, H, Dh); q_outer_sum (L, H, Dh, Dh) for the uncentred second
     moment; positive_count (L, H): queries with q . k_sink > 0 (k_sink: the sequence's own key at
-    its sink token, as attention saw it, rotary included); sink_key_sum (L, H, Dh).
+    its sink token, as attention saw it, rotary included); sink_key_sum (L, H, Dh) / sequences (L).
     """
 
     def __init__(self, n_layers: int, n_heads: int, head_dim: int):
         self.tally = t = Tally()
         t.zeros("q_count", n_layers)
+        t.zeros("sequences", n_layers)
         t.zeros("q_sum", n_layers, n_heads, head_dim)
         t.zeros("q_outer_sum", n_layers, n_heads, head_dim, head_dim)
         t.zeros("positive_count", n_layers, n_heads)
@@ -303,6 +304,7 @@ class QueryObserver:
         t.add("q_outer_sum", (layer,), torch.einsum("bhtd,bhte->hde", qm.double(), qm.double()))
         t.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
         t.add("sink_key_sum", (layer,), sink_key.double().sum(0))
+        t.add("sequences", (layer,), torch.tensor(float(B)))
 
 
 # ---- where the weights the chain reads live (adapter data + the family's storage convention) ----

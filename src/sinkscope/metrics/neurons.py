@@ -18,7 +18,8 @@ def robust_spike_scores(sink_act: torch.Tensor, other_act: torch.Tensor, other_v
     sink_act: (B, I) activations at each sequence's sink token; other_act: (B, T, I) activations;
     other_valid: (B, T) bool, the real non-sink tokens. Per sequence, the reference is the median m
     and the MAD of |a| over all channels at all other tokens. Returns (z, ratio), each (B, I):
-    z = (|a_sink| - m) / MAD and ratio = |a_sink| / m (both guarded against 0 with float32 tiny).
+    z = (|a_sink| - m) / MAD and ratio = |a_sink| / m (guarded against 0 with float32 tiny;
+    both 0 for a sequence with no other token).
     """
     tiny = torch.finfo(torch.float32).tiny
     mags = other_act.float().abs().masked_fill(~other_valid[..., None], torch.nan).flatten(1)  # (B, T*I)
@@ -29,7 +30,8 @@ def robust_spike_scores(sink_act: torch.Tensor, other_act: torch.Tensor, other_v
     sink = sink_act.float().abs()
     z = (sink - median[:, None]) / mad.clamp_min(tiny)[:, None]
     ratio = sink / median.clamp_min(tiny)[:, None]
-    return z, ratio
+    alone = ~other_valid.any(-1, keepdim=True)  # a one-token sequence has nothing to compare against
+    return z.masked_fill(alone, 0.0), ratio.masked_fill(alone, 0.0)
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,9 @@ def make_model(cfg: TrainConfig, tokenizer) -> nn.Module:
     from .hf import from_llama
 
     loaded = load_model(cfg.model.init_from)
+    if len(tokenizer) > loaded.model.config.vocab_size:
+        raise SinkscopeError(f"the tokenizer has {len(tokenizer)} tokens but {cfg.model.init_from} only "
+                             f"{loaded.model.config.vocab_size}; pass --tokenizer {cfg.model.init_from}")
     return from_llama(loaded.model.train(), variant=cfg.model.variant, seed=cfg.seed)
 
 

@@ -353,7 +353,8 @@ class SinkscopeForCausalLM(SinkscopePreTrainedModel):
         logits = self.lm_head(hidden)  # (B, T, vocab)
         loss = None
         if labels is not None:  # next-token loss; labels == input_ids, -100 ignored
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            targets = F.pad(labels, (0, 1), value=-100)[:, 1:]  # (B, T) shift the labels, not the logits (no copy)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
