@@ -106,7 +106,7 @@ def measure(mode: str, seq_len: int, threads: int) -> dict:
         return {"mode": mode, "seq_len": seq_len, "skipped": f"needs ~{_eager_bytes(seq_len) / 2**30:.0f} GiB "
                 f"for attentions, {_available_bytes() / 2**30:.0f} GiB available"}
     cmd = [sys.executable, __file__, "--child", mode, str(seq_len), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["killed"])[-1]
         return {"mode": mode, "seq_len": seq_len, "failed": f"exit {proc.returncode}: {tail}"}
@@ -167,9 +167,9 @@ def main(argv=None) -> int:
             if note:
                 print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} {note}", flush=True)
             else:
-                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} wall {r['seconds']:7.2f} s  cpu "
-                      f"{r['cpu_seconds']:7.2f} s  peak {_gib(r['peak_bytes'])} GiB  extra {_gib(r['extra_bytes'])} GiB",
-                      flush=True)
+                print(f"T={seq_len:6d} ({mode}) {MODES[mode]:34s} wall {r['seconds']:7.2f} s  "
+                      f"cpu {r['cpu_seconds']:7.2f} s  peak {_gib(r['peak_bytes'])} GiB  "
+                      f"extra {_gib(r['extra_bytes'])} GiB", flush=True)
         a, b, c = (found.get(m, {}) for m in "abc")
         print(f"T={seq_len:6d} (b)/(a): wall {_ratio(b, a, 'seconds')}, cpu {_ratio(b, a, 'cpu_seconds')}, "
               f"peak {_ratio(b, a, 'peak_bytes')}, extra {_ratio(b, a, 'extra_bytes')}   "
@@ -254,6 +254,10 @@ def chain_main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", help="also write the measurement to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats)
     names = {"a": "plain forwards (no_grad, SDPA)", "v": "variance pass (o_proj tallies + effective tokens)",
              "p": "sinkscope.probe(chain=False)", "f": "sinkscope.probe(chain=True)"}

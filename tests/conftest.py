@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network; hub failures must be fast
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from sinkscope.testing import FAMILIES, tiny_model  # noqa: E402
+from sinkscope.testing import FAMILIES, save_tiny, tiny_model
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -27,9 +27,9 @@ def llama():
 
 @pytest.fixture
 def saved_llama(tmp_path_factory):
-    """A tiny llama written by save_pretrained (safetensors), as a CLI user would pass it."""
+    """A tiny llama and tokenizer written by save_pretrained (safetensors), as a CLI user would pass them."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
+    save_tiny("llama", folder)  # with the tiny character tokenizer, which prepends <s>
     return folder
 
 

@@ -207,7 +207,10 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int) -> dict:
             "down_column": column_profile(down[:, n]),
             "weight_outlier": n in outliers,
         })
-    return {"candidates": candidates, "weight_finder": weight,
+    out = t["down_out_sink_abs_sum"] / sequences  # (L, D): what each MLP writes at the first token
+    values, dims = out.topk(min(3, out.shape[-1]), dim=-1)
+    spikes = [{"layer": layer, "dims": dims[layer].tolist(), "mean_abs": values[layer].tolist()} for layer in range(len(out))]
+    return {"candidates": candidates, "weight_finder": weight, "down_output_at_sink": spikes,
             "thresholds": {"z_min": SPIKE_Z_MIN, "ratio_min": SPIKE_RATIO_MIN, "persistence": SPIKE_PERSISTENCE,
                            "weight_outlier": WEIGHT_OUTLIER}}
 

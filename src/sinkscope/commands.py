@@ -195,7 +195,8 @@ COMMANDS.append(Command("report", "draw every result under RUN folders into one 
                             ("runs", {"nargs": "+", "metavar": "RUN", "help": "folders holding probe.json, "
                                       "intervene.json, training logs or compare.json (searched recursively)"}),
                             ("-o", {"dest": "output", "default": "report.html", "metavar": "FILE",
-                                    "help": "the HTML page to write; figures go to FILE_figures/ beside it"}),
+                                    "help": "the HTML page to write (default: report.html); PNG and SVG figures go to "
+                                    "<name>_figures/ beside it"}),
                             ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
 COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
                         _demo_config_class(), run_demo))

@@ -28,9 +28,9 @@ INIT_STD = 0.25  # larger than the families' defaults (0.02): peaked attention, 
 
 
 def _decoder_common(**extra) -> dict:
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_STD,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    common = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "max_position_embeddings": MAX_POSITIONS, "initializer_range": INIT_STD,
+                  "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}
     common.update(extra)
     return common
 

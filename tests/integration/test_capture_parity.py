@@ -22,7 +22,14 @@ import sinkscope
 from sinkscope.adapters import adapter_for
 from sinkscope.capture.attention import BatchInfo, capture_attention
 from sinkscope.capture.sink import SinkObserver
-from sinkscope.testing import ENCODERS, FAMILIES, SOFTCAP, default_attention, tiny_model, twin
+from sinkscope.testing import (
+    ENCODERS,
+    FAMILIES,
+    SOFTCAP,
+    default_attention,
+    tiny_model,
+    twin,
+)
 
 TOL = 1e-5
 LENGTHS = (16, 11, 14, 7)  # two batches of size 3: padding inside the first, a lone sequence in the second
@@ -130,7 +137,7 @@ def brute_force(model, sequences, padding_side: str, keys=KEYS) -> tuple[Referen
     extra = []
     for start in range(0, len(sequences), BATCH_SIZE):
         ids, mask = _pad(sequences[start:start + BATCH_SIZE], padding_side)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
         hidden, handles = _block_outputs(eager)
         with torch.no_grad():
             out = eager(**inputs, output_attentions=True, output_hidden_states=True)
@@ -252,7 +259,7 @@ def test_padding_side_and_batching_do_not_change_the_numbers(family):
     """The sink is the first real token: left, right or no padding must agree."""
     model = tiny_model(family)
     sequences = _sequences(seed=1)
-    kwargs = dict(chain=False, sink_positions=(0, -1))
+    kwargs = {"chain": False, "sink_positions": (0, -1)}
     alone = sinkscope.probe(model, sequences, batch_size=1, **kwargs)
     for side in ("left", "right"):
         batched = sinkscope.probe(model, sequences, batch_size=4, padding_side=side, **kwargs)
@@ -293,7 +300,7 @@ def test_outputs_under_capture_equal_the_models_own(family, padding_side):
     eager = twin(model, "eager")
     before = _snapshot(model)
     ids, mask = _pad(_sequences()[:3], padding_side)
-    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
     observer = SinkObserver(model.config.num_hidden_layers, model.config.num_attention_heads, ids.shape[1])
     with torch.no_grad():
         own = model(**inputs)
@@ -337,7 +344,7 @@ def test_half_precision_statistics_accumulate_in_float32(dtype):
     model32 = tiny_model("llama")
     model16 = copy.deepcopy(model32).to(dtype)
     sequences = _sequences()
-    kwargs = dict(chain=False, key_importance=True)
+    kwargs = {"chain": False, "key_importance": True}
     r32 = sinkscope.probe(model32, sequences, **kwargs)
     r16 = sinkscope.probe(model16, sequences, **kwargs)
     assert r16["provenance"]["dtype"] == str(dtype).removeprefix("torch.")
@@ -349,3 +356,31 @@ def test_half_precision_statistics_accumulate_in_float32(dtype):
     # probabilities from a float32 lse sum to one over each row even for a half-precision model
     eff = torch.tensor(r16.tables["key_importance"]["effective_tokens"])
     assert torch.isfinite(eff).all() and (eff >= 1 - 1e-3).all()
+
+
+class _MaskKinds:
+    def __init__(self):
+        self.kinds = []
+
+    def observe(self, call):
+        self.kinds.append(None if call.visible is None else call.visible.dtype)
+
+
+@pytest.mark.parametrize(("family", "padded", "kind"), [
+    ("llama", False, None), ("llama", True, torch.bool), ("mistral", False, torch.bool), ("bert", False, None),
+])
+def test_the_parity_runs_cover_both_mask_paths(family, padded, kind):
+    """Plain causal (or full) batches reach the capture with no mask; padding or a window gives bool masks."""
+    model = tiny_model(family)
+    ids, mask = _pad(_sequences()[:3] if padded else [_sequences()[0]], "right")
+    seen = _MaskKinds()
+    with torch.no_grad(), capture_attention(model, adapter_for(model), [seen]) as session:
+        session.batch = BatchInfo.from_attention_mask(mask)
+        model(input_ids=ids, attention_mask=mask)
+    assert seen.kinds == [kind] * model.config.num_hidden_layers
+
+
+def test_bert_tracks_cls_and_sep_by_default():
+    result = sinkscope.probe(tiny_model("bert"), _sequences()[:2], chain=False)
+    assert result["sink_positions"] == [0, -1]
+    assert set(result["sink_score_by_key"]) == {"0", "-1"}

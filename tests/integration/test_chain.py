@@ -43,6 +43,8 @@ def test_planted_finders_and_profiles(planted):
     assert cand["persistence"] == 1.0 and cand["other_abs_max"] == 0.0  # fires only on the first token
     assert cand["down_column"]["dims"][0] == {"dim": answer.dim, "share": 1.0,
                                               "weight": pytest.approx(cand["down_column"]["dims"][0]["weight"])}
+    assert neurons["down_output_at_sink"][answer.layer]["dims"][0] == answer.dim  # output-side spike
+    assert neurons["down_output_at_sink"][answer.layer]["mean_abs"][0] > 1000
     weight = neurons["weight_finder"]
     assert [[r["index"] for r in w["outliers"]] for w in weight] == [[], [answer.neuron], [], []]
     assert weight[answer.layer]["gate"][0]["index"] == answer.neuron == weight[answer.layer]["up"][0]["index"]

@@ -86,7 +86,7 @@ def test_probe_writes_json_and_parquet_and_repeats_exactly(llama_dir, tmp_path, 
     for key in ("model", "seed", "dtype", "device"):
         assert key in prov, key
     assert prov["seed"] == 3 and prov["dtype"] == "float32"
-    strip = lambda r: {k: v for k, v in r.items() if k != "provenance"}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "provenance"}
     assert strip(first) == strip(second)
     parquet = sorted(p.name for p in out1.glob("*.parquet"))
     assert "attention_by_position.parquet" in parquet and "hidden_by_position.parquet" in parquet
@@ -95,6 +95,17 @@ def test_probe_writes_json_and_parquet_and_repeats_exactly(llama_dir, tmp_path, 
     other = tmp_path / "three"
     _probe(capsys, llama_dir, "--random-tokens", *RUN, "--seed", "4", "--out", other)
     assert _result(other)["sink_score"] != first["sink_score"]
+
+
+def test_bfloat16_load_gives_float32_statistics_close_to_float32(llama_dir, tmp_path, capsys):
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        _probe(capsys, llama_dir, "--random-tokens", *RUN, "--dtype", dtype, "--out", out)
+        result = _result(out)
+        assert result["provenance"]["dtype"] == dtype
+        scores[dtype] = torch.tensor(result["sink_score"], dtype=torch.float64)
+    assert (scores["bfloat16"] - scores["float32"]).abs().max() < 0.03
 
 
 @pytest.mark.parametrize("source", ["doc0.txt", ".", "all.jsonl"])
@@ -200,7 +211,7 @@ def test_console_script_prints_one_line_without_a_traceback(tmp_path):
     """The real process: exit code 2 and one line (in-process --debug is covered in test_config_cli)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "sinkscope", "probe", str(tmp_path / "missing"), "--random-tokens"]
-    plain = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    plain = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 2
     assert plain.stderr.strip().count("\n") == 0 and "does not exist" in plain.stderr
     assert "Traceback" not in plain.stderr

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from sinkscope.config import DataConfig
-from sinkscope.data import batches, embedded_prompts, load_sequences, read_documents, special_tokens
+from sinkscope.data import (
+    batches,
+    embedded_prompts,
+    load_sequences,
+    read_documents,
+    special_tokens,
+)
 from sinkscope.errors import SinkscopeError
 from sinkscope.testing import VOCAB, tiny_tokenizer
 
@@ -158,7 +164,7 @@ def test_text_without_a_tokenizer_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(seq_len=1), "at least 2"), (dict(samples=0), "at least 1"),
+    ({"seq_len": 1}, "at least 2"), ({"samples": 0}, "at least 1"),
 ])
 def test_bad_sizes_are_refused(kwargs, message):
     with pytest.raises(SinkscopeError, match=message):

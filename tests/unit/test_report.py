@@ -259,6 +259,13 @@ def test_page_is_self_contained(built):
     assert len(ids) == len(set(ids)), "duplicate ids in the page"
 
 
+def test_report_is_a_pure_function_of_the_files(full_run, built, tmp_path):
+    report, html = built
+    again = build_report([full_run], tmp_path / "report.html")
+    assert (tmp_path / "report.html").read_text() == html  # byte for byte: no timestamps, deterministic ids
+    assert again.figures == report.figures and again.missing == report.missing
+
+
 def test_colours_follow_the_variant_across_figures(full_run, built):
     results = load_results([full_run])
     by_label = {s.label: s.colour for s in results.series}
@@ -327,3 +334,15 @@ def test_torn_last_log_line_is_skipped_but_a_broken_middle_line_is_an_error(tmp_
     (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(SinkscopeError, match="line 2"):
         load_results([tmp_path])
+
+
+def test_training_runs_alone_make_a_report_that_says_what_is_missing(tmp_path):
+    write_training(tmp_path / "runs" / "organism-softmax", "softmax", 0.9)
+    write_training(tmp_path / "runs" / "organism-headnorm", "headnorm", 0.1)
+    report = build_report([tmp_path / "runs"], tmp_path / "train.html")
+    html = (tmp_path / "train.html").read_text()
+    assert report.figures == ["training"]
+    assert {"train-loss-0", "val-loss-1", "telemetry-sink_score-0", "telemetry-dom_ratio-1"} <= svg_ids(
+        (report.figures_dir / "training.svg").read_text())
+    assert all(f'<section id="{section}"' in html for section in SECTIONS)
+    assert html.count('data-missing="probe or intervention"') >= 7  # one note per probe section, no empty rows

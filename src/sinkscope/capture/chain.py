@@ -116,10 +116,12 @@ class ValueOutputObserver(_Hooked):
             heads = std_across_dims(x, self.n_heads).permute(2, 0, 1)  # (H, B, T)
             t.add("in_head_dim_std_sum", (layer,), scatter_by_position(heads, rel, valid, self.max_len))
         t.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(std_across_dims(x), rel, valid, self.max_len))
-        tracked = valid & (rel < self.tracked)
-        xd = x.double().permute(2, 0, 1)  # (W, B, T)
-        t.add(f"{side}_sum", (layer,), scatter_by_position(xd, rel, tracked, self.tracked).T)
-        t.add(f"{side}_sumsq", (layer,), scatter_by_position(xd * xd, rel, tracked, self.tracked).T)
+        keep = (valid & (rel < self.tracked)).reshape(-1)
+        rows = x.reshape(-1, x.shape[-1])[keep].double()  # (N, W): one row per tracked real token
+        index = rel.reshape(-1)[keep]
+        zeros = torch.zeros(self.tracked, x.shape[-1], dtype=torch.float64, device=x.device)
+        t.add(f"{side}_sum", (layer,), zeros.index_add(0, index, rows))
+        t.add(f"{side}_sumsq", (layer,), zeros.index_add(0, index, rows * rows))
 
 
 class NeuronObserver(_Hooked):
@@ -293,9 +295,8 @@ class QueryObserver:
         B, H, T, _ = call.query.shape
         rows = torch.arange(B, device=call.query.device)
         rel = _relative(batch, T)
-        mask = batch.valid & (rel != 0)  # real queries that see the sink (causal) and another key
-        if call.causal:
-            mask &= rel > 0
+        sees_sink = call.visible_block(0, T, batch.first[:, None])[:, 0, :, 0]  # (B, T): causal, windows, edits
+        mask = batch.valid & (rel != 0) & sees_sink  # real queries that see the sink and another key
         q = call.query.float()
         sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
         qm = q * mask[:, None, :, None]

@@ -21,7 +21,6 @@ from .html import Column, Section, Slot, json_tables, page, table
 from .load import Results, Series, load_results
 from .style import inline_svg, png_bytes, svg_text
 
-FORMATS = ("svg", "png")
 SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "files")
 
 
@@ -81,6 +80,10 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
     text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
                 f"under {', '.join(str(r) for r in results.runs)}", sections)
     _write(output, text.encode("utf-8"))
+    drawn = {f"{figure_id}.{ext}" for figure_id in report.figures for ext in ("svg", "png")}
+    for stale in [*figures_dir.glob("*.svg"), *figures_dir.glob("*.png")]:  # from an earlier report of other runs
+        if stale.name not in drawn:
+            stale.unlink()
     return report
 
 
@@ -90,8 +93,10 @@ def _write(path: Path, data: bytes) -> None:
     path.chmod(0o644)
 
 
-def _columns(results: Results, fill) -> list[Column]:
-    """One column per series, filled by ``fill(series) -> list of parts``."""
+def _columns(results: Results, fill) -> list[Column] | str:
+    """One column per series, filled by ``fill(series) -> list of parts`` (a note when there is none)."""
+    if not results.series:
+        return _none_note("probe or intervention")
     return [Column(s.label + (f" ({s.variant})" if s.variant and s.variant not in s.label else ""), s.colour,
                    fill(s)) for s in results.series]
 

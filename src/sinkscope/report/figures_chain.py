@@ -127,11 +127,11 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
         tag(bars, f"down-column-{r}")
         ax.set_xticks(x, [str(d.get("dim")) for d in dims])
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("output dim (top by energy share; red = massive dim)")
-        ax.set_ylabel("share of column energy w_d^2 / sum w^2")
+        ax.set_xlabel("output dim (top 5 by energy; red = massive)")
+        ax.set_ylabel("energy share w_d^2 / sum w^2")
         kurt = (n.get("down_column") or {}).get("kurtosis")
-        ax.set_title(f"layer {n['layer']} neuron {n['index']}: down_proj[:, {n['index']}]"
-                     + (f", kurtosis {kurt:.0f}" if kurt is not None else ""))
+        ax.set_title(f"layer {n['layer']} neuron {n['index']}: down_proj column"
+                     + (f"\n(excess kurtosis {kurt:.0f})" if kurt is not None else ""), fontsize=8)
         sel_ax = axes[r, 1]
         trace = _selectivity_trace(selectivity, n["layer"], n["index"])
         if trace is None:
@@ -149,7 +149,8 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
         tag(line, f"selectivity-act-{r}")
         twin.set_ylabel("activation (down_proj input)")
         twin.spines["right"].set_visible(True)
-        sel_ax.set_title(f"selectivity by position (first token: act {act[0]:.3g})" if len(act) else "selectivity")
+        sel_ax.set_title("selectivity by position" + (f"\n(activation at token 0: {act[0]:.3g})" if len(act) else ""),
+                         fontsize=8)
         sel_ax.legend(handles=[sel_ax.lines[0], twin.lines[0]], loc="upper right")
     fig.suptitle(f"{label}: super neurons")
     return fig

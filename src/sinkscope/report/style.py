@@ -66,7 +66,7 @@ def new_figure(rows: int = 1, cols: int = 1, height: float = 3.6, width: float =
 
 def svg_text(fig: Figure) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
+    fig.savefig(buffer, format="svg", metadata={"Date": None})  # no timestamp: same files, same bytes
     return buffer.getvalue()
 
 
