@@ -7,6 +7,7 @@ sequences and writes ``intervene.json`` (keys documented in docs/results.md).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,14 @@ class _Experiment:
         self.model, self.adapter = loaded.model, loaded.adapter
         self.n_layers = len(blocks(self.model, self.adapter))
         self.n_heads = head_counts(self.model.config)[0]
-        self.sequences = sequences_for(data, loaded, config.data)
+        sequences = sequences_for(data, loaded, config.data)
+        longest = max(len(s) for s in sequences)
+        if config.position < 0 or config.position > longest - 2:
+            raise SinkscopeError(f"--position {config.position} must lie in [0, {longest - 2}] so that later "
+                                 f"queries can attend it (sequences have up to {longest} tokens)")
+        # windows cut from the end of a document can be too short to hold the target and a later query
+        self.sequences = [s for s in sequences if len(s) >= config.position + 2]
         self.max_len = max(len(s) for s in self.sequences)
-        shortest = min(len(s) for s in self.sequences)
-        if not 0 <= config.position < shortest - 1:
-            raise SinkscopeError(f"--position {config.position} must lie in [0, {shortest - 2}] so that later "
-                                 f"queries can attend it (sequences have {shortest} tokens)")
 
     def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep") -> dict:
         sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence)
@@ -186,15 +189,16 @@ class _ValueMean:
         return torch.stack([(self.sums[i] / self.counts[i]).reshape(-1) for i in sorted(self.sums)]).float()
 
 
-_VALUE_MEAN_CACHE: dict[tuple, torch.Tensor] = {}
+_VALUE_MEAN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(tokens, seed): mu}
 
 
 def value_mean(exp: _Experiment) -> torch.Tensor:
     """mu: mean value-projection output over uniformly random tokens, per layer, cached per model and size."""
     config = exp.config
-    key = (id(exp.model), config.value_mean_tokens, config.data.seed)
-    if key in _VALUE_MEAN_CACHE:
-        return _VALUE_MEAN_CACHE[key]
+    cache = _VALUE_MEAN_CACHE.setdefault(exp.model, {})
+    key = (config.value_mean_tokens, config.data.seed)
+    if key in cache:
+        return cache[key]
     length = min(exp.max_len, 64)
     n_seq = max(1, config.value_mean_tokens // length)
     generator = torch.Generator().manual_seed(config.data.seed + 1)
@@ -202,8 +206,8 @@ def value_mean(exp: _Experiment) -> torch.Tensor:
     observer = _ValueMean(exp.n_layers)
     run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, seqs, Sweep(attention_observers=[observer]),
               batch_size=config.data.batch_size, query_chunk=config.query_chunk)
-    _VALUE_MEAN_CACHE[key] = observer.mean()
-    return _VALUE_MEAN_CACHE[key]
+    cache[key] = observer.mean()
+    return cache[key]
 
 
 def amplify(exp: _Experiment) -> dict:
