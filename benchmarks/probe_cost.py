@@ -196,7 +196,8 @@ if __name__ == "__main__":
 CHAIN_TARGET = 2.0
 
 
-def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repeats: int = 1) -> dict:
+def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repeats: int = 1,
+               modes: str = "avpf") -> dict:
     """Seconds for (a) plain forwards, (v) the variance pass, (p) probe(chain=False), (f) probe(chain=True).
 
     All four run in this process on the same random-token data; each is the best of ``repeats``.
@@ -230,7 +231,8 @@ def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repe
     def probe(chain: bool):
         return lambda: sinkscope.probe(model, seqs, chain=chain, batch_size=batch_size)
 
-    runs = {"a": plain, "v": variance, "p": probe(False), "f": probe(True)}
+    runs = {name: run for name, run in {"a": plain, "v": variance, "p": probe(False), "f": probe(True)}.items()
+            if name in modes}
     with torch.no_grad():
         model(input_ids=ids[:2], use_cache=False)  # warm-up
     seconds, cpu = {}, {}
@@ -252,16 +254,20 @@ def chain_main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--modes", default="avpf", help="subset of a, v, p, f to run (a and v give the ratio)")
     parser.add_argument("--json", help="also write the measurement to this file")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats)
+    r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats, args.modes)
     names = {"a": "plain forwards (no_grad, SDPA)", "v": "variance pass (o_proj tallies + effective tokens)",
              "p": "sinkscope.probe(chain=False)", "f": "sinkscope.probe(chain=True)"}
     for key, name in names.items():
+        if key not in r["seconds"]:
+            continue
         print(f"({key}) {name:52s} wall {r['seconds'][key]:8.2f} s  x{r['seconds'][key] / r['seconds']['a']:.2f}   "
               f"cpu {r['cpu_seconds'][key]:8.2f} s  x{r['cpu_seconds'][key] / r['cpu_seconds']['a']:.2f}")
     ok = r["variance_over_plain"] < CHAIN_TARGET
