@@ -1,13 +1,11 @@
 """Interventions are exact (against hand-applied edits on an eager model) and leave no trace."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import transformers
 from transformers import AttentionInterface
 
+from sinkscope.cli import main
 from sinkscope.config import build
 from sinkscope.interventions import AblateNeurons, Amplify, Isolate, applied
 from sinkscope.intervene import InterveneConfig, _Experiment, intervene, value_mean
@@ -164,12 +162,12 @@ def test_intervene_payload_keys_and_isolate_creates_attention_to_target():
     (["ablate", "--neurons", "1:5000"], "out of range"),
     (["ablate", "--neurons", "one"], "--neurons"),
 ])
-def test_intervene_cli_errors_are_one_line_with_exit_2(tmp_path, args, message):
+def test_intervene_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
     model = tiny_llama()
     model.save_pretrained(tmp_path / "m")
-    proc = subprocess.run([sys.executable, "-m", "sinkscope", "intervene", str(tmp_path / "m"), *args,
-                           "--random-tokens", "--samples", "2", "--seq-len", "16"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    capsys.readouterr()  # drop save_pretrained's own progress output
+    code = main(["intervene", str(tmp_path / "m"), *args, "--random-tokens", "--samples", "2", "--seq-len", "16"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
