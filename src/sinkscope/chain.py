@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import block_part, blocks, head_counts, weight_out_in
-from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver,
-                            as_tokens, few_threads, key_weight, mlp_input_module, mlp_weights)
-from .capture.reducers import Tally, scatter_by_position
-from .capture.runner import Sweep, run_sweep
+from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver, few_threads,
+                            key_weight, mlp_weights, neuron_selectivity)
+from .capture.runner import Sweep
 from .config import ProbeConfig
 from .errors import SinkscopeError
-from .metrics.neurons import column_profile, selectivity, top_rows
+from .metrics.neurons import column_profile, top_rows
 from .metrics.qk import cosine, key_rows, top_principal_direction
 from .metrics.stats import histogram_quantile
 from .metrics.variance import std_across_samples, variance_summary
@@ -240,61 +239,6 @@ def link_neurons(candidates: list[dict], disparity: dict) -> list[dict]:
         if dims:
             linked.append({**cand, "writes_massive": dims})
     return linked
-
-
-def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config: ProbeConfig) -> dict:
-    """Per position: cos(x, w_gate[n]), x . w_up[n] and the activation of each neuron (re-run sweep)."""
-    table = {"neuron": [], "layer": [], "index": [], "position": [], "cos_gate": [], "up_dot": [], "activation": []}
-    if not neurons or not sequences:
-        return table
-    model, adapter = loaded.model, loaded.adapter
-    T = max(len(s) for s in sequences)
-    tally = Tally()
-    for name in ("cos_gate", "up_dot", "activation"):
-        tally.zeros(name, len(neurons), T)
-    tally.zeros("count", T)
-
-    class Listener:
-        batch = None
-
-    listener = Listener()
-    pre = []
-    for i, (layer, n) in enumerate(neurons):
-        w = mlp_weights(model, adapter, layer)
-        gate_row, up_row = (w["gate"][n] if w["gate"] is not None else None), w["up"][n]
-
-        def on_input(module, args, i=i, gate_row=gate_row, up_row=up_row):
-            batch = listener.batch
-            x = as_tokens(args[0], batch)
-            rel = torch.arange(x.shape[1], device=x.device)[None] - batch.first[:, None]
-            for name, value in selectivity(x, gate_row, up_row).items():
-                tally.add(name, (i,), scatter_by_position(value, rel, batch.valid, T))
-            if i == 0:
-                tally.add("count", (), scatter_by_position(batch.valid.double(), rel, batch.valid, T))
-
-        def on_down(module, args, i=i, n=n):
-            batch = listener.batch
-            a = as_tokens(args[0], batch)
-            rel = torch.arange(a.shape[1], device=a.device)[None] - batch.first[:, None]
-            tally.add("activation", (i,), scatter_by_position(a[..., n].float(), rel, batch.valid, T))
-
-        pre += [(mlp_input_module(model, adapter, layer), on_input),
-                (block_part(model, adapter, layer, "mlp_down"), on_down)]
-    run_sweep(model, adapter, loaded.tokenizer, sequences, Sweep(forward_pre_hooks=pre, batch_listeners=[listener]),
-              batch_size=config.data.batch_size, padding_side=config.data.padding_side,
-              query_chunk=config.capture.query_chunk)
-    count = tally["count"]
-    for i, (layer, n) in enumerate(neurons):
-        for pos in range(T):
-            if count[pos] == 0:
-                continue
-            table["neuron"].append(i)
-            table["layer"].append(layer)
-            table["index"].append(n)
-            table["position"].append(pos)
-            for name in ("cos_gate", "up_dot", "activation"):
-                table[name].append(float(tally[name][i, pos] / count[pos]))
-    return table
 
 
 # ---- C3 -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
   that reads it (index k = input of layer k; k = L is the final norm's input).
 - :class:`QueryObserver` (QK locking): per head, second moments of the queries and the sign of
   q . k_sink, from the attention capture.
+- :func:`neuron_selectivity`: a second, short sweep that traces a few found neurons by position.
 
 Positions count from each sequence's first real token. No activation is kept past its hook call.
 """
@@ -21,12 +22,13 @@ from torch import nn
 
 from ..adapters import Adapter, base_model, block_part, blocks, get_path, weight_out_in
 from ..metrics.disparity import dominance_ratio, effective_rank_gram, log_bins, massive_mask
-from ..metrics.neurons import robust_spike_scores
+from ..metrics.neurons import robust_spike_scores, selectivity
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims
 from .attention import AttentionCall, BatchInfo
 from .hooks import block_output_tensor
 from .reducers import Tally, scatter_by_position
+from .runner import Sweep, run_sweep
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
 MEDIAN_POSITIONS = 256  # spike reference: median/MAD over at most this many evenly spaced other tokens
@@ -338,3 +340,58 @@ def key_weight(model: nn.Module, adapter: Adapter, layer: int, n_heads: int, n_k
         return qkv.reshape(n_heads, 3, head_dim, D)[:, 1].reshape(n_heads * head_dim, D)
     q_rows, k_rows = n_heads * head_dim, n_kv * head_dim
     return qkv[q_rows:q_rows + k_rows]
+
+
+def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config) -> dict:
+    """Per position: cos(x, w_gate[n]), x . w_up[n] and the activation of each neuron (re-run sweep)."""
+    table = {"neuron": [], "layer": [], "index": [], "position": [], "cos_gate": [], "up_dot": [], "activation": []}
+    if not neurons or not sequences:
+        return table
+    model, adapter = loaded.model, loaded.adapter
+    T = max(len(s) for s in sequences)
+    tally = Tally()
+    for name in ("cos_gate", "up_dot", "activation"):
+        tally.zeros(name, len(neurons), T)
+    tally.zeros("count", T)
+
+    class Listener:
+        batch = None
+
+    listener = Listener()
+    pre = []
+    for i, (layer, n) in enumerate(neurons):
+        w = mlp_weights(model, adapter, layer)
+        gate_row, up_row = (w["gate"][n] if w["gate"] is not None else None), w["up"][n]
+
+        def on_input(module, args, i=i, gate_row=gate_row, up_row=up_row):
+            batch = listener.batch
+            x = as_tokens(args[0], batch)
+            rel = torch.arange(x.shape[1], device=x.device)[None] - batch.first[:, None]
+            for name, value in selectivity(x, gate_row, up_row).items():
+                tally.add(name, (i,), scatter_by_position(value, rel, batch.valid, T))
+            if i == 0:
+                tally.add("count", (), scatter_by_position(batch.valid.double(), rel, batch.valid, T))
+
+        def on_down(module, args, i=i, n=n):
+            batch = listener.batch
+            a = as_tokens(args[0], batch)
+            rel = torch.arange(a.shape[1], device=a.device)[None] - batch.first[:, None]
+            tally.add("activation", (i,), scatter_by_position(a[..., n].float(), rel, batch.valid, T))
+
+        pre += [(mlp_input_module(model, adapter, layer), on_input),
+                (block_part(model, adapter, layer, "mlp_down"), on_down)]
+    run_sweep(model, adapter, loaded.tokenizer, sequences, Sweep(forward_pre_hooks=pre, batch_listeners=[listener]),
+              batch_size=config.data.batch_size, padding_side=config.data.padding_side,
+              query_chunk=config.capture.query_chunk)
+    count = tally["count"]
+    for i, (layer, n) in enumerate(neurons):
+        for pos in range(T):
+            if count[pos] == 0:
+                continue
+            table["neuron"].append(i)
+            table["layer"].append(layer)
+            table["index"].append(n)
+            table["position"].append(pos)
+            for name in ("cos_gate", "up_dot", "activation"):
+                table[name].append(float(tally[name][i, pos] / count[pos]))
+    return table
