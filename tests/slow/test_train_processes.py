@@ -63,7 +63,8 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(corpus, tmp_path):
 def test_ddp_two_processes_match_one_process_with_accumulation(corpus, tmp_path):
     """2 gloo processes x batch 4 see the micro-batches of 1 process x 2 accumulation steps x batch 4."""
     env = _env(tmp_path)
-    common = ["train", "--source", str(corpus), *TINY, "--steps", "8", "--checkpoint-every", "100"]
+    common = ["train", "--source", str(corpus), *TINY, "--steps", "8", "--checkpoint-every", "100",
+              "--telemetry-every", "4", "--telemetry-samples", "4", "--telemetry-len", "16"]
     subprocess.run([sys.executable, "-m", "sinkscope", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")],
                    env=env, check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29613",
@@ -74,3 +75,7 @@ def test_ddp_two_processes_match_one_process_with_accumulation(corpus, tmp_path)
         assert ddp[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), step
     tokens = json.loads((tmp_path / "ddp" / "run.json").read_text())["tokens"]
     assert tokens == 8 * 2 * 4 * 24
+    # telemetry runs on both ranks (probe splits the fixed batch and all-reduces): same figures as one process
+    for a, b in zip(*(map(json.loads, (tmp_path / r / "telemetry.jsonl").read_text().splitlines()) for r in ("one", "ddp"))):
+        assert a["step"] == b["step"]
+        assert b["sink_score"] == pytest.approx(a["sink_score"], rel=1e-3, abs=1e-4)

@@ -235,7 +235,8 @@ class Trainer:
             if lead:
                 for log in (metrics, telemetry):
                     log.unlink(missing_ok=True)
-            self._telemetry(telemetry, board)
+            if cfg.telemetry_every:
+                self._telemetry(telemetry, board)
         start = time.perf_counter() - self.elapsed
         stopped_early = False
         while self.step < o.steps:
