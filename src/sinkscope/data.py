@@ -15,7 +15,7 @@ PROMPTS_FILE = Path(__file__).parent / "assets" / "prompts.txt"
 TEXT_SUFFIXES = (".txt",)
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -23,6 +23,18 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise SinkscopeError(f"cannot read {path}: {err.strerror}") from None
     return text
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) for every non-blank line of a UTF-8 .jsonl file."""
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise SinkscopeError(f"{path} line {n} is not valid JSON; each line must be one object") from None
+        yield n, record
 
 
 def read_documents(source: str) -> list[dict]:
@@ -34,21 +46,15 @@ def read_documents(source: str) -> list[dict]:
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
         if not files:
             raise SinkscopeError(f"folder {source} has no .txt files; add some or pass a file")
-        docs = [{"text": _read_text(p)} for p in files]
+        docs = [{"text": read_text(p)} for p in files]
     elif path.suffix == ".jsonl":
         docs = []
-        for n, line in enumerate(_read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise SinkscopeError(f"{source} line {n} is not valid JSON; each line must be one object") from None
+        for n, record in jsonl_records(path):
             if not isinstance(record, dict) or not ({"text", "input_ids"} & record.keys()):
                 raise SinkscopeError(f"{source} line {n} needs a 'text' or an 'input_ids' field")
             docs.append({"input_ids": record["input_ids"]} if "input_ids" in record else {"text": record["text"]})
     else:
-        docs = [{"text": _read_text(path)}]
+        docs = [{"text": read_text(path)}]
     docs = [d for d in docs if d.get("input_ids") or (d.get("text") or "").strip()]
     if not docs:
         raise SinkscopeError(f"{source} holds no text; pass a non-empty file")

@@ -9,7 +9,6 @@ run sees exactly the batches it would have seen, with no sampler state to save.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sysconfig
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import jsonl_records, read_text
 from ..errors import SinkscopeError
 from .config import TrainDataConfig
 
@@ -66,20 +66,10 @@ def file_documents(source: str, text_field: str) -> list[str]:
         if path.is_dir() else [path]
     texts = []
     for file in files:
-        try:
-            content = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SinkscopeError(f"{file} is not UTF-8 text") from None
         if file.suffix != ".jsonl":
-            texts.append(content)
+            texts.append(read_text(file))
             continue
-        for n, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise SinkscopeError(f"{file} line {n} is not valid JSON") from None
+        for n, record in jsonl_records(file):
             if not isinstance(record, dict) or text_field not in record:
                 raise SinkscopeError(f"{file} line {n} has no '{text_field}' field; pass --text-field")
             texts.append(str(record[text_field]))

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..distributed import init_from_env
 from ..errors import SinkscopeError
 from ..results import SCHEMA_VERSION, provenance, to_jsonable, write_json
 from .checkpoint import (
@@ -83,16 +84,6 @@ def make_model(cfg: TrainConfig, tokenizer) -> nn.Module:
     return from_llama(loaded.model.train(), variant=cfg.model.variant, seed=cfg.seed)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
-
-
 def _device(cfg: TrainConfig, rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -130,7 +121,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rank, self.world = _distributed()
+        self.rank, self.world = init_from_env()
         self.device = _device(cfg, self.rank)
         self.out = Path(cfg.out)
         if self.rank == 0:
