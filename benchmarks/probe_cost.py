@@ -182,9 +182,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # ---- chain: the variance pass (issue 4) ------------------------------------------------------------
 # Run from the repository root:
@@ -279,3 +276,9 @@ def chain_main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=1)
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["chain"]:  # python benchmarks/probe_cost.py chain --samples 500 ...
+        sys.exit(chain_main(sys.argv[2:]))
+    sys.exit(main())
