@@ -185,7 +185,7 @@ def main(argv=None) -> int:
 
 # ---- chain: the variance pass (issue 4) ------------------------------------------------------------
 # Run from the repository root:
-#   python -c "from benchmarks.probe_cost import chain_main; chain_main()" --samples 500 --seq-len 64
+#   python benchmarks/probe_cost.py chain --samples 500 --seq-len 64
 # Target (issue 4): the variance pass (o_proj input/output tallies by position and dim, plus the
 # effective number of aggregated tokens) over 500 sequences of length 64 on the 12-layer d=768
 # model costs < 2x the plain forward passes over the same data.
