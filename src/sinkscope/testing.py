@@ -159,3 +159,13 @@ def save_tiny(family: str, folder, with_tokenizer: bool = True, **overrides):
     if with_tokenizer:
         tiny_tokenizer(add_bos=family not in ("gpt2", "opt", "bert")).save_pretrained(folder)
     return model
+
+
+def tiny_sinkscope_config(variant: str = "softmax", **overrides):
+    """A tiny grouped-query config of sinkscope's own pretraining model (hidden 32, 2 layers, 4 / 2 heads)."""
+    from .train.model import SinkscopeConfig
+
+    values = dict(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, attention_variant=variant, max_position_embeddings=64)
+    values.update(overrides)
+    return SinkscopeConfig(**values)

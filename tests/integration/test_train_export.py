@@ -9,10 +9,10 @@ import torch
 import transformers
 
 import sinkscope
+from sinkscope.testing import tiny_sinkscope_config
 from sinkscope.errors import SinkscopeError
 from sinkscope.train import (
     VARIANTS,
-    SinkscopeConfig,
     add_headnorm,
     build_model,
     from_llama,
@@ -21,11 +21,7 @@ from sinkscope.train import (
 from sinkscope.train.export import export_model
 
 
-def tiny(variant="softmax", **kw) -> SinkscopeConfig:
-    values = dict(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, attention_variant=variant, max_position_embeddings=64)
-    values.update(kw)
-    return SinkscopeConfig(**values)
+tiny = tiny_sinkscope_config
 
 
 def trained_like(model):

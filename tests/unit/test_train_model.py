@@ -7,20 +7,17 @@ import math
 import pytest
 import torch
 
+from sinkscope.testing import tiny_sinkscope_config
 from sinkscope.errors import SinkscopeError
 from sinkscope.train.model import (
     VARIANTS,
-    SinkscopeConfig,
     build_model,
     exact_attention,
 )
 
 
-def tiny(variant="softmax", **kw) -> SinkscopeConfig:
-    values = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, attention_variant=variant)
-    values.update(kw)
-    return SinkscopeConfig(**values)
+def tiny(variant="softmax", **kw):
+    return tiny_sinkscope_config(variant, **{"vocab_size": 50, **kw})  # the tests draw ids below 50
 
 
 def brute_attention(q, k, v, extra_logit=None, sigmoid_bias=None):

@@ -43,14 +43,6 @@ class Tally:
         else:
             target[index] += value
 
-    def merge(self, other: Tally) -> Tally:
-        for name, value in other.tensors.items():
-            if name not in self.tensors:
-                self.tensors[name] = value.clone()
-            else:
-                self.add(name, (...,), value)
-        return self
-
     def all_reduce(self) -> None:
         """Reduce across torch.distributed processes in place (no-op when not initialised)."""
         import torch.distributed as dist

@@ -99,12 +99,6 @@ def integer_axis(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def note_axes(ax, text: str) -> None:
-    """Write a short note in an empty panel (used only inside a figure that has other data)."""
-    ax.set_axis_off()
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color=NEUTRAL, wrap=True,
-            transform=ax.transAxes)
-
 
 def tag(artist, gid: str):
     """Give an artist an SVG id; a bar container tags each bar ``gid``, ``gid-1``, ``gid-2`` ..."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..adapters import adapter_for, block_part, blocks, head_counts
@@ -107,9 +106,3 @@ def _head_norm_hook(norm: RMSNorm, n_heads: int):
         shape = x.shape
         return (norm(x.view(*shape[:-1], n_heads, -1)).reshape(shape),)
     return hook
-
-
-@torch.no_grad()
-def parity(ours: nn.Module, theirs: nn.Module, ids: torch.Tensor) -> float:
-    """Max |logits difference| of two models on ``ids`` (B, T)."""
-    return (ours(input_ids=ids).logits - theirs(input_ids=ids).logits).abs().max().item()
