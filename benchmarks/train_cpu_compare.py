@@ -23,7 +23,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["softmax", "headnorm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--target-loss", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, help="CPU threads per run (default: the preset's)")
     args = parser.parse_args()
+    threads = ["--threads", str(args.threads)] if args.threads else []
     folders = []
     for variant in args.variants:
         for seed in args.seeds:
@@ -33,7 +35,7 @@ def main() -> None:
                 continue
             flags = ["--resume"] if (out / "latest.json").exists() else []
             code = cli_main(["train", "--config", str(CONFIG), "--variant", variant, "--seed", str(seed),
-                             "--data-seed", str(seed), "--out", str(out), *flags])
+                             "--data-seed", str(seed), "--out", str(out), *threads, *flags])
             if code:
                 raise SystemExit(code)
     cli_main(["compare", *folders, "--target-loss", str(args.target_loss), "--out", str(args.runs / "compare.json")])

@@ -6,9 +6,9 @@
 
 For each run: writes the held-out stdlib documents (the run's own validation split) to a text
 file, stores the final model in bfloat16 under src/sinkscope/assets/models/organism-<variant>/
-with its tokenizer and a sinkscope.json card, probes the stored folder exactly as a user would
-(``sinkscope probe <folder> --data <held-out.txt> --seq-len 64``), and prints the sink-score curve
-from the run's telemetry.
+with its tokenizer, a sinkscope.json card and the run's logs (train/), probes the stored folder
+exactly as a user would (``sinkscope probe <folder> --data <held-out.txt> --seq-len 64``), and
+prints the sink-score curve from the run's telemetry.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 
 from sinkscope.cli import main as cli_main
 from sinkscope.config import build
+from sinkscope.demo import TRAIN_LOGS
 from sinkscope.results import read_json, write_json
 from sinkscope.train.config import TrainConfig
 from sinkscope.train.data import read_documents, split_documents
@@ -70,6 +71,9 @@ def publish(run: Path, heldout: Path, command: str) -> dict:
         "sink_dom_ratio": probe["sink_dom_ratio"],
     }
     write_json(target / "sinkscope.json", card)
+    (target / "train").mkdir()
+    for log in TRAIN_LOGS:  # the demo draws the training curves from these
+        shutil.copy(run / log, target / "train" / log)
     return card
 
 

@@ -13,20 +13,20 @@ DATA = {"samples": 32, "seq_len": 64}
 
 
 def test_amplify_creates_a_sink_at_the_target_and_the_norm_control_does_not():
-    config = build(InterveneConfig, {"data": DATA, "position": 9, "lambdas": (1.0, 30.0), "layers": "0,1,2",
+    config = build(InterveneConfig, {"data": DATA, "position": 9, "lambdas": (1.0, 10.0, 30.0), "layers": "0,1,2",
                                      "observe": 3, "value_mean_tokens": 1024})
     result = intervene("organism-softmax", "amplify", config)
-    baseline, amplified = result["sink_score"]
+    baseline, amplified = result["sink_score"][0], result["sink_score"][-1]
     control = result["control_sink_score"][-1]
-    # measured: 0.0146 -> 0.0408 (2.8x) here, 3.0x on the demo's full-length windows; the issue asks 3x,
-    # which this 1.7M-parameter organism reaches only on full windows (see the issue note)
-    assert amplified >= 2.5 * baseline
-    assert control < 1.5 * baseline
+    # measured on the float32 run: 0.0091 -> 0.0267 -> 0.0356 (3.9x), control 0.0149 (1.6x)
+    assert amplified >= 3 * baseline and result["monotone"]
+    assert control < 3 * baseline
     assert result["control_differs"]
 
 
-@pytest.mark.xfail(strict=True, reason="measured: isolating token 9 raises its sink score only ~1.1x in the "
-                   "1.7M-parameter organism, whose own sink peaks at 0.42; the paper's 7B models show a new sink")
+@pytest.mark.xfail(strict=True, reason="measured: 1.0x. The organism's super neuron keys on the BOS token itself "
+                   "(a BOS written at position 9 fires it without isolation), so isolating an ordinary token cannot "
+                   "recreate the sink; see docs/training.md")
 def test_isolate_creates_a_sink_at_the_target():
     config = build(InterveneConfig, {"data": DATA, "position": 9})
     result = intervene("organism-softmax", "isolate", config)

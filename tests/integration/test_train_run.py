@@ -68,6 +68,20 @@ def test_run_writes_logs_telemetry_checkpoint_and_loadable_model(corpus, tmp_pat
     assert card["variant"] == "headnorm" and card["parameters"] == summary["parameters"]
 
 
+def test_tensorboard_gets_the_telemetry_scalars(corpus, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+    train(tiny(corpus, tmp_path / "run", steps=6))
+    board = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    board.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "telemetry.jsonl").read_text().splitlines()]
+    for layer in range(2):
+        events = board.Scalars(f"sink/sink_score/layer{layer}")
+        assert [e.step for e in events] == [t["step"] for t in logged]
+        assert [e.value for e in events] == pytest.approx([t["sink_score"][layer] for t in logged], rel=1e-6)
+    assert "loss" in board.Tags()["scalars"]
+
+
 def test_telemetry_matches_a_direct_probe(corpus, tmp_path):
     """The telemetry is the probe's numbers on the fixed held-out batch, not a copy of the metrics."""
     import sinkscope
@@ -130,6 +144,8 @@ def test_cli_errors_exit_2(corpus, tmp_path, capsys):
     assert main(["train", "--source", str(corpus), "--seq-len", "100000", "--max-len", "200000",
                  "--vocab-size", "300", "--out", str(tmp_path / "r")]) == 2
     assert "too few for one window" in capsys.readouterr().err
+    assert main(["train", "--source", str(corpus), "--steps", "50", "--warmup", "10", "--cooldown", "60", "--out", str(tmp_path / "c")]) == 2
+    assert "--cooldown 60 must lie between 0 and --steps minus --warmup (40)" in capsys.readouterr().err
 
 
 def test_cli_train_then_compare(corpus, tmp_path, capsys):

@@ -54,6 +54,20 @@ def test_windows_start_with_bos_and_are_deterministic(corpus):
     torch.testing.assert_close(data.fixed_val(5), data.fixed_val(5))
 
 
+def test_no_bos_windows_are_plain_stream_slices_and_the_saved_tokenizer_agrees(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer, data = prepare_data(TrainDataConfig(source=str(corpus), seq_len=16, val_every_doc=5, bos=False), 300)
+    batch = data.batch(7, 4)
+    assert batch.shape == (4, 16)
+    for row in batch.to(torch.int32):
+        assert any(torch.equal(data.train[i:i + 16], row) for i in range(len(data.train) - 15))
+    assert data.fixed_val(3, 10).shape == (3, 10)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    ids = AutoTokenizer.from_pretrained(tmp_path / "tok")("def f(x):")["input_ids"]
+    assert ids == tokenizer("def f(x):", add_special_tokens=False)["input_ids"] and 0 not in ids
+
+
 def test_split_holds_out_every_nth_document():
     docs = [f"d{i}" for i in range(10)]
     train, val = split_documents(docs, 4)

@@ -189,3 +189,16 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_lr_schedule_with_cooldown_is_constant_then_linear_to_floor():
+    from sinkscope.train.config import OptimConfig
+    from sinkscope.train.loop import lr_at
+
+    cfg = OptimConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1, cooldown=20)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert [lr_at(s, cfg) for s in (10, 50, 90)] == [1.0, 1.0, 1.0]
+    assert lr_at(100, cfg) == pytest.approx(1.0 - 0.9 * 0.5)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    longer = OptimConfig(lr=1.0, warmup=10, steps=210, min_lr_ratio=0.1, cooldown=20)
+    assert [lr_at(s, longer) for s in range(90)] == [lr_at(s, cfg) for s in range(90)]  # extendable

@@ -44,6 +44,8 @@ class TrainDataConfig:
     max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)")
     tokenizer: str | None = field(None, why="use this tokenizer (folder or hub id) instead of training a BPE one")
     seq_len: int = field(128, why="tokens per training window, the BOS token included")
+    bos: bool = field(True, why="start every window with <|bos|>; off, the first token is arbitrary text, so a sink "
+                      "there must come from its position alone (method.md section 2)")
     val_every_doc: int = field(50, why="every N-th document is held out for validation (deterministic)")
     data_seed: int = field(0, why="seed of window sampling; with the step it fixes every batch")
 
@@ -53,7 +55,9 @@ class OptimConfig:
     """AdamW with warm-up and cosine decay."""
 
     lr: float = field(3e-3, why="peak learning rate")
-    min_lr_ratio: float = field(0.1, why="cosine decays to lr * this")
+    min_lr_ratio: float = field(0.1, why="the schedule decays to lr * this")
+    cooldown: int = field(0, why="if > 0: constant lr, then a linear decay over these last steps (warm-up-stable-decay), "
+                          "so a run can be extended without changing its curve; 0: cosine over the whole run")
     warmup: int = field(100, why="linear warm-up steps")
     weight_decay: float = field(0.1, why="AdamW decay, matrices only (not norms, gains, biases, sink logits)")
     beta1: float = field(0.9, why="AdamW beta1 (paper: 0.9)")

@@ -107,8 +107,8 @@ def _fingerprint(docs: list[str], vocab_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` learnt from ``docs`` (cached by content), adding BOS.
+def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None, bos: bool = True):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` learnt from ``docs`` (cached by content), adding BOS if ``bos``.
 
     The special tokens come first, so <|bos|> = 0, <|eos|> = 1, <|pad|> = 2 whatever the data.
     """
@@ -136,8 +136,11 @@ def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tokenizer.save(str(tmp))
         os.replace(tmp, path)
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1],
-                                   pad_token=SPECIAL_TOKENS[2], add_bos_token=True)
+    tokenizer = Tokenizer.from_file(str(path))
+    if not bos:  # the saved tokenizer must encode text exactly as the model was trained on it
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKENS[0],
+                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2], add_bos_token=bos)
 
 
 def _sample(docs: list[str]):
@@ -177,21 +180,22 @@ class TokenData:
     train: torch.Tensor  # (N_train,) int32
     val: torch.Tensor  # (N_val,) int32
     seq_len: int
-    bos_id: int
+    bos_id: int | None  # None: windows are plain stream tokens, the first one arbitrary
     seed: int
 
     def __post_init__(self):
-        body = self.seq_len - 1
+        body = self.seq_len - (self.bos_id is not None)
         for name, stream in (("training", self.train), ("validation", self.val)):
             if len(stream) <= body:
                 raise SinkscopeError(f"the {name} split has {len(stream)} tokens, too few for one window of "
                                      f"{self.seq_len}; add data or lower --seq-len")
 
     def windows(self, stream: torch.Tensor, starts: torch.Tensor, length: int | None = None) -> torch.Tensor:
-        """(B, length) windows: BOS then ``length - 1`` stream tokens from each start."""
+        """(B, length) windows: BOS (if any) then stream tokens from each start."""
         length = length or self.seq_len
-        offsets = torch.arange(length - 1)
-        body = stream[starts[:, None] + offsets].long()
+        if self.bos_id is None:
+            return stream[starts[:, None] + torch.arange(length)].long()
+        body = stream[starts[:, None] + torch.arange(length - 1)].long()
         return torch.cat([torch.full((len(starts), 1), self.bos_id, dtype=torch.long), body], dim=1)
 
     def batch(self, index: int, batch_size: int) -> torch.Tensor:
@@ -220,7 +224,7 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = Non
         tokenizer = load_tokenizer(cfg.tokenizer)
         tag = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()[:8]
     else:
-        tokenizer = train_tokenizer(train_docs, vocab_size, cache)
+        tokenizer = train_tokenizer(train_docs, vocab_size, cache, bos=cfg.bos)
         tag = f"bpe{vocab_size}"
     streams = (cache or cache_dir()) / "streams" / f"{_fingerprint(docs, cfg.val_every_doc)}-{tag}.pt"
     if streams.exists():
@@ -232,6 +236,7 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = Non
         torch.save((train, val), tmp)
         os.replace(tmp, streams)
     bos = tokenizer.bos_token_id
-    if bos is None:
-        raise SinkscopeError("the tokenizer defines no BOS token; training windows need a fixed first token")
-    return tokenizer, TokenData(train=train, val=val, seq_len=cfg.seq_len, bos_id=bos, seed=cfg.data_seed)
+    if cfg.bos and bos is None:
+        raise SinkscopeError("the tokenizer defines no BOS token; pass --no-bos to train on windows without one")
+    return tokenizer, TokenData(train=train, val=val, seq_len=cfg.seq_len, bos_id=bos if cfg.bos else None,
+                                seed=cfg.data_seed)

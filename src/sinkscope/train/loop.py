@@ -37,9 +37,13 @@ from .telemetry import TensorBoard, sink_telemetry
 
 
 def lr_at(step: int, cfg) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio * lr."""
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio * lr, or
+    with ``cooldown`` steps (warm-up, stable, decay) constant lr and a linear decay over the last ``cooldown``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.cooldown:
+        progress = min(1.0, max(0.0, (step - (cfg.steps - cfg.cooldown)) / cfg.cooldown))
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * progress)
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -118,6 +122,10 @@ class Trainer:
     """One training run. ``run()`` trains to ``optim.steps`` (or ``max_minutes``) and returns run.json."""
 
     def __init__(self, cfg: TrainConfig):
+        o = cfg.optim
+        if not 0 <= o.cooldown <= o.steps - o.warmup:
+            raise SinkscopeError(f"--cooldown {o.cooldown} must lie between 0 and --steps minus --warmup "
+                                 f"({o.steps - o.warmup})")
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
