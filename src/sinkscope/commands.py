@@ -10,9 +10,12 @@ from .intervene import EXPERIMENTS, InterveneConfig
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    # piped into a log file, rich would wrap tables at 80 columns; a log is read later, full width
+    return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
@@ -136,7 +139,8 @@ def run_compare(args: argparse.Namespace, config) -> int:
     def fmt(cell, digits=3):
         if cell is None or cell.get("mean") is None:
             return "—"
-        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+        spread = f" ± {cell['std']:.{digits}f}" if cell["std"] is not None else ""
+        return f"{cell['mean']:.{digits}f}{spread}"
 
     for variant, row in payload["variants"].items():
         speedup = row.get("speedup_vs_baseline")

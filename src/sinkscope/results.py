@@ -65,8 +65,10 @@ def read_json(path: str | Path, kind: str | None = None) -> dict:
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise SinkscopeError(f"{path} does not exist: point at a folder written by sinkscope") from None
+    except IsADirectoryError:
+        raise SinkscopeError(f"{path} is a folder, not a result file: point at the file inside it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SinkscopeError(f"{path} is not valid JSON ({err}); re-run the command that wrote it") from None
     version = payload.get("schema_version")

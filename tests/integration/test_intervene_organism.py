@@ -1,5 +1,5 @@
 """On the embedded organism trained by `sinkscope train`, amplifying a token's variance creates a sink there,
-and the norm-only control does not (method.md section 5 (ii))."""
+and the norm-only control does not (method.md section 5 (ii)); isolation does not, and the last test shows why."""
 
 import pytest
 
@@ -31,3 +31,39 @@ def test_isolate_creates_a_sink_at_the_target():
     config = build(InterveneConfig, {"data": DATA, "position": 9})
     result = intervene("organism-softmax", "isolate", config)
     assert result["max_gain"] >= 3
+
+
+def test_the_organisms_first_token_neuron_keys_on_the_bos_token_not_on_isolation():
+    """Why isolate fails here (docs/training.md): the neuron that fires on the first token fires on a BOS
+    token wherever it stands, and not on an ordinary token that attends only to itself."""
+    import torch
+
+    from sinkscope.data import embedded_prompts
+    from sinkscope.interventions import Isolate, applied
+    from sinkscope.loading import load_model
+
+    loaded = load_model("organism-softmax")
+    model, tokenizer = loaded.model.float(), loaded.tokenizer
+    rows = [tokenizer(d["text"])["input_ids"][:64] for d in embedded_prompts()]
+    ids = torch.tensor([r for r in rows if len(r) == 64][:8])
+    with_bos = ids.clone()
+    with_bos[:, 9] = tokenizer.bos_token_id
+    seen = {}
+    down = model.model.layers[0].mlp.down_proj
+    hook = down.register_forward_pre_hook(lambda module, args: seen.__setitem__("act", args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(ids)
+            plain = seen["act"]  # (B, T, F)
+            neuron = int(plain[:, 0].mean(0).argmax())
+            with applied(model, Isolate(position=9)):
+                model(ids)
+            isolated = seen["act"][:, 9, neuron]
+            model(with_bos)
+            moved = seen["act"][:, 9, neuron]
+    finally:
+        hook.remove()
+    first, ordinary = plain[:, 0, neuron], plain[:, 1:, neuron].abs().max()
+    assert first.min() > 20 * ordinary  # measured: 58 against 0.53
+    assert moved.min() > 0.5 * first.mean()  # a BOS at position 9 fires it (60)
+    assert isolated.abs().max() < 2 * ordinary  # isolation alone does not (0.11)

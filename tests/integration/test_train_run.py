@@ -168,6 +168,12 @@ def test_cli_train_then_compare(corpus, tmp_path, capsys):
     assert rows["softmax"]["final_val_loss"]["std"] == pytest.approx(abs(vals[0] - vals[1]) / math.sqrt(2))
     assert rows["softmax"]["steps_to_target"]["mean"] == 2  # the first validation is already under 100
     assert rows["headnorm"]["speedup_vs_baseline"] == pytest.approx(1.0)
+    assert main(["compare", runs[0], "--out", str(tmp_path / "one")]) == 0
+    single = json.loads((tmp_path / "one" / "compare.json").read_text())["variants"]["softmax"]["final_val_loss"]
+    assert single == {"mean": vals[0], "std": None, "n": 1}  # one seed has no spread
+    assert main(["compare", runs[0], str(tmp_path / "cmp" / "compare.json")]) == 2  # a file is not a run
+    assert "is not a finished training run (no run.json)" in capsys.readouterr().err
+    assert f"{vals[0]:.3f} ±" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -178,6 +178,13 @@ def test_weight_decay_only_on_matrices():
     assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in rest["params"])
     assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    # HeadNorm's gamma is (H, D) but a gain: never decayed
+    model = build_model(tiny("headnorm"))
+    decay, rest = make_optimizer(model, OptimConfig()).param_groups
+    gammas = [layer.self_attn.head_norm.weight for layer in model.model.layers]
+    assert all(g.dim() == 2 for g in gammas)
+    assert {id(g) for g in gammas} <= {id(p) for p in rest["params"]}
+    assert not {id(g) for g in gammas} & {id(p) for p in decay["params"]}
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():

@@ -29,6 +29,9 @@ def _jsonl(path: Path) -> list[dict]:
 def read_run(folder: str | Path) -> dict:
     """One run's summary, validation curve and last telemetry record."""
     folder = Path(folder)
+    if not (folder / "run.json").is_file():
+        raise SinkscopeError(f"{folder} is not a finished training run (no run.json): pass the --out folders of "
+                             "sinkscope train")
     summary = read_json(folder / "run.json", kind="train")
     metrics = _jsonl(folder / "metrics.jsonl")
     telemetry = _jsonl(folder / "telemetry.jsonl")
@@ -48,7 +51,8 @@ def _mean_std(values: list[float | None]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    # one run has no spread to report: std None, not a reassuring 0
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
             "n": len(values)}
 
 

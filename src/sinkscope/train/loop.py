@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import prepare_data
-from .model import SinkscopeConfig, build_model
+from .model import RMSNorm, SinkscopeConfig, build_model
 from .telemetry import TensorBoard, sink_telemetry
 
 
@@ -49,9 +49,15 @@ def lr_at(step: int, cfg) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (dim >= 2) only, never on norms, gains, biases or sink logits."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW; weight decay on weight matrices only, never on norms, gains, biases or sink logits.
+
+    HeadNorm's gamma (H, D) is a matrix by shape but a gain by role: decaying it would pull every head's
+    output towards zero, so norm modules are excluded by type, not by shape.
+    """
+    gains = {id(p) for module in model.modules() if isinstance(module, RMSNorm) for p in module.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2 and id(p) not in gains]
+    rest = [p for p in trainable if p.dim() < 2 or id(p) in gains]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
 
@@ -123,7 +129,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         o = cfg.optim
-        if not 0 <= o.cooldown <= o.steps - o.warmup:
+        if o.cooldown < 0 or o.cooldown > max(0, o.steps - o.warmup):
             raise SinkscopeError(f"--cooldown {o.cooldown} must lie between 0 and --steps minus --warmup "
                                  f"({o.steps - o.warmup})")
         self.cfg = cfg
