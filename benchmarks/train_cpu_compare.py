@@ -1,6 +1,6 @@
 """Baseline vs HeadNorm with seeds (configs/cpu-compare.yaml), then ``sinkscope compare``.
 
-    python benchmarks/train_cpu_compare.py --runs runs/cpu-compare --target-loss 3.0
+    python benchmarks/train_cpu_compare.py --runs runs/cpu-compare --target-loss 3.6
 
 Runs are sequential (one training at a time, as a shared 2-core machine needs) and resumable:
 a finished run is skipped, a killed one continues from its last checkpoint.
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/cpu-compare"))
     parser.add_argument("--variants", nargs="+", default=["softmax", "headnorm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--target-loss", type=float, default=3.0)
+    parser.add_argument("--target-loss", type=float, default=3.6)
     parser.add_argument("--threads", type=int, help="CPU threads per run (default: the preset's)")
     args = parser.parse_args()
     threads = ["--threads", str(args.threads)] if args.threads else []

@@ -144,8 +144,12 @@ def run_compare(args: argparse.Namespace, config) -> int:
 
     for variant, row in payload["variants"].items():
         speedup = row.get("speedup_vs_baseline")
-        table.add_row(variant, str(len(row["runs"])), fmt(row["final_train_loss"]), fmt(row["final_val_loss"]),
-                      fmt(row.get("steps_to_target"), 0), f"{speedup:.2f}x" if speedup else "—",
+        to_target = fmt(row.get("steps_to_target"), 0)
+        reached, runs = row.get("runs_reaching_target"), len(row["runs"])
+        if reached is not None and 0 < reached < runs:  # the mean covers only the runs that got there
+            to_target += f" ({reached}/{runs} runs)"
+        table.add_row(variant, str(runs), fmt(row["final_train_loss"]), fmt(row["final_val_loss"]),
+                      to_target, f"{speedup:.2f}x" if speedup else "—",
                       fmt(row["max_layer_sink_score"]), fmt(row["max_layer_dom_ratio"], 1),
                       fmt(row["mean_effective_rank"], 1))
     _console().print(table)

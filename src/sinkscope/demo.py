@@ -240,10 +240,8 @@ def compare_training(out: Path) -> None:
     folders = sorted(str(p.parent) for p in (out / "train").glob("*/run.json"))
     if not folders:
         return
-    try:
-        from .train.compare import compare, save_compare
-    except ImportError:  # the training package has no compare yet: the report draws its own table
-        return
+    from .train.compare import compare, save_compare
+
     save_compare(compare(folders), out / "train" / "compare.json")
 
 

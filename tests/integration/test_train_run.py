@@ -168,6 +168,11 @@ def test_cli_train_then_compare(corpus, tmp_path, capsys):
     assert rows["softmax"]["final_val_loss"]["std"] == pytest.approx(abs(vals[0] - vals[1]) / math.sqrt(2))
     assert rows["softmax"]["steps_to_target"]["mean"] == 2  # the first validation is already under 100
     assert rows["headnorm"]["speedup_vs_baseline"] == pytest.approx(1.0)
+    best = sorted(min(r["val_loss"] for r in map(json.loads, (Path(run) / "metrics.jsonl").read_text().splitlines())
+                      if "val_loss" in r) for run in runs[:2])
+    capsys.readouterr()
+    assert main(["compare", *runs[:2], "--target-loss", str(sum(best) / 2)]) == 0  # one seed of two gets there
+    assert "(1/2 runs)" in capsys.readouterr().out
     assert main(["compare", runs[0], "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "compare.json").read_text())["variants"]["softmax"]["final_val_loss"]
     assert single == {"mean": vals[0], "std": None, "n": 1}  # one seed has no spread
