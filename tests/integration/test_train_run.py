@@ -144,7 +144,8 @@ def test_cli_errors_exit_2(corpus, tmp_path, capsys):
     assert main(["train", "--source", str(corpus), "--seq-len", "100000", "--max-len", "200000",
                  "--vocab-size", "300", "--out", str(tmp_path / "r")]) == 2
     assert "too few for one window" in capsys.readouterr().err
-    assert main(["train", "--source", str(corpus), "--steps", "50", "--warmup", "10", "--cooldown", "60", "--out", str(tmp_path / "c")]) == 2
+    assert main(["train", "--source", str(corpus), "--steps", "50", "--warmup", "10", "--cooldown", "60",
+                 "--out", str(tmp_path / "c")]) == 2
     assert "--cooldown 60 must lie between 0 and --steps minus --warmup (40)" in capsys.readouterr().err
 
 
@@ -176,9 +177,10 @@ def test_cli_train_then_compare(corpus, tmp_path, capsys):
     assert main(["compare", runs[0], "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "compare.json").read_text())["variants"]["softmax"]["final_val_loss"]
     assert single == {"mean": vals[0], "std": None, "n": 1}  # one seed has no spread
+    table = capsys.readouterr().out
+    assert f"{vals[0]:.3f}" in table and f"{vals[0]:.3f} ±" not in table
     assert main(["compare", runs[0], str(tmp_path / "cmp" / "compare.json")]) == 2  # a file is not a run
     assert "is not a finished training run (no run.json)" in capsys.readouterr().err
-    assert f"{vals[0]:.3f} ±" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))

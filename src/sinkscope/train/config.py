@@ -44,15 +44,15 @@ class TrainDataConfig:
     max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)")
     tokenizer: str | None = field(None, why="use this tokenizer (folder or hub id) instead of training a BPE one")
     seq_len: int = field(128, why="tokens per training window, the BOS token included")
-    bos: bool = field(True, why="start every window with <|bos|>; off, the first token is arbitrary text, so a sink "
-                      "there must come from its position alone (method.md section 2)")
+    bos: bool = field(True, why="start every window with <|bos|> (without it the first token is arbitrary text, so "
+                      "a sink there can come only from its position; method.md section 2)")
     val_every_doc: int = field(50, why="every N-th document is held out for validation (deterministic)")
     data_seed: int = field(0, why="seed of window sampling; with the step it fixes every batch")
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with warm-up and cosine decay."""
+    """AdamW with warm-up, then cosine decay or (with ``cooldown``) stable lr and a linear decay."""
 
     lr: float = field(3e-3, why="peak learning rate")
     min_lr_ratio: float = field(0.1, why="the schedule decays to lr * this")
