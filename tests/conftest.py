@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network; hub failures must be fast
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from sinkscope.testing import FAMILIES, save_tiny, tiny_model
+from sinkscope.testing import CODE_TEXT, FAMILIES, save_tiny, tiny_model
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -30,6 +30,17 @@ def saved_llama(tmp_path_factory):
     """A tiny llama and tokenizer written by save_pretrained (safetensors), as a CLI user would pass them."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     save_tiny("llama", folder)  # with the tiny character tokenizer, which prepends <s>
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """A folder of 12 small Python-like text files for `sinkscope train`, with its own tokenizer cache."""
+    monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"doc{i:02d}.txt").write_text(CODE_TEXT[i * 2000:(i + 1) * 2000])
     return folder
 
 

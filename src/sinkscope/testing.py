@@ -25,6 +25,8 @@ MAX_POSITIONS = 64  # small, so "seq-len past the model's maximum" is easy to hi
 SLIDING_WINDOW = 5  # shorter than the sequences the tests use
 SOFTCAP = 1.5  # gemma2 attention-logit cap, low enough that tanh visibly bends the logits
 INIT_STD = 0.25  # larger than the families' defaults (0.02): peaked attention, non-trivial sinks
+# ~20k characters of repetitive Python for training tests: a BPE of a few hundred tokens learns it in seconds
+CODE_TEXT = "".join(f"def function_{i}(value):\n    return value * {i} + {i % 7}\n\n" for i in range(600))
 
 
 def _decoder_common(**extra) -> dict:

@@ -17,17 +17,6 @@ from sinkscope.train.config import ModelSpec, OptimConfig, TrainConfig, TrainDat
 from sinkscope.train.loop import Trainer, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TEXT = "".join(f"def function_{i}(value):\n    return value * {i} + {i % 7}\n\n" for i in range(600))
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"doc{i:02d}.txt").write_text(TEXT[i * 2000:(i + 1) * 2000])
-    return folder
 
 
 def tiny(corpus, out, **over) -> TrainConfig:

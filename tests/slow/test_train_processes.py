@@ -14,19 +14,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-TEXT = "".join(f"def function_{i}(value):\n    return value * {i} + {i % 7}\n\n" for i in range(600))
 TINY = ["--layers", "2", "--hidden-size", "32", "--heads", "4", "--vocab-size", "300", "--seq-len", "24",
         "--batch-size", "4", "--eval-every", "5", "--eval-batches", "1", "--telemetry-every", "0", "--log-every", "1",
         "--threads", "1", "--warmup", "3"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(12):
-        (folder / f"doc{i:02d}.txt").write_text(TEXT[i * 2000:(i + 1) * 2000])
-    return folder
 
 
 def _env(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sinkscope.errors import SinkscopeError
+from sinkscope.testing import CODE_TEXT
 from sinkscope.train.config import TrainDataConfig
 from sinkscope.train.data import (
     TokenData,
@@ -15,18 +16,6 @@ from sinkscope.train.data import (
     split_documents,
     stdlib_documents,
 )
-
-TEXT = "".join(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(400))
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(10):
-        (folder / f"doc{i:02d}.txt").write_text(TEXT[i * 1000:(i + 1) * 1000] + f"\n# document {i}\n")
-    return folder
 
 
 def test_tokenizer_round_trips_and_loads_with_auto_tokenizer(corpus, tmp_path):
@@ -79,7 +68,7 @@ def test_split_holds_out_every_nth_document():
 def test_jsonl_source_uses_text_field(tmp_path, monkeypatch):
     monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps({"body": TEXT[i * 500:(i + 1) * 500]}) for i in range(12)))
+    path.write_text("\n".join(json.dumps({"body": CODE_TEXT[i * 500:(i + 1) * 500]}) for i in range(12)))
     with pytest.raises(SinkscopeError, match="no 'text' field"):
         prepare_data(TrainDataConfig(source=str(path), seq_len=16), 300)
     _, data = prepare_data(TrainDataConfig(source=str(path), seq_len=16, text_field="body", val_every_doc=4), 300)
@@ -90,7 +79,7 @@ def test_hf_dataset_streams_from_a_local_dataset_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "my_dataset"
     (folder / "data").mkdir(parents=True)
-    rows = [{"content": TEXT[i * 400:(i + 1) * 400], "n": i} for i in range(30)]
+    rows = [{"content": CODE_TEXT[i * 400:(i + 1) * 400], "n": i} for i in range(30)]
     (folder / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     cfg = TrainDataConfig(source=f"hf:{folder}", text_field="content", max_documents=20, seq_len=16, val_every_doc=5)
     tokenizer, data = prepare_data(cfg, 300)
