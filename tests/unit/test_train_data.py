@@ -57,6 +57,20 @@ def test_no_bos_windows_are_plain_stream_slices_and_the_saved_tokenizer_agrees(c
     assert ids == tokenizer("def f(x):", add_special_tokens=False)["input_ids"] and 0 not in ids
 
 
+def test_no_bos_with_a_loaded_tokenizer_saves_one_that_stops_adding_bos(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    with_bos, _ = prepare_data(TrainDataConfig(source=str(corpus), seq_len=16, val_every_doc=5), 300)
+    with_bos.save_pretrained(tmp_path / "with-bos")
+    assert AutoTokenizer.from_pretrained(tmp_path / "with-bos")("def")["input_ids"][0] == 0
+    tokenizer, data = prepare_data(TrainDataConfig(source=str(corpus), seq_len=16, val_every_doc=5, bos=False,
+                                                   tokenizer=str(tmp_path / "with-bos")), 300)
+    assert data.bos_id is None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    ids = AutoTokenizer.from_pretrained(tmp_path / "tok")("def f(x):")["input_ids"]
+    assert ids == tokenizer("def f(x):", add_special_tokens=False)["input_ids"] and 0 not in ids
+
+
 def test_split_holds_out_every_nth_document():
     docs = [f"d{i}" for i in range(10)]
     train, val = split_documents(docs, 4)

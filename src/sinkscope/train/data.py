@@ -143,6 +143,14 @@ def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None,
                                    eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2], add_bos_token=bos)
 
 
+def _stop_adding_bos(tokenizer, name: str) -> None:
+    """A loaded tokenizer that prepends BOS must stop, since it is saved with a model trained without BOS."""
+    tokenizer.add_bos_token = False
+    if tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        raise SinkscopeError(f"the tokenizer {name} still prepends BOS after add_bos_token=False, so a model "
+                             "trained with --no-bos would be probed with BOS; give a tokenizer without a BOS template")
+
+
 def _sample(docs: list[str]):
     budget = TOKENIZER_SAMPLE_CHARS
     for doc in docs:
@@ -238,5 +246,7 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = Non
     bos = tokenizer.bos_token_id
     if cfg.bos and bos is None:
         raise SinkscopeError("the tokenizer defines no BOS token; pass --no-bos to train on windows without one")
+    if not cfg.bos and cfg.tokenizer:
+        _stop_adding_bos(tokenizer, cfg.tokenizer)
     return tokenizer, TokenData(train=train, val=val, seq_len=cfg.seq_len, bos_id=bos if cfg.bos else None,
                                 seed=cfg.data_seed)
