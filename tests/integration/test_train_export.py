@@ -100,6 +100,19 @@ def test_every_variant_round_trips_and_probe_loads_its_folder(variant, tmp_path,
     assert from_folder["model"]["n_layers"] == 2
 
 
+def test_a_model_without_rope_saves_as_sinkscope_and_reloads_without_rope(tmp_path, tokenizer):
+    model = trained_like(build_model(tiny(rope=False))).eval()
+    with pytest.raises(SinkscopeError, match="no rope"):
+        to_llama(model)
+    folder = export_model(model, tokenizer, tmp_path / "nope")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "sinkscope"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert loaded.config.rope is False
+    ids = torch.randint(3, 60, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_sigmoid_probe_reports_sigmoid_weights():
     """Probe's captured attention for the sigmoid variant equals sigmoid(q.k/sqrt(D) - log T) to token 0."""
     model = trained_like(build_model(tiny("sigmoid"))).eval()

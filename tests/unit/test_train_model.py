@@ -162,6 +162,18 @@ def test_gate_closed_zeroes_attention_contribution():
     assert all(o.abs().max() < 1e-6 for o in outs)
 
 
+@pytest.mark.parametrize("rope", [True, False])
+def test_without_rope_a_position_sees_its_prefix_as_a_set(rope):
+    """NoPE: one layer of causal attention without positions is blind to the order of its keys, so swapping
+    tokens 0 and 1 leaves positions 2 onwards unchanged; with rotary it does not."""
+    model = build_model(tiny(rope=rope, num_hidden_layers=1)).eval()
+    ids = torch.randint(3, 50, (2, 9), generator=torch.Generator().manual_seed(0))
+    swapped = ids[:, [1, 0, *range(2, 9)]]
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits[:, 2:], model(input_ids=swapped).logits[:, 2:]
+    assert torch.allclose(a, b, atol=1e-5) == (not rope)
+
+
 def test_unknown_variant_and_bad_gate_are_refused():
     with pytest.raises(SinkscopeError, match="unknown attention variant"):
         build_model(tiny("relu"))

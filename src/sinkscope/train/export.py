@@ -21,7 +21,8 @@ def export_model(model: nn.Module, tokenizer, folder: Path, cfg=None, card: dict
     tmp = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     config = model.config
-    plain = config.model_type == "sinkscope" and config.attention_variant == "softmax" and not config.qk_norm
+    plain = (config.model_type == "sinkscope" and config.attention_variant == "softmax" and not config.qk_norm
+             and config.rope)
     (to_llama(model) if plain else model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     write_json(tmp / "sinkscope.json", {

@@ -14,9 +14,10 @@ def to_llama(model: SinkscopeForCausalLM):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
-    if c.attention_variant != "softmax" or c.qk_norm:
-        raise SinkscopeError(f"only softmax runs without qk_norm export to Llama (this one: {c.attention_variant}"
-                             f"{', qk_norm' if c.qk_norm else ''}); save it with save_pretrained instead")
+    if c.attention_variant != "softmax" or c.qk_norm or not c.rope:
+        raise SinkscopeError(f"only softmax runs with rotary and without qk_norm export to Llama (this one: "
+                             f"{c.attention_variant}{', qk_norm' if c.qk_norm else ''}{', no rope' if not c.rope else ''}); "
+                             "save it with save_pretrained instead")
     config = LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,

@@ -73,7 +73,7 @@ def model_config(cfg: TrainConfig, vocab_size: int, tokenizer) -> SinkscopeConfi
     return SinkscopeConfig(
         vocab_size=vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_size or 4 * m.hidden_size,
         num_hidden_layers=m.layers, num_attention_heads=m.heads, num_key_value_heads=m.kv_heads,
-        max_position_embeddings=m.max_len, rope_theta=m.rope_theta, tie_word_embeddings=m.tie_embeddings,
+        max_position_embeddings=m.max_len, rope_theta=m.rope_theta, rope=m.rope, tie_word_embeddings=m.tie_embeddings,
         attention_variant=m.variant, qk_norm=m.qk_norm, headnorm_shared=m.headnorm_shared, gate=m.gate,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,

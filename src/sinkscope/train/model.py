@@ -51,6 +51,7 @@ class SinkscopeConfig(PretrainedConfig):
         head_dim: int | None = None,  # D; None = C / H
         max_position_embeddings: int = 512,  # longest sequence; rotary has no table, this is a guard
         rope_theta: float = 10000.0,  # rotary base frequency (Llama 2's)
+        rope: bool = True,  # False: no positional encoding (NoPE), so a position is known only through the causal mask
         rms_norm_eps: float = 1e-6,  # RMSNorm epsilon of the block norms
         initializer_range: float = 0.02,  # std of the normal init of every matrix (GPT-2 / Llama)
         tie_word_embeddings: bool = True,  # lm_head shares the embedding matrix (paper setup; fewer params)
@@ -73,6 +74,7 @@ class SinkscopeConfig(PretrainedConfig):
         self.head_dim = head_dim or hidden_size // num_attention_heads
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
+        self.rope = rope
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
         self.attention_variant = attention_variant
@@ -231,8 +233,9 @@ class SinkscopeAttention(nn.Module):
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         if self.config.qk_norm:  # qk_norm: differs from softmax
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = position_embeddings
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.config.rope:
+            cos, sin = position_embeddings
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         extra, own = {}, sdpa_attention
         if self.variant == "softmax1":  # softmax1: differs from softmax, an extra logit fixed at 0
