@@ -183,6 +183,20 @@ def test_presets_exist():
     assert {"paper-152m.yaml", "organism.yaml", "cpu-compare.yaml"} <= {p.name for p in CONFIGS.glob("*.yaml")}
 
 
+def test_trainable_trains_only_the_named_parameters(corpus, tmp_path):
+    import torch
+
+    trainer = Trainer(tiny(corpus, tmp_path / "run", steps=3, trainable="model.layers.0."))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    summary = trainer.run()
+    after = dict(trainer.model.named_parameters())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {name for name in before if name.startswith("model.layers.0.")}
+    assert summary["trainable_parameters"] == sum(before[name].numel() for name in changed) < summary["parameters"]
+    with pytest.raises(SinkscopeError, match="model.layer.9 matches no parameter; names look like model"):
+        Trainer(tiny(corpus, tmp_path / "run2", trainable="model.layers.0.,model.layer.9"))
+
+
 def test_init_from_a_llama_checkpoint_continues_with_headnorm(corpus, tmp_path):
     import transformers
 

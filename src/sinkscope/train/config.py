@@ -68,6 +68,9 @@ class OptimConfig:
     batch_size: int = field(32, why="sequences per micro-batch per process")
     grad_accum: int = field(1, why="micro-batches per optimizer step")
     steps: int = field(1000, why="optimizer steps in total (the cosine ends here)")
+    trainable: str | None = field(None, why="comma-separated parameter-name prefixes to train, all others frozen "
+                                  "(e.g. 'model.layers.0.,model.layers.1.' retrains the first two blocks of an "
+                                  "--init-from model); default: every parameter")
 
 
 @dataclass

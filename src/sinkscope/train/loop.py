@@ -62,6 +62,18 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
 
 
+def freeze_all_but(model: nn.Module, prefixes: str) -> None:
+    """Train only the parameters whose names start with one of the comma-separated ``prefixes``."""
+    wanted = tuple(prefix.strip() for prefix in prefixes.split(",") if prefix.strip())
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [prefix for prefix in wanted if not any(name.startswith(prefix) for name in names)]
+    if not wanted or unmatched:
+        raise SinkscopeError(f"--trainable: {', '.join(unmatched) or repr(prefixes)} matches no parameter; "
+                             f"names look like {names[1]}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(wanted))
+
+
 def model_config(cfg: TrainConfig, vocab_size: int, tokenizer) -> SinkscopeConfig:
     m = cfg.model
     if m.hidden_size % m.heads:
@@ -151,6 +163,8 @@ class Trainer:
         else:
             self.tokenizer, self.data = prepare_data(cfg.data, cfg.model.vocab_size)
         self.model = make_model(cfg, self.tokenizer).to(self.device)
+        if cfg.optim.trainable:
+            freeze_all_but(self.model, cfg.optim.trainable)
         self.model.train()
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.step, self.elapsed = 0, 0.0
@@ -288,6 +302,7 @@ class Trainer:
                                      device=str(self.device), model_config=self.model.config.to_dict()),
             "variant": self.cfg.model.variant,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "steps": self.step,
             "tokens": tokens,
             "seconds": self.elapsed,
