@@ -3,9 +3,12 @@
     sinkscope train --config configs/organism.yaml --variant softmax --out runs/organism-softmax
     sinkscope train --config configs/organism.yaml --variant headnorm --out runs/organism-headnorm
     python benchmarks/train_organism.py runs/organism-softmax runs/organism-headnorm
+    sinkscope train --config configs/organism-nobos.yaml --out runs/organism-nobos
+    python benchmarks/train_organism.py runs/organism-nobos --name organism-nobos \
+        --command "sinkscope train --config configs/organism-nobos.yaml --out runs/organism-nobos"
 
 For each run: writes the held-out stdlib documents (the run's own validation split) to a text
-file, stores the final model in bfloat16 under src/sinkscope/assets/models/organism-<variant>/
+file, stores the final model in bfloat16 under src/sinkscope/assets/models/organism-<variant>/ (or --name)
 with its tokenizer, a sinkscope.json card and the run's logs (train/), probes the stored folder
 exactly as a user would (``sinkscope probe <folder> --data <held-out.txt> --seq-len 64``), and
 prints the sink-score curve from the run's telemetry.
@@ -36,13 +39,13 @@ def heldout_text(cfg: TrainConfig, path: Path) -> Path:
     return path
 
 
-def publish(run: Path, heldout: Path, command: str) -> dict:
+def publish(run: Path, heldout: Path, command: str, name: str | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import sinkscope.train  # noqa: F401  (registers the sinkscope architecture)
 
     summary = read_json(run / "run.json", kind="train")
-    name = f"organism-{summary['variant']}"
+    name = name or f"organism-{summary['variant']}"
     target = ASSETS / name
     shutil.rmtree(target, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(run / "model").to(torch.bfloat16)
@@ -89,12 +92,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--command", default="sinkscope train --config configs/organism.yaml --variant {variant} "
                         "--out runs/organism-{variant}")
+    parser.add_argument("--name", help="asset name for a single run (default: organism-<variant>)")
     args = parser.parse_args()
+    if args.name and len(args.runs) > 1:
+        parser.error("--name names one run; publish the runs one at a time")
     for run in args.runs:
         state = json.loads((run / "run.json").read_text())
         cfg = build(TrainConfig, state["provenance"]["config"])
         heldout = heldout_text(cfg, run / "heldout.txt")
-        card = publish(run, heldout, args.command)
+        card = publish(run, heldout, args.command, args.name)
         print(json.dumps({"run": str(run), "card": card, "curve": curve(run)}, indent=1))
         write_json(run / "organism.json", {"schema_version": 1, "kind": "organism", "card": card,
                                            "curve": curve(run)})

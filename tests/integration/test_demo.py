@@ -8,11 +8,13 @@ import re
 import pytest
 
 from sinkscope.cli import main
-from sinkscope.demo import ModelResults, amplify_plan, chain_summary
+from sinkscope.demo import DEFAULT_STRUCTURAL, ModelResults, amplify_plan, chain_summary
 from sinkscope.fixtures import planted_sink_model
+from sinkscope.models import embedded_path
 from sinkscope.testing import save_tiny
 
-FAST = ["--samples", "6", "--seq-len", "24", "--lambdas", "1,10", "--value-mean-tokens", "96", "--quiet"]
+FAST = ["--samples", "6", "--seq-len", "24", "--lambdas", "1,10", "--value-mean-tokens", "96", "--quiet",
+        "--structural", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_demo_finds_the_planted_chain_and_draws_it_beside_the_twin(planted, tmp_
     assert 'id="missing-ablate--tiny-llama"' in html
 
 
-def test_demo_runs_on_natural_text_without_a_twin(tmp_path, capsys):
+def test_demo_runs_on_natural_text_without_a_twin_and_isolates_on_the_structural_model(tmp_path, capsys):
     model = tmp_path / "tiny"
     save_tiny("llama", model)
     out = tmp_path / "demo"
@@ -64,6 +66,10 @@ def test_demo_runs_on_natural_text_without_a_twin(tmp_path, capsys):
                  "--seq-len", "16", "--lambdas", "1,5", "--value-mean-tokens", "64", "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[10] == "twin: none compared (--twin none)"
+    if embedded_path(DEFAULT_STRUCTURAL) is not None:
+        assert f"; {DEFAULT_STRUCTURAL} (first-position sink by structure): isolating token 9" in lines[7]
+        assert (out / DEFAULT_STRUCTURAL / "isolate" / "intervene.json").exists()
+        assert f'id="fig-isolate--{DEFAULT_STRUCTURAL}"' in (out / "report.html").read_text()
     payload = json.loads((out / "tiny" / "probe" / "probe.json").read_text())
     assert payload["data"]["source"].endswith("natural-text.jsonl")  # the embedded prompts, cut to full windows
     windows = [json.loads(line)["input_ids"] for line in (out / "tiny" / "natural-text.jsonl").read_text().splitlines()]

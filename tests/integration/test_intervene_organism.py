@@ -1,5 +1,9 @@
-"""On the embedded organism trained by `sinkscope train`, amplifying a token's variance creates a sink there,
-and the norm-only control does not (method.md section 5 (ii)); isolation does not, and the last test shows why."""
+"""On the embedded organisms trained by `sinkscope train` (method.md section 5).
+
+organism-softmax: amplifying a token's variance creates a sink there and the norm-only control does not;
+isolation does not, because its super neuron keys on the BOS token (the third test shows it).
+organism-nobos, the same model with its first blocks retrained without BOS: its first position is a sink
+by structure, so isolating any token recreates the first token's state and a sink."""
 
 import pytest
 
@@ -7,11 +11,13 @@ from sinkscope.config import build
 from sinkscope.intervene import InterveneConfig, intervene
 from sinkscope.models import embedded_path
 
-pytestmark = pytest.mark.skipif(embedded_path("organism-softmax") is None, reason="organism checkpoint not embedded")
+embedded = {name: pytest.mark.skipif(embedded_path(name) is None, reason=f"{name} checkpoint not embedded")
+            for name in ("organism-softmax", "organism-nobos")}
 
 DATA = {"samples": 32, "seq_len": 64}
 
 
+@embedded["organism-softmax"]
 def test_amplify_creates_a_sink_at_the_target_and_the_norm_control_does_not():
     config = build(InterveneConfig, {"data": DATA, "position": 9, "lambdas": (1.0, 10.0, 30.0), "layers": "0,1,2",
                                      "observe": 3, "value_mean_tokens": 1024})
@@ -24,15 +30,28 @@ def test_amplify_creates_a_sink_at_the_target_and_the_norm_control_does_not():
     assert result["control_differs"]
 
 
-@pytest.mark.xfail(strict=True, reason="measured: 1.0x. The organism's super neuron keys on the BOS token itself "
-                   "(a BOS written at position 9 fires it without isolation), so isolating an ordinary token cannot "
-                   "recreate the sink; see docs/training.md")
-def test_isolate_creates_a_sink_at_the_target():
+@embedded["organism-nobos"]
+def test_isolate_creates_a_sink_where_the_first_position_is_a_sink_by_structure():
+    config = build(InterveneConfig, {"data": DATA, "position": 9})
+    result = intervene("organism-nobos", "isolate", config)
+    layer = result["max_gain_layer"]
+    before = [row["sink_score_before"] for row in result["per_layer"]]
+    after = [row["sink_score_after"] for row in result["per_layer"]]
+    # measured: 0.029 -> 0.133 at layer 3 (4.6x); token 9's DomRatio 6.9 -> 14.2 at layer 2
+    assert result["max_gain"] >= 3 and after[layer] >= 3 * before[layer]
+    # the chain: the isolated token's DomRatio rises as a first token's does, before the sink layer
+    rows = result["per_layer"][:layer]
+    assert max(row["dom_ratio_after"] / row["dom_ratio_before"] for row in rows) >= 2
+
+
+@embedded["organism-softmax"]
+def test_isolate_creates_no_sink_where_the_sink_is_keyed_on_bos():
     config = build(InterveneConfig, {"data": DATA, "position": 9})
     result = intervene("organism-softmax", "isolate", config)
-    assert result["max_gain"] >= 3
+    assert result["max_gain"] < 1.5  # measured: 1.0x
 
 
+@embedded["organism-softmax"]
 def test_the_organisms_first_token_neuron_keys_on_the_bos_token_not_on_isolation():
     """Why isolate fails here (docs/training.md): the neuron that fires on the first token fires on a BOS
     token wherever it stands, and not on an ordinary token that attends only to itself."""

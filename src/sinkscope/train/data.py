@@ -161,10 +161,13 @@ def _sample(docs: list[str]):
 
 
 def load_tokenizer(name: str):
+    """A folder, hub id or embedded checkpoint name's tokenizer."""
     from transformers import AutoTokenizer
 
+    from ..loading import resolve_source
+
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(resolve_source(name))
     except (OSError, ValueError) as err:
         raise SinkscopeError(f"cannot load tokenizer {name}: {str(err).splitlines()[0]}") from None
 
