@@ -170,8 +170,9 @@ def demo(config: DemoConfig | None = None) -> dict:
         compare_training(out)
         models = [run_model(name, source, out, config, steps) for name, source in zip(names, sources)]
         extra = run_model(structural, structural, out, config, steps) if structural else None
-        everyone = models + ([extra] if extra else [])
-        report = steps.run("writing the report", build_report, [out], out / "report.html",
+        everyone = models[:1] + ([extra] if extra else []) + models[1:]  # the report puts the fix last
+        folders = [out / m.label for m in everyone] + [out / "train"] * (out / "train").is_dir()
+        report = steps.run("writing the report", build_report, folders, out / "report.html",  # in the demo's order
                            title="sinkscope demo: " + " vs ".join(m.label for m in everyone))
     summary = chain_summary(models, config, structural=extra)
     return {"report": str(report.path), "summary": summary, "seconds": time.perf_counter() - start,

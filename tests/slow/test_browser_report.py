@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sinkscope.demo import DEFAULT_MODEL, DEFAULT_TWIN, DemoConfig, demo
+from sinkscope.demo import DEFAULT_MODEL, DEFAULT_STRUCTURAL, DEFAULT_TWIN, DemoConfig, demo
 from sinkscope.models import embedded_path
 from sinkscope.report import SECTIONS
 
@@ -119,7 +119,8 @@ def test_page_loads_without_console_errors_and_has_every_section(demo_report, tm
     page.feed(done.stdout)
     assert page.sections == list(SECTIONS)
     runs = sorted({m.group(1) for f in page.figures if (m := re.match(r"fig-sink-heatmap--(.+)", f))})
-    assert len(runs) == 2, page.figures
+    shipped = embedded_path(DEFAULT_MODEL) and embedded_path(DEFAULT_TWIN)
+    assert len(runs) == (3 if shipped and embedded_path(DEFAULT_STRUCTURAL) else 2), page.figures
     for run in runs[:1] if "planted" not in runs else ["planted"]:
         for kind in PER_RUN_FIGURES:
             assert f"fig-{kind}--{run}" in page.figures, (kind, run)
