@@ -161,8 +161,9 @@ def demo(config: DemoConfig | None = None) -> dict:
     out = Path(config.out)
     names = [name for name in (config.model, config.twin) if name and name.lower() != "none"]
     structural = _structural_source(config)
-    if len(set(map(_label, names + ([structural] if structural else [])))) != len(names) + bool(structural):
-        raise SinkscopeError(f"--model, --twin and --structural must differ, got {config.model!r} twice")
+    labels = [_label(name) for name in names + ([structural] if structural else [])]
+    if len(set(labels)) != len(labels):
+        raise SinkscopeError(f"--model, --twin and --structural must differ, got {', '.join(labels)}")
     per_model = 6  # load, probe natural, probe random, isolate, amplify, ablate
     torch.manual_seed(config.seed)
     with Steps(per_model * (len(names) + bool(structural)) + 1, config.quiet) as steps:
@@ -171,8 +172,10 @@ def demo(config: DemoConfig | None = None) -> dict:
         models = [run_model(name, source, out, config, steps) for name, source in zip(names, sources)]
         extra = run_model(structural, structural, out, config, steps) if structural else None
         everyone = models[:1] + ([extra] if extra else []) + models[1:]  # the report puts the fix last
-        folders = [out / m.label for m in everyone] + [out / "train"] * (out / "train").is_dir()
-        report = steps.run("writing the report", build_report, folders, out / "report.html",  # in the demo's order
+        folders = [out / m.label for m in everyone]  # the report keeps this order
+        if (out / "train").is_dir():
+            folders.append(out / "train")
+        report = steps.run("writing the report", build_report, folders, out / "report.html",
                            title="sinkscope demo: " + " vs ".join(m.label for m in everyone))
     summary = chain_summary(models, config, structural=extra)
     return {"report": str(report.path), "summary": summary, "seconds": time.perf_counter() - start,

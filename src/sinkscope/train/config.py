@@ -27,7 +27,7 @@ class ModelSpec:
     max_len: int = field(512, why="longest sequence the model accepts (rotary needs no table)")
     rope_theta: float = field(10000.0, why="rotary base frequency")
     rope: bool = field(True, why="rotary position embedding; turned off (NoPE), positions come only from the causal "
-                       "mask, so the first position is marked by its structure alone (isolate needs that)")
+                       "mask, and the first position is marked by its structure alone")
     tie_embeddings: bool = field(True, why="share input and output embeddings (paper setup)")
     headnorm_shared: bool = field(False, why="headnorm: one gamma (head_dim,) shared by heads instead of (H, head_dim)")
     gate: str = field("elementwise", why="gated: one gate per channel or one per head", choices=("elementwise", "headwise"))
