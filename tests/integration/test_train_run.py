@@ -85,16 +85,17 @@ def test_telemetry_matches_a_direct_probe(corpus, tmp_path):
     assert record["dom_ratio"] == pytest.approx(direct["sink_dom_ratio"])
 
 
-def test_resume_continues_the_same_loss_curve(corpus, tmp_path):
+@pytest.mark.parametrize("trainable", [None, "model.layers.1."])
+def test_resume_continues_the_same_loss_curve(corpus, tmp_path, trainable):
     reference = tmp_path / "ref"
-    train(tiny(corpus, reference, checkpoint_every=6))
+    train(tiny(corpus, reference, checkpoint_every=6, trainable=trainable))
     # a run killed somewhere after step 6: only ckpt-6 and the logs written so far survive
     killed = tmp_path / "killed"
     shutil.copytree(reference, killed)
     shutil.rmtree(killed / "ckpt-0000012")
     write_json(killed / "latest.json", {"schema_version": 1, "kind": "checkpoint", "step": 6, "folder": "ckpt-0000006"})
     (killed / "run.json").unlink()
-    train(tiny(corpus, killed, checkpoint_every=6, resume=True))
+    train(tiny(corpus, killed, checkpoint_every=6, resume=True, trainable=trainable))
     ref, resumed = losses(reference), losses(killed)
     assert sorted(resumed) == list(range(1, 13))
     for step in range(7, 13):
