@@ -35,10 +35,9 @@ def test_isolate_creates_a_sink_where_the_first_position_is_a_sink_by_structure(
     config = build(InterveneConfig, {"data": DATA, "position": 9})
     result = intervene("organism-nobos", "isolate", config)
     layer = result["max_gain_layer"]
-    before = [row["sink_score_before"] for row in result["per_layer"]]
-    after = [row["sink_score_after"] for row in result["per_layer"]]
+    target = result["per_layer"][layer]
     # measured: 0.029 -> 0.133 at layer 3 (4.6x); token 9's DomRatio 6.9 -> 14.2 at layer 2
-    assert result["max_gain"] >= 3 and after[layer] >= 3 * before[layer]
+    assert target["sink_score_after"] >= 3 * target["sink_score_before"]
     # the chain: the isolated token's DomRatio rises as a first token's does, before the sink layer
     rows = result["per_layer"][:layer]
     assert max(row["dom_ratio_after"] / row["dom_ratio_before"] for row in rows) >= 2

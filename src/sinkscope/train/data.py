@@ -107,8 +107,8 @@ def _fingerprint(docs: list[str], vocab_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None, bos: bool = True):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` learnt from ``docs`` (cached by content), adding BOS if ``bos``.
+def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` learnt from ``docs`` (cached by content), adding BOS.
 
     The special tokens come first, so <|bos|> = 0, <|eos|> = 1, <|pad|> = 2 whatever the data.
     """
@@ -136,15 +136,13 @@ def train_tokenizer(docs: list[str], vocab_size: int, cache: Path | None = None,
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tokenizer.save(str(tmp))
         os.replace(tmp, path)
-    tokenizer = Tokenizer.from_file(str(path))
-    if not bos:  # the saved tokenizer must encode text exactly as the model was trained on it
-        tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=SPECIAL_TOKENS[0],
-                                   eos_token=SPECIAL_TOKENS[1], pad_token=SPECIAL_TOKENS[2], add_bos_token=bos)
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1],
+                                   pad_token=SPECIAL_TOKENS[2], add_bos_token=True)
 
 
 def _stop_adding_bos(tokenizer, name: str) -> None:
-    """A loaded tokenizer that prepends BOS must stop, since it is saved with a model trained without BOS."""
+    """A tokenizer that prepends BOS must stop: it is saved with a model trained without BOS, so that
+    probes encode text exactly as training did."""
     tokenizer.add_bos_token = False
     if tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
         raise SinkscopeError(f"the tokenizer {name} still prepends BOS after add_bos_token=False, so a model "
@@ -235,7 +233,7 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = Non
         tokenizer = load_tokenizer(cfg.tokenizer)
         tag = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()[:8]
     else:
-        tokenizer = train_tokenizer(train_docs, vocab_size, cache, bos=cfg.bos)
+        tokenizer = train_tokenizer(train_docs, vocab_size, cache)
         tag = f"bpe{vocab_size}"
     streams = (cache or cache_dir()) / "streams" / f"{_fingerprint(docs, cfg.val_every_doc)}-{tag}.pt"
     if streams.exists():
@@ -249,7 +247,7 @@ def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = Non
     bos = tokenizer.bos_token_id
     if cfg.bos and bos is None:
         raise SinkscopeError("the tokenizer defines no BOS token; pass --no-bos to train on windows without one")
-    if not cfg.bos and cfg.tokenizer:
-        _stop_adding_bos(tokenizer, cfg.tokenizer)
+    if not cfg.bos:
+        _stop_adding_bos(tokenizer, cfg.tokenizer or "trained on the data")
     return tokenizer, TokenData(train=train, val=val, seq_len=cfg.seq_len, bos_id=bos if cfg.bos else None,
                                 seed=cfg.data_seed)
