@@ -23,6 +23,8 @@ ONSET_THRESHOLD = 0.8
 # Sun et al. 2024 ("Massive Activations in LLMs"): |x| > 100 and > 1000x the median magnitude.
 MASSIVE_ABS = 100.0
 MASSIVE_REL = 1000.0
+# Yu et al. 2024 ("The Super Weight in LLMs"), analyze.py: a down projection "spikes" above this |x|.
+YU_SPIKE_THRESHOLD = 50.0
 
 
 def field(default: Any = dataclasses.MISSING, *, why: str, choices: tuple | None = None,
@@ -88,6 +90,8 @@ class ProbeConfig:
     massive_rel: float = field(MASSIVE_REL, why="Sun et al. 2024: ... and above this many times its token's median |x|")
     variance_positions: int = field(256, why="positions (from the first token) with per-dim sums for the across-samples "
                                     "std; memory is layers x this x hidden x 4 doubles")
+    yu_spike_threshold: float = field(YU_SPIKE_THRESHOLD, why="Yu et al. 2024: a down_proj input/output spikes above "
+                                      "this |x| (their absolute threshold; tiny models may never reach it)")
     neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer")
     selectivity_samples: int = field(16, why="sequences re-run to trace each super neuron's selectivity by position")
     out: str | None = field(None, why="output folder for probe.json and Parquet tables")

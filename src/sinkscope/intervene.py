@@ -22,7 +22,6 @@ from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
-from .metrics.sink import sink_rate
 from .results import SCHEMA_VERSION, provenance, write_json
 
 PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
@@ -337,8 +336,8 @@ def ablate(exp: _Experiment) -> dict:
         "dom_ratio_after": after["hidden"].sink_dom_ratio().tolist(),
         "max_abs_activation_before": before["hidden"].tally["max_abs"].tolist(),
         "max_abs_activation_after": after["hidden"].tally["max_abs"].tolist(),
-        "sink_rate_before": sink_rate(before["sink"].importance()[:, :, 0].float()),
-        "sink_rate_after": sink_rate(after["sink"].importance()[:, :, 0].float()),
+        "sink_rate_before": float(before["sink"].gu_sink_rate()[0]),
+        "sink_rate_after": float(after["sink"].gu_sink_rate()[0]),
         "perplexity_before": perplexity_with_ci(before["nll"]) if nll else None,
         "perplexity_after": perplexity_with_ci(after["nll"]) if nll else None,
     }

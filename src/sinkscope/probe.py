@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .adapters import blocks, head_counts
+from .adapters import block_part, blocks, head_counts, weight_out_in
+from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
@@ -25,6 +26,7 @@ from .errors import SinkscopeError
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.sink import onset_layer, sink_rate, uniform_attention_baseline
+from .peers import compare_published, reduce_sun, reduce_yu
 from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
 
 FULL_PATTERN_MAX_LEN = 512  # beyond this a (L, H, T, T) table is too large to be useful in a results file
@@ -159,13 +161,14 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     model, adapter = loaded.model, loaded.adapter
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
-    observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions),
+    observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions, gu_eps=config.sink_rate_eps),
                  "hidden": HiddenObserver(n_layers, max_len)}
     if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
                                              config.capture.full_pattern)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
+    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len)
     if config.chain:
         chain = chain_observers(model, adapter, config, max_len)
         extend_sweep(sweep, chain, model, adapter)
@@ -173,6 +176,23 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
               padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers
+
+
+def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: ProbeConfig, n_layers: int,
+                        max_len: int) -> None:
+    """Sun et al.'s layer-wise magnitudes always; Yu et al.'s down-projection spikes with the chain."""
+    magnitudes = LayerMagnitudeObserver(n_layers, model.config.hidden_size, max_len)
+    sweep.forward_hooks += magnitudes.hooks(model, adapter)
+    sweep.batch_listeners.append(magnitudes)
+    observers["magnitudes"] = magnitudes
+    if config.chain:
+        down = weight_out_in(block_part(model, adapter, 0, "mlp_down"), adapter)  # (D, I)
+        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.yu_spike_threshold)
+        pre, post = spikes.hooks(model, adapter)
+        sweep.forward_pre_hooks += pre
+        sweep.forward_hooks += post
+        sweep.batch_listeners.append(spikes)
+        observers["yu"] = spikes
 
 
 def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions, n_sequences: int,
@@ -201,7 +221,10 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "sink_score_by_key": {str(p): score[:, :, i].tolist() for i, p in enumerate(positions)},
         "layer_sink_score": layer_score.tolist(),
         "importance": importance[:, :, 0].tolist(),
-        "sink_rate": sink_rate(importance[:, :, 0], config.sink_rate_eps),
+        "sink_rate": float(sink.gu_sink_rate()[0]),
+        "sink_rate_by_key": {str(p): float(r) for p, r in zip(positions, sink.gu_sink_rate())},
+        "sink_share": sink.sink_share()[:, :, 0].float().tolist(),
+        "sink_rate_pooled": sink_rate(importance[:, :, 0], config.sink_rate_eps),
         "sink_rate_eps": config.sink_rate_eps,
         "onset_layer": onset,
         "onset_threshold": config.onset_threshold,
@@ -209,12 +232,16 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "norm_ratio": norm_ratio(norms[:, : _seen_len(norms)], 0).tolist(),
         "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
         "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
+        "layer_magnitudes": reduce_sun(observers["magnitudes"]),
     }
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
         chain = reduce_chain(loaded, observers, config, score[:, :, 0], onset, sequences or [])
         payload.update(chain.payload)
         tables.update(chain.tables)
+        payload["yu_super_weights"] = reduce_yu(observers["yu"])
+        found = {"chain": payload["chain"]["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
+        payload["published_super_weights"] = compare_published(loaded.name, found)
     return ProbeResult(payload=payload, tables=tables)
 
 

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..config import SINK_RATE_EPS
 from ..errors import SinkscopeError
-from ..metrics.sink import attention_to_keys
+from ..metrics.sink import attention_to_keys, gu_importance
 from .attention import AttentionCall
 from .reducers import Tally, scatter_by_position
 
@@ -44,12 +45,16 @@ class SinkObserver:
       by_position_sum (L, H, P, T) / by_position_count (L, P, T): the same per query position;
       lse_sum (L, H, T) / position_count (T): per-query log-sum-exp by position;
       after_sum (L, H, P) / after_count (L, P): attention to key p from the real queries strictly
-          after it (the target-position score used by interventions).
+          after it (the target-position score used by interventions);
+      gu_above (L, H, P) / gu_sequences (L): how many sequences give head h an importance of key p
+          above ``gu_eps``, each sequence thresholded on its own (Gu et al.'s sink rate); and
+          gu_importance_sum (L, H, P), the sum of those per-sequence importances.
     With ``per_sequence``, also keeps each sequence's head-mean "after" score, for confidence intervals.
     """
 
     def __init__(self, n_layers: int, n_heads: int, max_len: int, positions: Sequence[int] = (0,),
-                 per_sequence: bool = False):
+                 per_sequence: bool = False, gu_eps: float = SINK_RATE_EPS):
+        self.gu_eps = gu_eps
         self.positions = tuple(positions)
         self.per_sequence: list[list[torch.Tensor]] | None = [[] for _ in range(n_layers)] if per_sequence else None
         P = len(self.positions)
@@ -65,6 +70,9 @@ class SinkObserver:
         t.zeros("position_count", n_layers, max_len)
         t.zeros("after_sum", n_layers, n_heads, P)
         t.zeros("after_count", n_layers, P, dtype=torch.int64)
+        t.zeros("gu_above", n_layers, n_heads, P, dtype=torch.int64)
+        t.zeros("gu_sequences", n_layers, dtype=torch.int64)
+        t.zeros("gu_importance_sum", n_layers, n_heads, P)
         self.max_len = max_len
 
     def observe(self, call: AttentionCall) -> None:
@@ -85,6 +93,12 @@ class SinkObserver:
         t.add("score_count", (layer,), scored[:, 0].sum((0, 1)))
         t.add("importance_sum", (layer,), attn.sum((0, 2)))
         t.add("importance_count", (layer,), visible[:, 0].sum((0, 1)))
+        # Gu et al. divide by the number of queries at or after the key (T - k), whatever the mask
+        at_or_after = (torch.arange(T, device=cols.device)[None, :, None] >= cols[:, None, :]) & batch.valid[:, :, None]
+        per_seq = gu_importance(attn, at_or_after.sum(1))  # (B, H, P); attn is already zero on padding
+        t.add("gu_above", (layer,), (per_seq > self.gu_eps).sum(0))
+        t.add("gu_sequences", (layer,), torch.tensor(per_seq.shape[0]))
+        t.add("gu_importance_sum", (layer,), per_seq.sum(0))
         after = visible & (torch.arange(T, device=cols.device)[None, None, :, None] > cols[:, None, None, :])
         after_attn = attn * after  # (B, H, T, P)
         t.add("after_sum", (layer,), after_attn.sum((0, 2)))
@@ -117,6 +131,18 @@ class SinkObserver:
     def importance(self) -> torch.Tensor:
         """(L, H, P) Gu et al.'s importance of each tracked key."""
         return self.tally["importance_sum"] / self.tally["importance_count"][:, None, :].clamp(min=1)
+
+    def sink_share(self) -> torch.Tensor:
+        """(L, H, P) share of sequences in which head h sinks on key p (Gu et al., per sequence)."""
+        return self.tally["gu_above"].double() / self.tally["gu_sequences"].clamp(min=1)[:, None, None]
+
+    def gu_sink_rate(self) -> torch.Tensor:
+        """(P,) Gu et al.'s sink rate in percent: share of (sequence, layer, head) triples that sink on p."""
+        return 100.0 * self.sink_share().mean((0, 1))
+
+    def gu_importance_mean(self) -> torch.Tensor:
+        """(L, H, P) per-sequence Gu importance averaged over sequences."""
+        return self.tally["gu_importance_sum"] / self.tally["gu_sequences"].clamp(min=1)[:, None, None]
 
     def by_position(self) -> torch.Tensor:
         """(L, H, P, T) mean attention to each tracked key from queries at each position (NaN if none)."""

@@ -70,10 +70,22 @@ def key_importance_from_pattern(attn: torch.Tensor, causal: bool = True) -> torc
     return attn.sum(2).mean(0) / seen_by
 
 
-def sink_rate(importance: torch.Tensor, eps: float = SINK_RATE_EPS) -> float:
-    """Gu et al.'s Sink_k^eps in percent: share of (layer, head) whose importance of key k exceeds eps.
+def gu_importance(attn_to_key: torch.Tensor, n_queries: torch.Tensor) -> torch.Tensor:
+    """Gu et al.'s importance of a key in one sequence: its attention column summed over queries / (T - k).
 
-    importance: (L, H) mean attention the key receives from the queries that can see it.
+    attn_to_key: (B, H, T, P) attention from every query to P keys, zero for queries that do not count
+                 (padding); row k itself is included, as in the reference code.
+    n_queries:   (B, P) number of real queries at or after each key (T - k without padding)
+    returns      (B, H, P) float32
+    """
+    return attn_to_key.float().sum(2) / n_queries[:, None, :].clamp(min=1).float()
+
+
+def sink_rate(importance: torch.Tensor, eps: float = SINK_RATE_EPS) -> float:
+    """Share, in percent, of the entries of ``importance`` that exceed eps (strictly).
+
+    Gu et al.'s Sink_k^eps takes importance (N, L, H): one value per sequence, layer and head,
+    each thresholded on its own. Given the sample-averaged (L, H) it gives sinkscope's pooled rate.
     """
     return 100.0 * (importance > eps).float().mean().item()
 

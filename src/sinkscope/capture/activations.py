@@ -1,0 +1,126 @@
+"""Per-sequence activation peaks as the peers read them, reduced to mergeable tallies.
+
+- :class:`LayerMagnitudeObserver` (Sun et al. 2024): each block's output, per sequence, top-1/2/3
+  and median |x| over all its real tokens and dims; mean and spread over sequences, and where the
+  top-1 sits (dim, position).
+- :class:`DownProjSpikeObserver` (Yu et al. 2024): per sequence and layer, the largest |x| at the
+  down projection's input and output, with its channel; a layer where both spike above Yu's
+  threshold holds a super weight at (layer, output channel, input channel).
+
+Each sequence is read on its own real tokens (padding never enters), which is what the peers'
+scripts see: they feed one unpadded sequence per forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..adapters import Adapter, block_part, blocks
+from ..config import YU_SPIKE_THRESHOLD
+from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
+from .attention import BatchInfo
+from .chain import as_tokens
+from .hooks import block_output_tensor
+from .reducers import Tally
+
+
+def real_tokens(x: torch.Tensor, batch: BatchInfo, row: int) -> torch.Tensor:
+    """(T_b, W) the real tokens of sequence ``row`` of a (B, T, W) activation."""
+    return x[row, int(batch.first[row]):int(batch.last[row]) + 1]
+
+
+class LayerMagnitudeObserver:
+    """Tallies (L layers, D dims, T positions): sum / sumsq / max_ / min_ of each of Sun's four stats
+    (L, 4) over sequences; sequences (L); top1_dim_hits (L, D) and top1_position_hits (L, T): how
+    often the sequence's top-1 |x| sits at each dim and position (counted from the first real token).
+    """
+
+    def __init__(self, n_layers: int, hidden: int, max_len: int):
+        self.batch: BatchInfo | None = None
+        self.tally = t = Tally()
+        for name in ("sum", "sumsq", "max_stat", "min_stat"):
+            t.zeros(name, n_layers, len(SUN_STATS))
+        t.zeros("sequences", n_layers)
+        t.zeros("top1_dim_hits", n_layers, hidden, dtype=torch.int64)
+        t.zeros("top1_position_hits", n_layers, max_len, dtype=torch.int64)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> list:
+        return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            self.observe(layer, block_output_tensor(output))
+        return hook
+
+    def observe(self, layer: int, hidden: torch.Tensor) -> None:
+        batch, t = self.batch.to(hidden.device), self.tally
+        for row in range(hidden.shape[0]):
+            x = real_tokens(hidden, batch, row)  # (T_b, D)
+            stats = layer_magnitudes(x)
+            _, token, dim = top_spike(x)
+            t.add("sum", (layer,), stats)
+            t.add("sumsq", (layer,), stats * stats)
+            t.add("max_stat", (layer,), stats)
+            t.add("min_stat", (layer,), stats)
+            t.add("sequences", (layer,), torch.tensor(1.0))
+            t.add("top1_dim_hits", (layer, dim), torch.tensor(1))
+            t.add("top1_position_hits", (layer, token), torch.tensor(1))
+
+    def mean(self) -> torch.Tensor:
+        """(L, 4) Sun's stats averaged over sequences (np.mean over sequences in their plot)."""
+        return self.tally["sum"] / self.tally["sequences"].clamp(min=1)[:, None]
+
+    def std(self) -> torch.Tensor:
+        """(L, 4) sample standard deviation over sequences (NaN with one sequence)."""
+        n = self.tally["sequences"][:, None]
+        var = (self.tally["sumsq"] - self.tally["sum"] ** 2 / n.clamp(min=1)) / (n - 1)
+        return var.clamp(min=0).sqrt().where(n > 1, torch.nan)
+
+
+class DownProjSpikeObserver:
+    """Tallies (L layers, I intermediate channels, D hidden dims): sequences (L); in_hits (L, I) /
+    out_hits (L, D): how often the sequence's largest |input| / |output| sits at each channel;
+    in_abs_sum / out_abs_sum (L) and max_in_abs / max_out_abs (L) of those largest values;
+    both_spike (L): sequences whose input and output both exceed ``threshold``.
+    """
+
+    def __init__(self, n_layers: int, intermediate: int, hidden: int, threshold: float = YU_SPIKE_THRESHOLD):
+        self.threshold = threshold
+        self.batch: BatchInfo | None = None
+        self._pending: dict[int, list[float]] = {}  # layer -> this batch's input peaks, until its output arrives
+        self.tally = t = Tally()
+        for name in ("sequences", "in_abs_sum", "out_abs_sum", "max_in_abs", "max_out_abs", "both_spike"):
+            t.zeros(name, n_layers)
+        t.zeros("in_hits", n_layers, intermediate, dtype=torch.int64)
+        t.zeros("out_hits", n_layers, hidden, dtype=torch.int64)
+
+    def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
+        modules = [block_part(model, adapter, layer, "mlp_down") for layer in range(len(blocks(model, adapter)))]
+        return ([(m, self._pre(layer)) for layer, m in enumerate(modules)],
+                [(m, self._post(layer)) for layer, m in enumerate(modules)])
+
+    def _pre(self, layer: int):
+        def hook(module, args):
+            self._pending[layer] = self._peaks(layer, "in", as_tokens(args[0], self.batch))
+        return hook
+
+    def _post(self, layer: int):
+        def hook(module, args, output):
+            outs = self._peaks(layer, "out", as_tokens(block_output_tensor(output), self.batch))
+            ins = self._pending.pop(layer)
+            both = sum(abs(i) > self.threshold and abs(o) > self.threshold for i, o in zip(ins, outs))
+            self.tally.add("both_spike", (layer,), torch.tensor(float(both)))
+            self.tally.add("sequences", (layer,), torch.tensor(float(len(outs))))
+        return hook
+
+    def _peaks(self, layer: int, side: str, x: torch.Tensor) -> list[float]:
+        batch, t = self.batch.to(x.device), self.tally
+        values = []
+        for row in range(x.shape[0]):
+            value, _, channel = top_spike(real_tokens(x, batch, row))
+            values.append(value)
+            t.add(f"{side}_hits", (layer, channel), torch.tensor(1))
+            t.add(f"{side}_abs_sum", (layer,), torch.tensor(abs(value)))
+            t.add(f"max_{side}_abs", (layer,), torch.tensor(abs(value)))
+        return values
