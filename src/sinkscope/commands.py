@@ -51,7 +51,16 @@ def run_intervene(args: argparse.Namespace, config: InterveneConfig) -> int:
 
     payload = intervene(args.model, args.kind, config, out=config.out, progress=True)
     console = _console()
-    if "per_layer" in payload:
+    if args.kind == "massive":
+        table = Table(title=f"massive: Sun et al.'s reset of dims {payload['dims']} after layer {payload['layer']}")
+        for column in ("run", "perplexity", "95% CI", "sink rate (%)"):
+            table.add_column(column, justify="right")
+        for run in ("original", "zero", "mean"):
+            ppl = (payload["perplexity"] or {}).get(run)
+            table.add_row(run, "-" if ppl is None else f"{ppl['perplexity']:.3f}",
+                          "-" if ppl is None else f"[{ppl['ci'][0]:.3f}, {ppl['ci'][1]:.3f}]", f"{payload['sink_rate'][run]:.1f}")
+        console.print(table)
+    elif "per_layer" in payload:
         table = Table(title=f"{args.kind}: sink score of the target, before -> after")
         for column in ("layer", "before", "after"):
             table.add_column(column, justify="right")
@@ -98,7 +107,7 @@ def run_models(args: argparse.Namespace, config) -> int:
 COMMANDS = [
     Command("probe", "measure sink score, sink rate and onset per layer and head", ProbeConfig, run_probe,
             positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
-    Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate)", InterveneConfig,
+    Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate, massive)", InterveneConfig,
             run_intervene, positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
                                         ("kind", {"choices": sorted(EXPERIMENTS), "help": "which experiment"}))),
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,

@@ -1,4 +1,4 @@
-"""``sinkscope intervene``: create a sink anywhere (isolate, amplify) or remove it (ablate).
+"""``sinkscope intervene``: create a sink anywhere (isolate, amplify) or remove it (ablate, massive).
 
 Each experiment runs instrumented sweeps with and without its interventions over the same token
 sequences and writes ``intervene.json`` (keys documented in docs/results.md).
@@ -35,13 +35,15 @@ class InterveneConfig:
     load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
     data: DataConfig = field(default_factory=DataConfig, why="input sequences")
     position: int = field(9, why="target token, counted from the first real token (the paper uses 9)")
-    layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify)")
+    layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify; "
+                               "massive: the one block whose output carries them, found by the chain)")
     lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors to sweep (the paper's grid)")
     observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)")
     control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
     value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated")
     neurons: str = field("auto", why="super neurons to ablate: auto (from the chain finder) or L:N[,L:N]")
-    dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]")
+    dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]; "
+                             "massive: the dims to reset (default auto)")
     mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
     target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
                         choices=("activation", "column"))
@@ -351,7 +353,13 @@ def ablate(exp: _Experiment) -> dict:
     return exp.payload("ablate", body)
 
 
-EXPERIMENTS = {"isolate": isolate, "amplify": amplify, "ablate": ablate}
+def massive(exp: _Experiment) -> dict:
+    from .intervene_massive import massive as run  # Sun et al.'s reset, in its own module
+
+    return run(exp)
+
+
+EXPERIMENTS = {"isolate": isolate, "amplify": amplify, "ablate": ablate, "massive": massive}
 
 
 def intervene(model, kind: str, config: InterveneConfig | None = None, *, data=None, tokenizer=None,

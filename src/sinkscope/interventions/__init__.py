@@ -4,5 +4,6 @@ from .ablate import AblateDims, AblateNeurons
 from .amplify import Amplify
 from .base import Intervention, applied, compose
 from .isolate import Isolate
+from .massive import ResetMassive
 
-__all__ = ["AblateDims", "AblateNeurons", "Amplify", "Intervention", "Isolate", "applied", "compose"]
+__all__ = ["AblateDims", "AblateNeurons", "Amplify", "Intervention", "Isolate", "ResetMassive", "applied", "compose"]
