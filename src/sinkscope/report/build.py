@@ -15,6 +15,7 @@ from ..errors import SinkscopeError
 from ..results import _atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
+from . import figures_peers as peers_fig
 from . import figures_sink as sink_fig
 from .figures_sink import MissingData
 from .html import Column, Section, Slot, json_tables, page, table
@@ -185,7 +186,10 @@ def _disparity(results: Results, draw: _Drawer) -> Section:
                 draw.slot("massive", s.label, "massive activations: hidden-state norm by layer and position",
                           lambda: sink_fig.massive_activations(probe.payload if probe else None,
                                                                probe.table("hidden_by_position") if probe else None,
-                                                               s.label, s.colour))]
+                                                               s.label, s.colour)),
+                draw.slot("layer-magnitudes", s.label, "Sun et al.'s layer-wise view: top-1/2/3 and median |x| of "
+                          "each block output, mean over sequences (bands: +/- 1 std)",
+                          lambda: peers_fig.layer_magnitudes(probe.payload if probe else None, s.label, s.colour))]
     return Section("disparity", "C3 dimension disparity and massive activations", "DomRatio(h) = max_j |h_j| / "
                    "mean_j |h_j|. After the super neuron, the first token's residual stream is dominated by one dim "
                    "(Sun et al. 2024: massive activations, |h| > 100 and 1000x the median).", [_columns(results, fill)])
@@ -218,14 +222,18 @@ def _interventions(results: Results, draw: _Drawer) -> Section:
                 ("amplify", "dose-response with 95 % CIs and the norm-only control", effect_fig.amplify_dose_response),
                 ("isolate", "sink score of the isolated token, before and after", effect_fig.before_after),
                 ("ablate", "ablating the super neuron: sink score and DomRatio before and after",
-                 effect_fig.before_after)):
+                 effect_fig.before_after),
+                ("massive", "Sun et al.'s reset of the massive activations to zero and to their mean",
+                 peers_fig.massive_reset)):
             payload = s.interventions.get(kind)
-            out.append(draw.slot(kind, s.label, caption,
+            figure = "massive-reset" if kind == "massive" else kind  # "massive" names the disparity figure
+            out.append(draw.slot(figure, s.label, caption,
                                  lambda payload=payload, fn=fn, kind=kind: fn(_need_file(payload, kind), s.label, s.colour)))
         return out
     return Section("interventions", "Interventions", "Isolate: the target attends only to itself. Amplify: "
                    "o -> mu + lambda (o - mu) at the target in the layers before the observed one; control o -> "
-                   "lambda o. Ablate: zero the super neuron.", [_columns(results, fill)])
+                   "lambda o. Ablate: zero the super neuron. Massive (Sun et al. 2024): set the massive "
+                   "activations to zero or to their mean.", [_columns(results, fill)])
 
 
 def _need_file(payload: dict | None, kind: str) -> dict:

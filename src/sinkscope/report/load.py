@@ -1,7 +1,7 @@
 """Find and read the result files under each RUN folder; the report reads nothing else.
 
 Result files, found recursively: ``probe.json`` (+ its Parquet tables beside it), ``intervene.json``
-(kinds isolate / amplify / ablate), training runs (a folder with ``run.json``, ``metrics.jsonl`` or
+(kinds isolate / amplify / ablate / massive), training runs (a folder with ``run.json``, ``metrics.jsonl`` or
 ``telemetry.jsonl``) and ``compare.json``. JSON files go through :func:`sinkscope.results.read_json`,
 so a file from an incompatible schema is refused with one clear line.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import SinkscopeError
 from ..results import read_json
 
-INTERVENTION_KINDS = ("isolate", "amplify", "ablate")
+INTERVENTION_KINDS = ("isolate", "amplify", "ablate", "massive")
 TRAIN_FILES = ("run.json", "metrics.jsonl", "telemetry.jsonl")
 KNOWN_VARIANTS = ("softmax1", "sink_logit", "softmax", "headnorm", "gated", "sigmoid")  # longest names first
 
