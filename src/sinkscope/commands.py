@@ -30,15 +30,23 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
     table.add_column("sink score (head mean)", justify="right")
     table.add_column("max head", justify="right")
     table.add_column("norm ratio", justify="right")
+    table.add_column("top-1 / median |x| (Sun)", justify="right")
+    sun = payload["layer_magnitudes"]["mean"]
     for layer, heads in enumerate(payload["sink_score"]):
         table.add_row(str(layer), f"{payload['layer_sink_score'][layer]:.3f}", f"{max(heads):.3f}",
-                      f"{payload['norm_ratio'][layer]:.2f}")
+                      f"{payload['norm_ratio'][layer]:.2f}", f"{sun[layer][0]:.4g} / {sun[layer][3]:.3g}")
     console = _console()
     console.print(table)
     onset = payload["onset_layer"]
     console.print(f"onset layer (score > {payload['onset_threshold']}): {onset if onset is not None else 'none'}   "
                   f"sink rate (eps {payload['sink_rate_eps']}): {payload['sink_rate']:.1f} %   "
                   f"uniform baseline: {payload['uniform_baseline']:.3f}")
+    published = payload.get("published_super_weights")
+    if published:
+        console.print(f"published super weights of {published['model']} {published['published']}: "
+                      f"{'found' if published['matches'] else 'NOT all found'} (this probe: sinkscope "
+                      f"{published['found']['chain']}, Yu et al.'s procedure {published['found']['yu']}; "
+                      f"source: {published['source']})")
     if config.out:
         console.print(f"results: {config.out}/probe.json")
     return 0
