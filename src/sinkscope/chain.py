@@ -108,8 +108,6 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score)
     chain = {
         "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
-        # Yu et al.'s form of the same finding: (layer, row = output dim, column = neuron) of down_proj.weight
-        "super_weights": [[n["layer"], dim, n["index"]] for n in linked for dim in n["writes_massive"]],
         "massive_dims": massive,
         "disparity_layer": disparity["disparity_layer"],
         "onset_layer": onset,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .adapters import block_part, blocks, head_counts, weight_out_in
+from .adapters import blocks, head_counts
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
+from .capture.chain import mlp_weights
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
@@ -26,7 +27,7 @@ from .errors import SinkscopeError
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.sink import onset_layer, sink_rate, uniform_attention_baseline
-from .peers import compare_published, reduce_sun, reduce_yu
+from .peers import compare_published, reduce_sun, reduce_yu, super_weight_triples
 from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
 
 FULL_PATTERN_MAX_LEN = 512  # beyond this a (L, H, T, T) table is too large to be useful in a results file
@@ -168,11 +169,11 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
                                              config.capture.full_pattern)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
-    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len)
     if config.chain:
         chain = chain_observers(model, adapter, config, max_len)
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
+    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len)
     run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
               padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers
@@ -186,7 +187,7 @@ def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: P
     sweep.batch_listeners.append(magnitudes)
     observers["magnitudes"] = magnitudes
     if config.chain:
-        down = weight_out_in(block_part(model, adapter, 0, "mlp_down"), adapter)  # (D, I)
+        down = mlp_weights(model, adapter, 0)["down"]  # (D, I), as the chain reads it
         spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.yu_spike_threshold)
         pre, post = spikes.hooks(model, adapter)
         sweep.forward_pre_hooks += pre
@@ -239,8 +240,9 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         chain = reduce_chain(loaded, observers, config, score[:, :, 0], onset, sequences or [])
         payload.update(chain.payload)
         tables.update(chain.tables)
+        payload["super_weights"] = super_weight_triples(payload["chain"]["super_neurons"])
         payload["yu_super_weights"] = reduce_yu(observers["yu"])
-        found = {"chain": payload["chain"]["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
+        found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
         payload["published_super_weights"] = compare_published(loaded.name, found)
     return ProbeResult(payload=payload, tables=tables)
 

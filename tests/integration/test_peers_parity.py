@@ -154,7 +154,7 @@ def test_yu_coordinates_follow_yu_procedure_on_planted_model():
         spiking = sum(abs(i[0]) > 50 and abs(o[0]) > 50 for i, o in zip(ins, outs)) / len(ins)
         assert row["spike_share"] == pytest.approx(spiking)
     assert yu["coordinates"] == [[answer.layer, answer.dim, answer.neuron]]
-    assert result["chain"]["super_weights"] == [[answer.layer, answer.dim, answer.neuron]]
+    assert result["super_weights"] == [[answer.layer, answer.dim, answer.neuron]]
     assert result["published_super_weights"] is None  # a name nobody published
 
 
