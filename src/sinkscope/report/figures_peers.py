@@ -49,9 +49,11 @@ def massive_reset(payload: dict, label: str, colour: str):
     fig, axes = new_figure(1, 2 if ppl else 1, height=3.4)
     ax = axes[0, 0]
     layers = np.array([r["layer"] for r in rows])
-    for run, shade in runs:
-        line, = ax.plot(layers, finite([r.get(f"sink_score_{run}") for r in rows]), "-o", color=shade,
-                        markersize=4, label=f"set to {run}" if run != "original" else run)
+    for run, shade in runs:  # the original is drawn wide and dashed, so a reset that changes nothing still shows it
+        wide = run == "original"
+        line, = ax.plot(layers, finite([r.get(f"sink_score_{run}") for r in rows]), "--o" if wide else "-o",
+                        color=shade, markersize=4, linewidth=3.0 if wide else 1.5, zorder=1 if wide else 2,
+                        label=f"set to {run}" if run != "original" else run)
         tag(line, f"massive-sink-{run}")
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("sink score of token 0 (head mean)")
