@@ -15,11 +15,15 @@ SUN_STATS = ("top1", "top2", "top3", "median")
 
 
 def layer_magnitudes(x: torch.Tensor) -> torch.Tensor:
-    """(4,) float64: top-1, top-2, top-3 and median |x| over every entry of one sequence's (T, D) output."""
-    mags = x.double().abs().flatten()
-    top = mags.topk(min(3, mags.numel())).values
+    """(4,) float64: top-1, top-2, top-3 and median |x| over every entry of one sequence's (T, D) output.
+
+    Sun et al. cast to float64 first; |x|, ordering and the median are exact in any float dtype, so
+    casting the four results instead gives the same numbers without a float64 copy of the layer.
+    """
+    mags = x.detach().abs().flatten()
+    top = mags.topk(min(3, mags.numel())).values.double()
     top = torch.cat([top, top.new_full((3 - len(top),), float("nan"))])
-    return torch.cat([top, mags.median()[None]])
+    return torch.cat([top, mags.median().double()[None]])
 
 
 def top_spike(x: torch.Tensor) -> tuple[float, int, int]:
