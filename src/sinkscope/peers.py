@@ -26,18 +26,24 @@ def _floats(x: torch.Tensor) -> list:
     return [[None if v != v else float(v) for v in row] for row in x.tolist()]
 
 
-def reduce_sun(obs: LayerMagnitudeObserver) -> dict:
-    """``layer_magnitudes``: Sun et al.'s per-layer top-1/2/3 and median |x|, mean and spread over sequences."""
+def reduce_sun(obs: LayerMagnitudeObserver) -> tuple[dict, dict]:
+    """``layer_magnitudes`` (Sun et al.'s per-layer top-1/2/3 and median |x|, mean and spread over
+    sequences) and the ``layer_magnitudes`` table (one row per sequence and layer)."""
     t = obs.tally
-    n = t["sequences"].clamp(min=1)
+    per_seq = t["per_sequence"]  # (N, L, 4)
+    n = max(len(per_seq), 1)
     dim_hits, pos_hits = t["top1_dim_hits"], t["top1_position_hits"]
-    return {
-        "stats": list(SUN_STATS), "sequences": int(t["sequences"][0]) if len(n) else 0,
+    section = {
+        "stats": list(SUN_STATS), "sequences": len(per_seq),
         "mean": _floats(obs.mean()), "std": _floats(obs.std()),
-        "min": _floats(t["min_stat"]), "max": _floats(t["max_stat"]),
+        "min": _floats(per_seq.amin(0)), "max": _floats(per_seq.amax(0)),
         "top1_dim": dim_hits.argmax(1).tolist(), "top1_dim_share": (dim_hits.amax(1) / n).tolist(),
         "top1_position": pos_hits.argmax(1).tolist(), "top1_position_share": (pos_hits.amax(1) / n).tolist(),
     }
+    N, L, _ = per_seq.shape
+    table = {"sequence": [i for i in range(N) for _ in range(L)], "layer": list(range(L)) * N,
+             **{name: per_seq[:, :, k].reshape(-1).tolist() for k, name in enumerate(SUN_STATS)}}
+    return section, table
 
 
 def reduce_yu(obs: DownProjSpikeObserver) -> dict:

@@ -134,7 +134,8 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
         raise SinkscopeError(f"--full-pattern is for sequences up to {FULL_PATTERN_MAX_LEN} tokens; "
                              "drop it (the sink statistics need no T x T matrix)")
     rank, world = init_from_env("gloo")  # the tallies live on the CPU
-    tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0)
+    tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0,
+                   shard=(rank, world, len(sequences)))
     for observer in tallies.values():
         observer.tally.all_reduce()
     result = _reduce(loaded, tallies, config, positions, len(sequences), max_len, sequences)
@@ -158,7 +159,9 @@ def _apply_overrides(config: ProbeConfig, overrides: dict) -> ProbeConfig:
     return build(ProbeConfig, values)
 
 
-def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len, progress) -> dict:
+def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len, progress,
+         shard: tuple[int, int, int]) -> dict:
+    """``shard``: (rank, world size, number of sequences over all processes)."""
     model, adapter = loaded.model, loaded.adapter
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
@@ -173,16 +176,17 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
         chain = chain_observers(model, adapter, config, max_len)
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
-    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len)
+    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard)
     run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
               padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers
 
 
 def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: ProbeConfig, n_layers: int,
-                        max_len: int) -> None:
+                        max_len: int, shard: tuple[int, int, int]) -> None:
     """Sun et al.'s layer-wise magnitudes always; Yu et al.'s down-projection spikes with the chain."""
-    magnitudes = LayerMagnitudeObserver(n_layers, model.config.hidden_size, max_len)
+    rank, world, total = shard
+    magnitudes = LayerMagnitudeObserver(n_layers, model.config.hidden_size, max_len, total, rank, world)
     sweep.forward_hooks += magnitudes.hooks(model, adapter)
     sweep.batch_listeners.append(magnitudes)
     observers["magnitudes"] = magnitudes
@@ -233,9 +237,10 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "norm_ratio": norm_ratio(norms[:, : _seen_len(norms)], 0).tolist(),
         "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
         "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
-        "layer_magnitudes": reduce_sun(observers["magnitudes"]),
     }
+    payload["layer_magnitudes"], sun_table = reduce_sun(observers["magnitudes"])
     tables = _tables(sink, hidden, observers.get("keys"), positions)
+    tables["layer_magnitudes"] = sun_table
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
         chain = reduce_chain(loaded, observers, config, score[:, :, 0], onset, sequences or [])
         payload.update(chain.payload)

@@ -25,7 +25,7 @@ def _padded(seed=0):
 
 def test_layer_magnitudes_match_sun_on_real_tokens():
     x, batch, valid = _padded()
-    obs = LayerMagnitudeObserver(n_layers=1, hidden=6, max_len=9)
+    obs = LayerMagnitudeObserver(n_layers=1, hidden=6, max_len=9, n_sequences=3)
     obs.batch = batch
     obs.observe(0, x)
     ref = []

@@ -1,8 +1,8 @@
 """Per-sequence activation peaks as the peers read them, reduced to mergeable tallies.
 
 - :class:`LayerMagnitudeObserver` (Sun et al. 2024): each block's output, per sequence, top-1/2/3
-  and median |x| over all its real tokens and dims; mean and spread over sequences, and where the
-  top-1 sits (dim, position).
+  and median |x| over all its real tokens and dims, kept per sequence (N x L x 4 floats), and
+  where the top-1 sits (dim, position).
 - :class:`DownProjSpikeObserver` (Yu et al. 2024): per sequence and layer, the largest |x| at the
   down projection's input and output, with its channel; a layer where both spike above Yu's
   threshold holds a super weight at (layer, output channel, input channel).
@@ -31,17 +31,20 @@ def real_tokens(x: torch.Tensor, batch: BatchInfo, row: int) -> torch.Tensor:
 
 
 class LayerMagnitudeObserver:
-    """Tallies (L layers, D dims, T positions): sum / sumsq / max_ / min_ of each of Sun's four stats
-    (L, 4) over sequences; sequences (L); top1_dim_hits (L, D) and top1_position_hits (L, T): how
-    often the sequence's top-1 |x| sits at each dim and position (counted from the first real token).
+    """Tallies (N sequences, L layers, D dims, T positions): per_sequence (N, L, 4), each sequence's
+    four Sun stats in its global slot (so shards of a torchrun job fill disjoint rows and a summed
+    reduce gathers them exactly); top1_dim_hits (L, D) and top1_position_hits (L, T): how often the
+    top-1 |x| sits at each dim and position (counted from the first real token).
+
+    Sequence k of this process is global sequence ``rank + k * world`` (probe shards ``seqs[rank::world]``).
     """
 
-    def __init__(self, n_layers: int, hidden: int, max_len: int):
+    def __init__(self, n_layers: int, hidden: int, max_len: int, n_sequences: int, rank: int = 0, world: int = 1):
         self.batch: BatchInfo | None = None
+        self.rank, self.world = rank, world
+        self.seen = [0] * n_layers  # sequences this process has passed through each layer
         self.tally = t = Tally()
-        for name in ("sum", "sumsq", "max_stat", "min_stat"):
-            t.zeros(name, n_layers, len(SUN_STATS))
-        t.zeros("sequences", n_layers)
+        t.zeros("per_sequence", n_sequences, n_layers, len(SUN_STATS))
         t.zeros("top1_dim_hits", n_layers, hidden, dtype=torch.int64)
         t.zeros("top1_position_hits", n_layers, max_len, dtype=torch.int64)
 
@@ -57,25 +60,20 @@ class LayerMagnitudeObserver:
         batch, t = self.batch.to(hidden.device), self.tally
         for row in range(hidden.shape[0]):
             x = real_tokens(hidden, batch, row)  # (T_b, D)
-            stats = layer_magnitudes(x)
             _, token, dim = top_spike(x)
-            t.add("sum", (layer,), stats)
-            t.add("sumsq", (layer,), stats * stats)
-            t.add("max_stat", (layer,), stats)
-            t.add("min_stat", (layer,), stats)
-            t.add("sequences", (layer,), torch.tensor(1.0))
+            t.add("per_sequence", (self.rank + self.world * self.seen[layer], layer), layer_magnitudes(x))
             t.add("top1_dim_hits", (layer, dim), torch.tensor(1))
             t.add("top1_position_hits", (layer, token), torch.tensor(1))
+            self.seen[layer] += 1
 
     def mean(self) -> torch.Tensor:
         """(L, 4) Sun's stats averaged over sequences (np.mean over sequences in their plot)."""
-        return self.tally["sum"] / self.tally["sequences"].clamp(min=1)[:, None]
+        return self.tally["per_sequence"].mean(0)
 
     def std(self) -> torch.Tensor:
         """(L, 4) sample standard deviation over sequences (NaN with one sequence)."""
-        n = self.tally["sequences"][:, None]
-        var = (self.tally["sumsq"] - self.tally["sum"] ** 2 / n.clamp(min=1)) / (n - 1)
-        return var.clamp(min=0).sqrt().where(n > 1, torch.nan)
+        per_seq = self.tally["per_sequence"]
+        return per_seq.std(0) if len(per_seq) > 1 else torch.full(per_seq.shape[1:], torch.nan, dtype=per_seq.dtype)
 
 
 class DownProjSpikeObserver:
