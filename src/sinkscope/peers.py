@@ -85,7 +85,13 @@ def published_table() -> dict:
 
 
 def published_entry(name: str | None, table: dict | None = None) -> tuple[str, dict] | None:
-    """The table entry for checkpoint ``name`` (hub id or folder), matched on the id or its last part."""
+    """The table entry for checkpoint ``name`` (hub id or folder), matched on the id or its last part.
+
+    >>> published_entry("/models/Llama-2-7b-hf")[1]["coordinates"]
+    [[1, 2533, 7890]]
+    >>> published_entry("gpt2") is None
+    True
+    """
     if not name:
         return None
     table = published_table() if table is None else table

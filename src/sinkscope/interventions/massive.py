@@ -39,6 +39,19 @@ class ResetMassive:
 
     mode "zero" writes 0; mode "mean" writes ``first_values`` at the first token and ``other_values``
     at the top token (one value per dim, in the order of ``dims``).
+
+    >>> import torch
+    >>> from sinkscope.fixtures import planted_sink_model
+    >>> from sinkscope.interventions import ResetMassive, applied
+    >>> model, answer = planted_sink_model()  # neuron 5 of layer 1 writes a massive dim 3 at the first token
+    >>> ids = torch.tensor(answer.inputs(1, 16))
+    >>> seen = []
+    >>> hook = model.model.layers[2].register_forward_pre_hook(lambda m, args: seen.append(args[0][0, 0, 3]))
+    >>> with torch.no_grad(), applied(model, ResetMassive(layer=1, dims=(3,), mode="zero")):
+    ...     _ = model(ids)
+    >>> hook.remove()
+    >>> float(seen[0])
+    0.0
     """
 
     layer: int
