@@ -16,11 +16,14 @@ from .interventions.massive import MassiveMeans, ResetMassive
 
 
 def _targets(exp) -> tuple[int, tuple[int, ...]]:
-    from .intervene import _parse_layers, _resolve_auto
+    from .intervene import _parse_layers
 
     config = exp.config
-    if config.dims in (None, "auto"):
-        dims = tuple(_resolve_auto(exp, "massive_dims") or ())
+    layers = _parse_layers(config.layers, None)
+    auto_dims = config.dims in (None, "auto")
+    chain = _chain(exp) if auto_dims or layers is None else {}
+    if auto_dims:
+        dims = tuple(chain.get("massive_dims") or ())
         if not dims:
             raise SinkscopeError("the chain finder found no massive dim; pass --dims C[,C] and --layers L")
     else:
@@ -28,15 +31,22 @@ def _targets(exp) -> tuple[int, tuple[int, ...]]:
             dims = tuple(int(x) for x in config.dims.split(","))
         except ValueError:
             raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {config.dims!r}") from None
-    layers = _parse_layers(config.layers, None)
     if layers is None:
-        jump = _resolve_auto(exp, "disparity_layer")
+        jump = chain.get("disparity_layer")
         if jump is None or jump < 1:
             raise SinkscopeError("the chain finder found no layer where the massive dims appear; pass --layers L")
         layers = (jump - 1,)  # the disparity layer's input is the output of the block before it
     if len(layers) != 1:
         raise SinkscopeError(f"massive resets one block's output, as Sun et al. do; pass a single --layers, got {layers}")
     return layers[0], dims
+
+
+def _chain(exp) -> dict:
+    """The probe's chain section on the experiment's sequences (one probe for dims and layer)."""
+    from .probe import probe
+
+    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, chain=True)
+    return result.to_dict().get("chain") or {}
 
 
 def massive(exp) -> dict:

@@ -56,3 +56,14 @@ def test_massive_experiment_on_planted_model():
     assert set(ppl) == {"original", "zero", "mean"} and all(p["ci"][0] <= p["perplexity"] <= p["ci"][1] for p in ppl.values())
     after = answer.layer + 1  # the observer at the reset block itself sees its output before the edit
     assert payload["max_abs_activation"]["zero"][after] < payload["max_abs_activation"]["original"][after] / 100
+
+
+@pytest.mark.parametrize(("overrides", "message"), [({"layers": "0,1", "dims": "3"}, "single --layers"),
+                                                    ({"layers": "1", "dims": "999"}, "massive dims"),
+                                                    ({"layers": "1", "dims": "a"}, "--dims must be")])
+def test_bad_targets_are_one_line_errors(overrides, message):
+    from sinkscope.errors import SinkscopeError
+
+    model, answer = planted_sink_model()
+    with pytest.raises(SinkscopeError, match=message):
+        intervene(model, "massive", InterveneConfig(**overrides), data=answer.inputs(2, 16))
