@@ -54,9 +54,12 @@ def test_report_draws_both_peer_figures(tmp_path):
     probe = {"schema_version": SCHEMA_VERSION, "kind": "probe", "provenance": {"model": "runs/organism-softmax"},
              "data": {"sequences": 10, "max_len": 8, "source": "embedded-prompts"},
              "sink_score": [[0.5] * 2] * L, "layer_sink_score": [0.5] * L, "sink_rate": 50.0, "sink_rate_eps": 0.3,
-             "onset_layer": None, "layer_magnitudes": magnitudes()}
+             "onset_layer": None, "layer_magnitudes": magnitudes(),
+             "yu_super_weights": {"spike_threshold": 50.0, "layers": [], "coordinates": [[1, 5, 7]]},
+             "published_super_weights": {"matches": True}}
     write_json(run / "organism-softmax" / "probe" / "probe.json", probe)
     write_json(run / "organism-softmax" / "massive" / "intervene.json", massive_payload())
     html = (build_report([run], tmp_path / "report.html"), (tmp_path / "report.html").read_text())[1]
     assert 'id="fig-layer-magnitudes--organism-softmax"' in html
     assert 'id="fig-massive-reset--organism-softmax"' in html
+    assert "(1, 5, 7)" in html and "super weights (Yu&#x27;s procedure)" in html

@@ -120,6 +120,9 @@ def _summary(results: Results) -> Section:
             "massive dims": ", ".join(map(str, chain.get("massive_dims") or [])) or None,
             "disparity layer": chain.get("disparity_layer"),
             "chain consistent": chain.get("consistent"),
+            "super weights (Yu's procedure)": ", ".join(
+                str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", [])) or None,
+            "published super weights found": (probe.get("published_super_weights") or {}).get("matches"),
         })
     parts = [table(rows, "summary-table")] if rows else [_none_note("probe or intervention")]
     for s in results.series:
