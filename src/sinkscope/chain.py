@@ -22,29 +22,23 @@ from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, Va
                             key_weight, mlp_weights, neuron_selectivity)
 from .capture.runner import Sweep
 from .config import ProbeConfig
+from .criteria import Criteria
+from .verdicts import chain_consistent, chain_verdict, first_position
 from .errors import SinkscopeError
 from .metrics.neurons import column_profile, top_rows
-from .metrics.qk import cosine, key_rows, top_principal_direction
+from .metrics.qk import cosine, key_rows, locked, top_principal_direction
 from .metrics.stats import histogram_quantile
 from .metrics.variance import std_across_samples, variance_summary
 
-# Our choices (method.md leaves them open); each is the smallest rule that separates the planted
-# fixture from random weights with a wide margin, and Llama-2's reported spikes (|a| in the
-# hundreds against a median below 0.1) by orders of magnitude.
-SPIKE_Z_MIN = 500.0  # a channel spikes when (|a_sink| - median) / MAD of all other activations exceeds this ...
-SPIKE_RATIO_MIN = 100.0  # ... and |a_sink| exceeds this many times that median
-SPIKE_PERSISTENCE = 0.5  # ... in at least this share of the sequences (Yu et al.: repeat over prompts)
+# Display limits, not decision rules (those are all in sinkscope.criteria.Criteria).
 MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
-WEIGHT_OUTLIER = 3.0  # weight finder: a gate/up row norm this many times its layer's median stands out
-DIM_SHARE_MIN = 0.1  # an output dim a down-projection column "writes": at least this share of its energy
-MASSIVE_PERSISTENCE = 0.5  # a dim is massive at the sink when it is massive in at least this share of sequences
-DISPARITY_CONTRAST = 4.0  # the DomRatio jumps where the sink's is this many times the other tokens' median
 MAX_SELECTIVITY_NEURONS = 4  # neurons traced position by position in the selectivity pass
 
 
 def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
     """The streamed chain observers, keyed by name; each has a ``.tally``."""
     check_chain_config(config)
+    c = config.criteria
     n_layers = len(blocks(model, adapter))
     n_heads, _, head_dim = head_counts(model.config)
     hidden = model.config.hidden_size
@@ -52,8 +46,9 @@ def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
     channels = mlp_weights(model, adapter, 0)["down"].shape[1]
     return {
         "values": ValueOutputObserver(n_layers, n_heads, width_in, hidden, max_len, config.variance_positions),
-        "neurons": NeuronObserver(n_layers, channels, hidden, SPIKE_Z_MIN, SPIKE_RATIO_MIN),
-        "disparity": DisparityObserver(n_layers, hidden, max_len, config.massive_abs, config.massive_rel),
+        "neurons": NeuronObserver(n_layers, channels, hidden, c.spike_token_ratio, c.spike_channel_ratio),
+        "disparity": DisparityObserver(n_layers, hidden, max_len, c.massive_abs_paper, c.massive_rel_paper,
+                                       c.disparity_contrast),
         "queries": QueryObserver(n_layers, n_heads, head_dim),
     }
 
@@ -66,8 +61,19 @@ def check_chain_config(config: ProbeConfig) -> None:
         raise SinkscopeError("--neuron-top-k must be at least 1")
     if config.selectivity_samples < 0:
         raise SinkscopeError("--selectivity-samples must be 0 (no trace) or more")
-    if config.massive_abs < 0 or config.massive_rel < 0:
-        raise SinkscopeError("--massive-abs and --massive-rel must be non-negative")
+    check_criteria(config.criteria)
+
+
+def check_criteria(c: Criteria) -> None:
+    """Refuse criteria that cannot mean anything, naming the flag to change."""
+    for name in ("sink_ratio_min", "spike_token_ratio", "spike_channel_ratio", "weight_outlier",
+                 "disparity_contrast", "massive_abs_paper", "massive_rel_paper", "lock_alignment_z"):
+        if not getattr(c, name) >= 0:
+            raise SinkscopeError(f"--{name.replace('_', '-')} must be non-negative")
+    for name in ("sink_confidence", "onset_fraction", "spike_persistence", "dim_share_min", "massive_persistence",
+                 "lock_positive_share"):
+        if not 0 <= getattr(c, name) <= 1 or (name == "sink_confidence" and not 0 < c.sink_confidence < 1):
+            raise SinkscopeError(f"--{name.replace('_', '-')} must lie in [0, 1] (a share)")
 
 
 def _in_features(module, adapter) -> int:
@@ -93,32 +99,35 @@ class ChainResult:
     tables: dict[str, dict[str, list]]  # Parquet tables
 
 
-def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch.Tensor, onset: int | None,
+def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch.Tensor, sink: dict,
                  sequences: list[list[int]]) -> ChainResult:
-    """All chain sections from the all-reduced tallies; ``sink_score`` is (L, H) for the first token."""
-    model, adapter = loaded.model, loaded.adapter
+    """All chain sections from the all-reduced tallies; ``sink_score`` is (L, H) for the first token and
+    ``sink`` the probe's sink verdict (:func:`sinkscope.verdicts.reduce_sink`)."""
+    model, adapter, c = loaded.model, loaded.adapter, config.criteria
+    onset = sink["onset_layer"]
     variance, variance_tables = reduce_variance(observers["values"], observers.get("keys"))
-    disparity = reduce_disparity(observers["disparity"], config)
-    neurons = reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k)
+    variance["first_position"] = first_position(sequences)
+    disparity = reduce_disparity(observers["disparity"], c)
+    neurons = reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k, c)
     massive = disparity["massive_dims"]
-    linked = link_neurons(neurons["candidates"], disparity)
+    linked = link_neurons(neurons["candidates"], disparity, c.dim_share_min)
     traced = linked or neurons["candidates"][:1]
     sel_table = neuron_selectivity(loaded, sequences[: config.selectivity_samples],
                                    [(n["layer"], n["index"]) for n in traced[:MAX_SELECTIVITY_NEURONS]], config)
-    qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score)
+    qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score, c)
     chain = {
         "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
         "massive_dims": massive,
         "disparity_layer": disparity["disparity_layer"],
         "onset_layer": onset,
     }
-    chain["consistent"] = _consistent(chain)
-    chain["verdict"] = _verdict(chain, neurons, disparity, config)
+    chain["consistent"] = chain_consistent(chain)
+    chain["verdict"] = chain_verdict(chain, neurons, disparity, sink, variance, c)
     chain["evidence"] = {
         "neurons": linked,
         "finders_agree": bool(linked) and all(n["weight_outlier"] for n in linked),
         "disparity": {k: disparity[k] for k in ("sink_dom_ratio", "other_dom_ratio_median", "contrast")},
-        "onset_threshold": config.onset_threshold,
+        "sink_ratio": sink["ratio"],
         "locked_heads": qk.get("locked_heads", []),
     }
     payload = {"variance": variance, "super_neurons": neurons, "disparity": disparity, "qk_locking": qk,
@@ -183,14 +192,15 @@ def _num(x) -> float | None:
 
 # ---- C2 -----------------------------------------------------------------------------------------
 
-def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int) -> dict:
+def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Criteria) -> dict:
     t = neurons.tally
     sequences = t["sequences"].clamp(min=1)[:, None]  # (L, 1)
     persistence = t["extreme_count"] / sequences  # (L, I)
     sink_mean_abs = t["sink_abs_sum"] / sequences
     other_mean_abs = t["other_abs_sum"] / t["other_tokens"].clamp(min=1)[:, None]
-    weight = weight_finder(model, adapter, top_k)
-    layers, index = (persistence >= SPIKE_PERSISTENCE).nonzero(as_tuple=True)
+    channel_mean = t["sink_channel_mean_sum"] / sequences[:, 0]  # (L,)
+    weight = weight_finder(model, adapter, top_k, c.weight_outlier)
+    layers, index = (persistence >= c.spike_persistence).nonzero(as_tuple=True)
     order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
     candidates = []
     for i in order.tolist():
@@ -203,6 +213,8 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int) -> dict:
             "sink_abs_mean": float(sink_mean_abs[layer, n]),
             "other_abs_mean": float(other_mean_abs[layer, n]),
             "other_abs_max": float(t["max_other_abs"][layer, n]),
+            "token_ratio": _ratio(sink_mean_abs[layer, n], other_mean_abs[layer, n]),
+            "channel_ratio": _ratio(sink_mean_abs[layer, n], channel_mean[layer]),
             "down_column": column_profile(down[:, n]),
             "weight_outlier": n in outliers,
         })
@@ -210,32 +222,42 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int) -> dict:
     values, dims = out.topk(min(3, out.shape[-1]), dim=-1)
     spikes = [{"layer": layer, "dims": dims[layer].tolist(), "mean_abs": values[layer].tolist()} for layer in range(len(out))]
     return {"candidates": candidates, "weight_finder": weight, "down_output_at_sink": spikes,
-            "thresholds": {"z_min": SPIKE_Z_MIN, "ratio_min": SPIKE_RATIO_MIN, "persistence": SPIKE_PERSISTENCE,
-                           "weight_outlier": WEIGHT_OUTLIER}}
+            "thresholds": {"token_ratio": c.spike_token_ratio, "channel_ratio": c.spike_channel_ratio,
+                           "persistence": c.spike_persistence, "weight_outlier": c.weight_outlier}}
 
 
-def weight_finder(model, adapter, top_k: int) -> list[dict]:
+def _ratio(value, reference) -> float | None:
+    """value / reference, None where the reference is 0 (a channel silent everywhere else)."""
+    reference = float(reference)
+    return float(value) / reference if reference > 0 else None
+
+
+def weight_finder(model, adapter, top_k: int, outlier: float) -> list[dict]:
     """Per layer, the top-k gate and up (fc1) rows by L2 norm and the rows that stand out in both."""
     out = []
     for layer in range(len(blocks(model, adapter))):
         w = mlp_weights(model, adapter, layer)
         up = top_rows(w["up"], top_k)
         gate = top_rows(w["gate"], top_k) if w["gate"] is not None else None
-        standing = [r for r in up if r["ratio_to_median"] >= WEIGHT_OUTLIER]
+        standing = [r for r in up if r["ratio_to_median"] >= outlier]
         if gate is not None:
-            gate_out = {r["index"] for r in gate if r["ratio_to_median"] >= WEIGHT_OUTLIER}
+            gate_out = {r["index"] for r in gate if r["ratio_to_median"] >= outlier}
             standing = [r for r in standing if r["index"] in gate_out]
         out.append({"layer": layer, "gate": gate, "up": up, "outliers": standing})
     return out
 
 
-def link_neurons(candidates: list[dict], disparity: dict) -> list[dict]:
-    """Candidates whose column writes a dim that is massive at the sink right after their layer."""
+def link_neurons(candidates: list[dict], disparity: dict, share_min: float) -> list[dict]:
+    """Candidates whose column writes a dim that dominates the first token right after their layer.
+
+    "Dominates" is the scale-free massive rule of :func:`reduce_disparity` (the dim alone lifts the
+    token's DomRatio above the other tokens'), whatever the dim's absolute size.
+    """
     by_layer = disparity["massive_at_sink"]  # {k: [dims]}
     linked = []
     for cand in candidates:
         seen = set(by_layer.get(cand["layer"] + 1, []))
-        dims = [d["dim"] for d in cand["down_column"]["dims"] if d["share"] >= DIM_SHARE_MIN and d["dim"] in seen]
+        dims = [d["dim"] for d in cand["down_column"]["dims"] if d["share"] >= share_min and d["dim"] in seen]
         if dims:
             linked.append({**cand, "writes_massive": dims})
     return linked
@@ -243,7 +265,8 @@ def link_neurons(candidates: list[dict], disparity: dict) -> list[dict]:
 
 # ---- C3 -----------------------------------------------------------------------------------------
 
-def reduce_disparity(obs: DisparityObserver, config: ProbeConfig) -> dict:
+def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
+    """Disparity layer and massive dims by the scale-free rules; Sun et al.'s criteria under ``*_paper``."""
     t = obs.tally
     n_seq = t["sink_count"].where(t["sink_count"] > 0, torch.nan)  # NaN: a layer input never observed
     sink_dom = t["sink_dom_sum"] / n_seq
@@ -251,20 +274,9 @@ def reduce_disparity(obs: DisparityObserver, config: ProbeConfig) -> dict:
     other_median_norm = histogram_quantile(t["other_dom_norm_hist"], obs.edges, 0.5)
     contrast = sink_dom / other_median.clamp_min(1.0)
     seen = t["sink_count"] > 0
-    jumps = ((contrast >= DISPARITY_CONTRAST) & seen).nonzero()
-    share = t["massive_sink"] / t["sink_count"].clamp(min=1)[:, None]  # (K, D)
-    massive_at_sink, entries, first_seen = {}, [], {}
-    for k in range(share.shape[0]):
-        dims = (share[k] >= MASSIVE_PERSISTENCE).nonzero()[:, 0].tolist()
-        dims.sort(key=lambda d: -float(t["max_sink_abs"][k, d]))
-        if dims:
-            massive_at_sink[k] = dims
-        for d in dims:
-            first_seen.setdefault(d, (k, -float(t["max_sink_abs"][k, d])))
-            entries.append({"layer": k, "token": "first", "dim": d, "share": float(share[k, d]),
-                            "max_abs": float(t["max_sink_abs"][k, d])})
-        for d in (t["massive_other"][k] > 0).nonzero()[:, 0].tolist():
-            entries.append({"layer": k, "token": "other", "dim": d, "count": int(t["massive_other"][k, d])})
+    jumps = ((contrast >= c.disparity_contrast) & seen).nonzero()
+    paper = _massive(t, "massive", c.massive_persistence)
+    chosen = paper if c.rules == "paper" else _massive(t, "dominant", c.massive_persistence)
     other_count = t["other_count"].clamp(min=1)
     return {
         "index": "layer input: k is the residual stream entering layer k; k = n_layers is the final norm's input",
@@ -276,16 +288,44 @@ def reduce_disparity(obs: DisparityObserver, config: ProbeConfig) -> dict:
         "other_dom_ratio_max": _list(t["max_other_dom"].where(t["other_count"] > 0, torch.nan)),
         "other_dom_ratio_norm_max": _list(t["max_other_dom_norm"].where(t["other_count"] > 0, torch.nan)),
         "contrast": _list(contrast),
-        "contrast_threshold": DISPARITY_CONTRAST,
+        "contrast_threshold": c.disparity_contrast,
         "disparity_layer": int(jumps[0, 0]) if len(jumps) else None,
-        "massive": entries,
-        "massive_criteria": {"abs": config.massive_abs, "rel": config.massive_rel, "persistence": MASSIVE_PERSISTENCE},
-        "massive_at_sink": massive_at_sink,
-        "massive_dims": sorted(first_seen, key=lambda d: first_seen[d]),
-        "massive_tokens_by_position": t["massive_by_position"].tolist(),
+        "massive": chosen["entries"],
+        "massive_criteria": ({"rule": "paper: Sun et al. 2024's absolute criteria (massive_criteria_paper)"}
+                             if c.rules == "paper" else
+                             {"rule": "|h_d| / mean_j |h_j| >= contrast x the median DomRatio of the sequence's other "
+                              "tokens", "contrast": c.disparity_contrast, "persistence": c.massive_persistence}),
+        "massive_at_sink": chosen["at_sink"],
+        "massive_dims": chosen["dims"],
+        "massive_tokens_by_position": t["massive_by_position" if c.rules == "paper" else "dominant_by_position"].tolist(),
+        "massive_paper": paper["entries"],
+        "massive_criteria_paper": {"abs": c.massive_abs_paper, "rel": c.massive_rel_paper,
+                                   "persistence": c.massive_persistence},
+        "massive_at_sink_paper": paper["at_sink"],
+        "massive_dims_paper": paper["dims"],
+        "massive_tokens_by_position_paper": t["massive_by_position"].tolist(),
         "effective_rank": _list(t["erank_sum"] / n_seq),
         "sink_normed_mean": (t["sink_normed_sum"] / n_seq[:, None]),  # (K, D) tensor, dropped before JSON
     }
+
+
+def _massive(t, prefix: str, persistence: float) -> dict:
+    """Massive dims from the ``{prefix}_sink`` / ``{prefix}_other`` tallies: at the first token in at least
+    ``persistence`` of the sequences, strongest first; ``dims`` ordered by the layer input they appear at."""
+    share = t[f"{prefix}_sink"] / t["sink_count"].clamp(min=1)[:, None]  # (K, D)
+    at_sink, entries, first_seen = {}, [], {}
+    for k in range(share.shape[0]):
+        dims = (share[k] >= persistence).nonzero()[:, 0].tolist()
+        dims.sort(key=lambda d: -float(t["max_sink_abs"][k, d]))
+        if dims:
+            at_sink[k] = dims
+        for d in dims:
+            first_seen.setdefault(d, (k, -float(t["max_sink_abs"][k, d])))
+            entries.append({"layer": k, "token": "first", "dim": d, "share": float(share[k, d]),
+                            "max_abs": float(t["max_sink_abs"][k, d])})
+        for d in (t[f"{prefix}_other"][k] > 0).nonzero()[:, 0].tolist():
+            entries.append({"layer": k, "token": "other", "dim": d, "count": int(t[f"{prefix}_other"][k, d])})
+    return {"entries": entries, "at_sink": at_sink, "dims": sorted(first_seen, key=lambda d: first_seen[d])}
 
 
 def _list(x: torch.Tensor) -> list:
@@ -294,7 +334,8 @@ def _list(x: torch.Tensor) -> list:
 
 # ---- QK locking ---------------------------------------------------------------------------------
 
-def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: torch.Tensor) -> tuple[dict, dict]:
+def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: torch.Tensor, c: Criteria
+              ) -> tuple[dict, dict]:
     t = obs.tally
     n_heads, n_kv, head_dim = head_counts(model.config)
     count = t["q_count"].clamp(min=1)  # (L,)
@@ -327,51 +368,13 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
             layers.append({"layer": layer, "massive_dim": dim, "alignment": [_num(a) for a in align],
                            "alignment_sink_key": _list(observed[layer]), "positive_share": share[layer].tolist(),
                            "sink_score": sink_score[layer].tolist()})
-    locked = [{"layer": row["layer"], "head": h} for row in layers for h in range(n_heads)
-              if row["positive_share"][h] >= 0.9 and (row["alignment"][h] or 0) >= 0.9]
-    section = {"from_layer": start, "layers": layers, "locked_heads": locked,
+    min_align = c.lock_alignment_z / math.sqrt(head_dim)  # a random direction's cosine has std ~1/sqrt(Dh)
+    locked_heads = [{"layer": row["layer"], "head": h} for row in layers for h in range(n_heads)
+                    if locked(row["positive_share"][h], row["alignment"][h], head_dim, c.lock_positive_share,
+                              c.lock_alignment_z)]
+    section = {"from_layer": start, "layers": layers, "locked_heads": locked_heads,
+               "lock_criteria": {"positive_share": c.lock_positive_share, "alignment": min_align,
+                                 "null_positive_share": 0.5, "null_alignment_std": 1 / math.sqrt(head_dim)},
                "note": None if start is not None else "no dimension disparity, so no massive key to lock onto",
                "table": "chain_qk"}
     return section, table
-
-
-# ---- the chain ----------------------------------------------------------------------------------
-
-def _consistent(chain: dict) -> bool:
-    if not chain["super_neurons"] or chain["disparity_layer"] is None or chain["onset_layer"] is None:
-        return False
-    first = min(n["layer"] for n in chain["super_neurons"])
-    return first < chain["disparity_layer"] <= chain["onset_layer"]
-
-
-def _verdict(chain: dict, neurons: dict, disparity: dict, config: ProbeConfig) -> str:
-    onset, jump, found = chain["onset_layer"], chain["disparity_layer"], chain["super_neurons"]
-    parts = []
-    if onset is None:
-        parts.append(f"No attention sink: no layer's head-mean sink score exceeds {config.onset_threshold}.")
-    else:
-        parts.append(f"The sink sets in at layer {onset}.")
-    if jump is None:
-        parts.append("The first token's DomRatio never jumps above "
-                     f"{DISPARITY_CONTRAST:g}x the other tokens' median: no dimension disparity.")
-    else:
-        k = jump
-        parts.append(f"The first token's DomRatio jumps at the input of layer {k} "
-                     f"({disparity['sink_dom_ratio'][k]:.1f} vs a median of "
-                     f"{disparity['other_dom_ratio_median'][k]:.1f} for other tokens).")
-    if found:
-        names = "; ".join(f"neuron {n['index']} of layer {n['layer']} writes dim(s) {', '.join(map(str, n['dims']))}"
-                          for n in found)
-        parts.append(f"Super neuron(s): {names}.")
-    elif neurons["candidates"]:
-        parts.append(f"{len(neurons['candidates'])} neuron(s) spike at the first token, but none writes a dim that "
-                     "is massive there: no super neuron.")
-    else:
-        parts.append("No neuron spikes at the first token: no super neuron.")
-    if chain["consistent"]:
-        parts.append("They line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
-    elif found and jump is not None and onset is not None:
-        parts.append("They do not line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
-    else:
-        parts.append("The chain is not established.")
-    return " ".join(parts)

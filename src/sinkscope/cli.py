@@ -48,6 +48,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for path, f, tp in _leaf_fields(cls):
         dest = "cfg__" + "__".join(path)
         why = f.metadata.get("why", "")
+        if f.metadata.get("source"):
+            why = f"{why} [{f.metadata['source']}]"
         default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
             if default:

@@ -28,19 +28,26 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
     table = Table(title=f"sink score by layer — {args.model}")
     table.add_column("layer", justify="right")
     table.add_column("sink score (head mean)", justify="right")
+    table.add_column("x uniform (CI)", justify="right")
     table.add_column("max head", justify="right")
     table.add_column("norm ratio", justify="right")
     table.add_column("top-1 / median |x| (Sun)", justify="right")
     sun = payload["layer_magnitudes"]["mean"]
+    sink = payload["sink"]
     for layer, heads in enumerate(payload["sink_score"]):
-        table.add_row(str(layer), f"{payload['layer_sink_score'][layer]:.3f}", f"{max(heads):.3f}",
+        lo, hi = sink["ratio_ci"][layer]
+        ratio = "-" if lo is None else f"{sink['ratio'][layer]:.1f} ({lo:.1f}-{hi:.1f})"
+        table.add_row(str(layer), f"{payload['layer_sink_score'][layer]:.3f}", ratio, f"{max(heads):.3f}",
                       f"{payload['norm_ratio'][layer]:.2f}", f"{sun[layer][0]:.4g} / {sun[layer][3]:.3g}")
     console = _console()
     console.print(table)
-    onset = payload["onset_layer"]
-    console.print(f"onset layer (score > {payload['onset_threshold']}): {onset if onset is not None else 'none'}   "
-                  f"sink rate (eps {payload['sink_rate_eps']}): {payload['sink_rate']:.1f} %   "
-                  f"uniform baseline: {payload['uniform_baseline']:.3f}")
+    paper = payload["onset_layer_paper"]
+    console.print(sink["verdict"])
+    console.print(f"onset layer by the paper's rule (score > {payload['onset_threshold_paper']}): "
+                  f"{paper if paper is not None else 'none'}   sink rate (eps {payload['sink_rate_eps']}): "
+                  f"{payload['sink_rate']:.1f} %   uniform baseline: {payload['uniform_baseline']:.3f}")
+    if "chain" in payload:
+        console.print(payload["chain"]["verdict"])
     published = payload.get("published_super_weights")
     if published:
         console.print(f"published super weights of {published['model']} {published['published']}: "

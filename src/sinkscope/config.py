@@ -1,7 +1,8 @@
 """Dataclass configs. Each field carries a one-line reason (``why``) that doubles as its CLI help.
 
 The CLI (``cli.py``) is generated from these dataclasses, so a new field is a new flag with no
-other code to touch. Thresholds from the literature are named constants here, with their source.
+other code to touch. Every decision threshold lives in :class:`~sinkscope.criteria.Criteria`,
+nested here wherever a command makes a sink or chain judgment.
 """
 
 from __future__ import annotations
@@ -12,19 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .criteria import Criteria
 from .errors import SinkscopeError
-
-# Gu et al. 2025 ("When Attention Sink Emerges", ICLR): a head sinks on key k when the mean
-# attention k receives from the queries that can see it exceeds this.
-SINK_RATE_EPS = 0.3
-# Li et al. 2026 (arXiv 2605.06611), analysis notebook: the first layer whose head-mean sink score
-# exceeds this is the sink onset layer.
-ONSET_THRESHOLD = 0.8
-# Sun et al. 2024 ("Massive Activations in LLMs"): |x| > 100 and > 1000x the median magnitude.
-MASSIVE_ABS = 100.0
-MASSIVE_REL = 1000.0
-# Yu et al. 2024 ("The Super Weight in LLMs"), analyze.py: a down projection "spikes" above this |x|.
-YU_SPIKE_THRESHOLD = 50.0
 
 
 def field(default: Any = dataclasses.MISSING, *, why: str, choices: tuple | None = None,
@@ -83,15 +73,10 @@ class ProbeConfig:
     load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
     data: DataConfig = field(default_factory=DataConfig, why="input sequences")
     capture: CaptureConfig = field(default_factory=CaptureConfig, why="attention statistics to capture")
-    sink_rate_eps: float = field(SINK_RATE_EPS, why="Gu et al. 2025: a head sinks when importance > eps")
-    onset_threshold: float = field(ONSET_THRESHOLD, why="Li et al. 2026: onset = first layer with sink score above this")
+    criteria: Criteria = field(default_factory=Criteria, why="the rules of every sink and chain verdict")
     chain: bool = field(True, why="also measure the causal chain (variance, super neurons, disparity); off for speed")
-    massive_abs: float = field(MASSIVE_ABS, why="Sun et al. 2024: a massive activation has |x| above this")
-    massive_rel: float = field(MASSIVE_REL, why="Sun et al. 2024: ... and above this many times its token's median |x|")
     variance_positions: int = field(256, why="positions (from the first token) with per-dim sums for the across-samples "
                                     "std; memory is layers x this x hidden x 4 doubles")
-    yu_spike_threshold: float = field(YU_SPIKE_THRESHOLD, why="Yu et al. 2024: a down_proj input/output spikes above "
-                                      "this |x| (their absolute threshold; tiny models may never reach it)")
     neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer")
     selectivity_samples: int = field(16, why="sequences re-run to trace each super neuron's selectivity by position")
     out: str | None = field(None, why="output folder for probe.json and Parquet tables")

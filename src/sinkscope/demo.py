@@ -25,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DataConfig, LoadConfig, ProbeConfig, field
+from .criteria import Criteria
 from .errors import SinkscopeError
 from .intervene import InterveneConfig
 
 # Six points of the paper's grid (1, 2, 5, 10, 15, 20, 25, 30) with its range: each lambda costs two sweeps
 # (amplified and control), and amplify is most of the demo's time. `sinkscope intervene` keeps the full grid.
 DEMO_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
-# The paper's thresholds (massive: |x| > 100 and > 1000x the median, Sun et al. 2024; onset 0.8) are
-# calibrated on 7B models whose first-token activations reach ~2500. The 1.7M-parameter organism's
-# reach ~20 (docs/training.md), so the demo scales them down; both sets are recorded in provenance.
-SMALL_MODEL_MASSIVE_ABS = 5.0
-SMALL_MODEL_MASSIVE_REL = 20.0
-SMALL_MODEL_ONSET = 0.3
 DEFAULT_MODEL = "organism-softmax"
 DEFAULT_TWIN = "organism-headnorm"
 DEFAULT_STRUCTURAL = "organism-nobos"
@@ -62,12 +57,8 @@ class DemoConfig:
     value_mean_tokens: int = field(1024, why="random tokens for the mean value vector mu of amplify")
     train_minutes: float = field(1.5, why="if an organism checkpoint is missing: minutes to train each on the spot")
     seed: int = field(0, why="seed of sampling and random tokens")
-    massive_abs: float = field(SMALL_MODEL_MASSIVE_ABS, why="massive activation: |x| above this (scaled down "
-                               "for small models; Sun et al. use 100 on 7B models)")
-    massive_rel: float = field(SMALL_MODEL_MASSIVE_REL, why="massive activation: |x| above this many times the "
-                               "median (Sun et al.: 1000 on 7B models)")
-    onset_threshold: float = field(SMALL_MODEL_ONSET, why="sink onset: head-mean sink score above this "
-                                   "(the paper: 0.8 on Llama-2-7B)")
+    criteria: Criteria = field(default_factory=Criteria, why="the rules of every sink and chain verdict (the "
+                               "probe's defaults: they are scale-free)")
     quiet: bool = field(False, why="no progress display")
 
 
@@ -93,10 +84,11 @@ def _label(name: str) -> str:
 
 
 def _data(config: DemoConfig, natural: str | None = None) -> DataConfig:
-    """Natural text from the token-id file ``natural``; random tokens when it is None."""
+    """Natural text from the token-id file ``natural``; random tokens with no BOS (the paper's setting for
+    the across-samples variance, which a constant first token makes 0 by construction) when it is None."""
     return DataConfig(data=natural, random_tokens=natural is None,
-                      seq_len=config.seq_len, samples=config.samples, batch_size=config.batch_size, bos=config.bos,
-                      seed=config.seed)
+                      seq_len=config.seq_len, samples=config.samples, batch_size=config.batch_size,
+                      bos=config.bos if natural is not None else "never", seed=config.seed)
 
 
 def amplify_plan(onset: int | None, n_layers: int) -> tuple[int, tuple[int, ...]]:
@@ -314,8 +306,7 @@ def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Step
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config._name_or_path = label  # provenance and the report name the model by its label
     text = natural_data(config, loaded, folder)
-    thresholds = {"massive_abs": config.massive_abs, "massive_rel": config.massive_rel,
-                  "onset_threshold": config.onset_threshold, "selectivity_samples": min(8, config.samples)}
+    thresholds = {"criteria": config.criteria, "selectivity_samples": min(8, config.samples)}
     probe_config = ProbeConfig(data=_data(config, text), **thresholds)
     natural = steps.run(f"{label}: probe + chain, natural text", probe, model, tokenizer=tokenizer,
                         config=probe_config, out=folder / "probe").to_dict()
@@ -324,7 +315,8 @@ def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Step
                        out=folder / "probe-random").to_dict()
     results = ModelResults(label=label, natural=natural, random=random)
     observe, layers = amplify_plan(natural.get("onset_layer"), len(blocks(model, loaded.adapter)))
-    base = {"data": _data(config, text), "position": config.position, "value_mean_tokens": config.value_mean_tokens}
+    base = {"data": _data(config, text), "position": config.position, "value_mean_tokens": config.value_mean_tokens,
+            "criteria": config.criteria}
     results.isolate = steps.run(f"{label}: isolate token {config.position}", intervene, model, "isolate",
                                 InterveneConfig(**base), tokenizer=tokenizer, out=folder / "isolate")
     results.amplify = steps.run(f"{label}: amplify token {config.position}", intervene, model, "amplify",
@@ -366,7 +358,7 @@ def chain_summary(models: list[ModelResults], config: DemoConfig | None = None,
     return [
         _header_line(models),
         _sink_line(main),
-        _variance_line(p),
+        _variance_line(main),
         f"C2 super neuron(s): {_neurons_text(chain)}",
         _disparity_line(p),
         f"QK locking: {len(qk.get('locked_heads') or [])} locked head(s); chain {consistent}",
@@ -393,22 +385,32 @@ def _header_line(models: list[ModelResults]) -> str:
 
 def _sink_line(main: ModelResults) -> str:
     p = main.natural
-    onset, scores = p.get("onset_layer"), p.get("layer_sink_score") or []
-    where = (f"onset at layer {onset} (head-mean score {scores[onset]:.2f})" if onset is not None
-             else "no onset layer (no head-mean score above the threshold)")
+    sink = p.get("sink") or {}
+    peak, ratio = sink.get("peak_layer"), sink.get("ratio") or []
+    if sink.get("present"):
+        lo, hi = sink["ratio_ci"][peak]
+        where = (f"onset at layer {sink['onset_layer']}, peak {ratio[peak]:.1f}x uniform at layer {peak} "
+                 f"(CI {lo:.1f}-{hi:.1f})")
+    else:
+        where = "none" + (f" (peak {ratio[peak]:.1f}x uniform)" if peak is not None and ratio[peak] is not None else "")
     return (f"sink: {where}; sink rate {_num(p.get('sink_rate')):.0f} % natural, "
             f"{_num(main.random.get('sink_rate')):.0f} % random tokens")
 
 
-def _variance_line(p: dict) -> str:
-    found = (p.get("chain") or {}).get("super_neurons") or []
-    onset = p.get("onset_layer")
-    layer = found[0]["layer"] if found else max((onset or 1) - 1, 0)  # the paper: Llama-2 layer 1, onset 2
-    entry = next((e for e in (p.get("variance") or {}).get("layers", []) if e.get("layer") == layer), {})
-    dims = entry.get("across_dims") or {}
-    r2 = _num((dims.get("fit") or {}).get("r2"))
-    return (f"C1 variance: at the o_proj input of layer {layer} the first token's std over dims is "
-            f"{_num(dims.get('first_rest_ratio')):.2f}x the rest's (fit s/sqrt(t+1): R2 {r2:.2f})")
+def _variance_line(main: ModelResults) -> str:
+    """C1 where it is defined: across samples on random tokens with no BOS (the paper's setting)."""
+    variance = main.random.get("variance") or {}
+    if (variance.get("first_position") or {}).get("same_token_every_sample"):
+        return "C1 variance: not measured (position 0 holds the same token in every random-token sequence)"
+    rows = [(e["across_samples"].get("first_rest_ratio"), e) for e in variance.get("layers", [])]
+    rows = [(r, e) for r, e in rows if r is not None and r == r]
+    if not rows:
+        return "C1 variance: not measured (no chain on the random-token probe)"
+    ratio, entry = max(rows, key=lambda row: row[0])
+    r2 = _num((entry["across_samples"].get("fit") or {}).get("r2"))
+    fit = f"fit s/sqrt(t+1): R2 {r2:.4f}" if r2 == r2 and r2 >= 0 else "s/sqrt(t+1): no fit"
+    return (f"C1 variance (random tokens, no BOS): at the o_proj input of layer {entry['layer']} the first token's "
+            f"std across samples is {ratio:.2f}x the rest's ({fit})")
 
 
 def _disparity_line(p: dict) -> str:

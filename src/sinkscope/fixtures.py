@@ -37,7 +37,7 @@ from .errors import SinkscopeError
 
 GATE_UP_WEIGHT = 4.0  # the planted neuron's gate and up weight on the BOS flag
 FLAG_VALUE = 4.0  # the BOS token's value in flag_dim (its RMS-normalised value is about 3.6)
-MASSIVE_TARGET = 4000.0  # about the first token's |h_c| from layer l + 1 on (Llama-2-7B: ~2500 in dim 2533)
+MASSIVE_TARGET = 4000.0  # default first-token |h_c| from layer l + 1 on (Llama-2-7B: ~2500 in dim 2533)
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,12 @@ class PlantedAnswer:
 
 def planted_sink_model(layer: int = 1, neuron: int = 5, dim: int = 3, *, n_layers: int = 4, hidden: int = 64,
                        intermediate: int = 128, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16,
-                       vocab_size: int = 64, lock_logit: float = 12.0, seed: int = 0):
+                       vocab_size: int = 64, lock_logit: float = 12.0, massive: float = MASSIVE_TARGET, seed: int = 0):
     """A ``LlamaForCausalLM`` (eval mode, float32) with a planted chain, and its :class:`PlantedAnswer`.
 
     ``lock_logit`` is about the attention logit every later query gives the first token (12 makes
-    > 99 % of each row's attention go to it at T = 64).
+    > 99 % of each row's attention go to it at T = 64); ``massive`` is about the first token's |h_c|
+    from layer l + 1 on (the verdicts must not depend on it: they are checked from 20 to 2000).
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,6 +77,8 @@ def planted_sink_model(layer: int = 1, neuron: int = 5, dim: int = 3, *, n_layer
         raise SinkscopeError(f"layer must lie in [0, {n_layers - 2}] so a later layer can lock onto the sink")
     if not 0 <= neuron < intermediate:
         raise SinkscopeError(f"neuron must lie in [0, {intermediate - 1}]")
+    if not massive > 0:
+        raise SinkscopeError("massive must be positive (the first token's |h_c| after the planted layer)")
     if not 0 <= dim < hidden - 2:
         raise SinkscopeError(f"dim must lie in [0, {hidden - 3}] (the last two dims are reserved)")
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
@@ -87,13 +90,13 @@ def planted_sink_model(layer: int = 1, neuron: int = 5, dim: int = 3, *, n_layer
         model = LlamaForCausalLM(config).eval()
         generator = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
-            _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit, generator)
+            _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit, massive, generator)
     answer = PlantedAnswer(layer=layer, neuron=neuron, dim=dim, disparity_layer=layer + 1, onset_layer=layer + 1,
                            bos_token_id=1, flag_dim=flag_dim, constant_dim=constant_dim, vocab_size=vocab_size)
     return model, answer
 
 
-def _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit, generator) -> None:
+def _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit, massive, generator) -> None:
     reserved = [dim, flag_dim, constant_dim]
     embed = model.model.embed_tokens.weight
     embed.copy_(torch.randn(embed.shape, generator=generator))
@@ -111,7 +114,7 @@ def _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit
     x_flag = FLAG_VALUE / float(embed[config.bos_token_id].pow(2).mean().sqrt())
     act = torch.nn.functional.silu(torch.tensor(GATE_UP_WEIGHT * x_flag)) * GATE_UP_WEIGHT * x_flag
     mlp.down_proj.weight[:, neuron] = 0.0
-    mlp.down_proj.weight[dim, neuron] = MASSIVE_TARGET / float(act)
+    mlp.down_proj.weight[dim, neuron] = massive / float(act)
     # locking: key of dim c and query of the constant dim share one low-frequency rotary direction per kv head
     n_heads, n_kv, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     half = head_dim // 2

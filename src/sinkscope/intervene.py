@@ -17,12 +17,14 @@ from .adapters import block_part, blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
-from .config import DataConfig, LoadConfig, field
+from .config import DataConfig, LoadConfig, ProbeConfig, field
+from .criteria import Criteria
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .results import SCHEMA_VERSION, provenance, write_json
+from .verdicts import reduce_sink
 
 PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -48,6 +50,8 @@ class InterveneConfig:
     target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
                         choices=("activation", "column"))
     query_chunk: int = field(1024, why="queries per chunk in exact chunked attention passes")
+    criteria: Criteria = field(default_factory=Criteria, why="the rules of the chain verdict that --neurons auto "
+                               "and --dims auto use, and of the sink rate")
     out: str | None = field(None, why="output folder for intervene.json")
 
 
@@ -90,7 +94,8 @@ class _Experiment:
         self.max_len = max(len(s) for s in self.sequences)
 
     def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep") -> dict:
-        sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence)
+        sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence,
+                            gu_eps=self.config.criteria.sink_rate_eps)
         hidden = HiddenObserver(self.n_layers, self.max_len, positions)
         base = Sweep(attention_observers=[sink], forward_hooks=hidden.hooks(self.model, self.adapter),
                      batch_listeners=[hidden])
@@ -253,7 +258,8 @@ def amplify(exp: _Experiment) -> dict:
 def _resolve_auto(exp: _Experiment, key: str):
     from .probe import probe
 
-    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, chain=True)
+    config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
+    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
     chain = result.to_dict().get("chain") or {}
     return chain.get(key)
 
@@ -340,6 +346,8 @@ def ablate(exp: _Experiment) -> dict:
         "max_abs_activation_after": after["hidden"].tally["max_abs"].tolist(),
         "sink_rate_before": float(before["sink"].gu_sink_rate()[0]),
         "sink_rate_after": float(after["sink"].gu_sink_rate()[0]),
+        "sink_before": reduce_sink(before["sink"], score_b, config.criteria),
+        "sink_after": reduce_sink(after["sink"], score_a, config.criteria),
         "perplexity_before": perplexity_with_ci(before["nll"]) if nll else None,
         "perplexity_after": perplexity_with_ci(after["nll"]) if nll else None,
     }
@@ -347,10 +355,16 @@ def ablate(exp: _Experiment) -> dict:
     body["verdict"] = (
         f"ablating {len(neurons)} neuron(s) and {len(dims)} dim(s): peak sink score {score_b[top]:.3f} -> "
         f"{score_a[top]:.3f} at layer {top}; max DomRatio {max(body['dom_ratio_before']):.1f} -> "
-        f"{max(body['dom_ratio_after']):.1f}"
+        f"{max(body['dom_ratio_after']):.1f}; sink {_present(body['sink_before'])} -> {_present(body['sink_after'])}"
         + (f"; perplexity {body['perplexity_before']['perplexity']:.2f} -> "
            f"{body['perplexity_after']['perplexity']:.2f}" if nll else ""))
     return exp.payload("ablate", body)
+
+
+def _present(sink: dict) -> str:
+    peak = sink["peak_layer"]
+    ratio = f"{sink['ratio'][peak]:.1f}x uniform at layer {peak}" if peak is not None else "no score"
+    return f"{'present' if sink['present'] else 'absent'} ({ratio})"
 
 
 def massive(exp: _Experiment) -> dict:

@@ -43,9 +43,11 @@ def _targets(exp) -> tuple[int, tuple[int, ...]]:
 
 def _chain(exp) -> dict:
     """The probe's chain section on the experiment's sequences (one probe for dims and layer)."""
+    from .config import ProbeConfig
     from .probe import probe
 
-    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, chain=True)
+    config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
+    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
     return result.to_dict().get("chain") or {}
 
 

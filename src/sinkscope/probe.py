@@ -26,9 +26,10 @@ from .distributed import init_from_env
 from .errors import SinkscopeError
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
-from .metrics.sink import onset_layer, sink_rate, uniform_attention_baseline
+from .metrics.sink import sink_rate, uniform_attention_baseline
 from .peers import compare_published, reduce_sun, reduce_yu, super_weight_triples
 from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
+from .verdicts import reduce_sink
 
 FULL_PATTERN_MAX_LEN = 512  # beyond this a (L, H, T, T) table is too large to be useful in a results file
 
@@ -165,7 +166,7 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     model, adapter = loaded.model, loaded.adapter
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
-    observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions, gu_eps=config.sink_rate_eps),
+    observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions, gu_eps=config.criteria.sink_rate_eps),
                  "hidden": HiddenObserver(n_layers, max_len)}
     if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
@@ -192,7 +193,7 @@ def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: P
     observers["magnitudes"] = magnitudes
     if config.chain:
         down = mlp_weights(model, adapter, 0)["down"]  # (D, I), as the chain reads it
-        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.yu_spike_threshold)
+        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.criteria.yu_spike_threshold)
         pre, post = spikes.hooks(model, adapter)
         sweep.forward_pre_hooks += pre
         sweep.forward_hooks += post
@@ -209,7 +210,8 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     model_config = loaded.model.config
     n_heads, n_kv, head_dim = head_counts(model_config)
     norms = hidden.norm_by_position().float()  # (L, T)
-    onset = onset_layer(layer_score, config.onset_threshold)
+    criteria = config.criteria
+    sink_section = reduce_sink(sink, layer_score, criteria)
     payload = {
         "schema_version": SCHEMA_VERSION,
         "kind": "probe",
@@ -229,10 +231,13 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "sink_rate": float(sink.gu_sink_rate()[0]),
         "sink_rate_by_key": {str(p): float(r) for p, r in zip(positions, sink.gu_sink_rate())},
         "sink_share": sink.sink_share()[:, :, 0].float().tolist(),
-        "sink_rate_pooled": sink_rate(importance[:, :, 0], config.sink_rate_eps),
-        "sink_rate_eps": config.sink_rate_eps,
-        "onset_layer": onset,
-        "onset_threshold": config.onset_threshold,
+        "sink_rate_pooled": sink_rate(importance[:, :, 0], criteria.sink_rate_eps),
+        "sink_rate_eps": criteria.sink_rate_eps,
+        "sink": sink_section,
+        "onset_layer": sink_section["onset_layer"],
+        "onset_layer_paper": sink_section["onset_layer_paper"],
+        "onset_threshold_paper": criteria.onset_threshold_paper,
+        "criteria": criteria.as_dict(),
         "uniform_baseline": uniform_attention_baseline(max_len),
         "norm_ratio": norm_ratio(norms[:, : _seen_len(norms)], 0).tolist(),
         "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
@@ -242,7 +247,7 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     tables["layer_magnitudes"] = sun_table
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
-        chain = reduce_chain(loaded, observers, config, score[:, :, 0], onset, sequences or [])
+        chain = reduce_chain(loaded, observers, config, score[:, :, 0], sink_section, sequences or [])
         payload.update(chain.payload)
         tables.update(chain.tables)
         payload["super_weights"] = super_weight_triples(payload["chain"]["super_neurons"])

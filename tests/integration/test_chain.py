@@ -93,7 +93,8 @@ def test_random_weights_produce_no_chain():
     for seed in range(3):
         model = tiny_model("llama", seed=seed)
         chain = probe(model, torch.randint(0, 96, (10, 24), generator=torch.Generator().manual_seed(seed)))["chain"]
-        assert chain["super_neurons"] == [] and chain["massive_dims"] == []
+        assert chain["super_neurons"] == [] and chain["massive_dims"] == [] and chain["disparity_layer"] is None
+        assert chain["onset_layer"] is None and chain["verdict"].startswith("No attention sink")
         assert chain["consistent"] is False and "not established" in chain["verdict"]
 
 
@@ -251,7 +252,8 @@ def test_variance_on_natural_text_and_random_tokens(random_tokens):
 
 
 @pytest.mark.parametrize("flag,value", [("variance_positions", 0), ("neuron_top_k", 0), ("selectivity_samples", -1),
-                                        ("massive_abs", -1.0)])
+                                        ("massive_abs_paper", -1.0), ("spike_persistence", 2.0),
+                                        ("sink_confidence", 1.0)])
 def test_bad_chain_settings_are_refused(flag, value):
     from sinkscope.errors import SinkscopeError
 

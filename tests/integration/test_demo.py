@@ -42,6 +42,7 @@ def test_demo_finds_the_planted_chain_and_draws_it_beside_the_twin(planted, tmp_
     assert summary[0].startswith("demo: planted vs tiny-llama")
     assert f"layer {answer.layer} neuron {answer.neuron} -> dim {answer.dim}" in summary[3]
     assert f"onset at layer {answer.onset_layer}" in summary[1]
+    assert summary[2].startswith("C1 variance (random tokens, no BOS): at the o_proj input of layer")
     assert "consistent with the paper" in summary[5]
     assert summary[9].startswith("tiny-llama:")
     for kind in ("probe/probe.json", "probe-random/probe.json", "isolate/intervene.json",
@@ -103,5 +104,6 @@ def test_summary_has_ten_lines_even_when_nothing_was_found():
              "sink_rate": 0.0}
     lines = chain_summary([ModelResults("m", empty, empty, note="no super neuron found, so nothing to ablate")])
     assert len(lines) == 10
-    assert lines[1].startswith("sink: no onset layer") and "none found" in lines[3]
+    assert lines[1].startswith("sink: none") and "none found" in lines[3]
+    assert lines[2].startswith("C1 variance: not measured")
     assert lines[8] == "ablate: skipped, no super neuron found, so nothing to ablate"

@@ -28,6 +28,34 @@ def test_every_probe_field_has_a_reason_and_a_flag():
         assert all(f.metadata.get("why") for f in dataclasses.fields(section))
 
 
+@pytest.mark.parametrize("command", ["probe", "intervene", "demo", "train"])
+def test_every_command_that_judges_takes_the_criteria_as_flags(command):
+    from sinkscope.criteria import Criteria
+
+    sub = make_parser()._subparsers._group_actions[0].choices[command]
+    helps = {s: action.help for action in sub._actions for s in action.option_strings}
+    for f in dataclasses.fields(Criteria):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in helps, f"{command} has no {flag}"
+        assert f.metadata["source"] in helps[flag] and f.metadata["why"] in helps[flag]
+
+
+def test_criteria_are_frozen_recorded_and_validated(tmp_path):
+    from sinkscope.chain import check_criteria
+    from sinkscope.criteria import Criteria, describe
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Criteria().sink_ratio_min = 1.0
+    assert {row["name"] for row in describe()} == {f.name for f in dataclasses.fields(Criteria)}
+    assert all(row["why"] and row["source"] for row in describe())
+    with pytest.raises(SinkscopeError, match="--spike-persistence must lie in"):
+        check_criteria(Criteria(spike_persistence=1.5))
+    with pytest.raises(SinkscopeError, match="--sink-ratio-min must be non-negative"):
+        check_criteria(Criteria(sink_ratio_min=-1.0))
+    with pytest.raises(SinkscopeError, match="'criteria.rules' must be one of scale-free, paper"):
+        build(ProbeConfig, {"criteria": {"rules": "loose"}})
+
+
 def test_flags_are_typed_and_land_in_their_section():
     cfg = _probe_config("--seq-len", "32", "--samples", "5", "--random-tokens", "--dtype", "bfloat16",
                         "--sink-positions", "0,-1", "--no-chain", "--padding-side", "left", "--bos", "never")
@@ -43,9 +71,10 @@ def test_defaults_when_no_flag_is_given():
 
 def test_yaml_values_apply_and_flags_win(tmp_path):
     path = tmp_path / "preset.yaml"
-    path.write_text("data:\n  seq_len: 48\n  samples: 7\nsink_rate_eps: 0.5\n")
-    cfg = _probe_config("--config", str(path), "--samples", "9")
-    assert (cfg.data.seq_len, cfg.data.samples, cfg.sink_rate_eps) == (48, 9, 0.5)
+    path.write_text("data:\n  seq_len: 48\n  samples: 7\ncriteria:\n  sink_rate_eps: 0.5\n  sink_ratio_min: 3\n")
+    cfg = _probe_config("--config", str(path), "--samples", "9", "--sink-ratio-min", "2.5")
+    assert (cfg.data.seq_len, cfg.data.samples, cfg.criteria.sink_rate_eps) == (48, 9, 0.5)
+    assert cfg.criteria.sink_ratio_min == 2.5  # the flag wins over the file
 
 
 @pytest.mark.parametrize(("values", "message"), [

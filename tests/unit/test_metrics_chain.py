@@ -12,7 +12,7 @@ import torch
 
 from sinkscope.capture.reducers import Tally
 from sinkscope.metrics.disparity import dominance_ratio, log_bins, massive_mask
-from sinkscope.metrics.neurons import column_profile, robust_spike_scores, selectivity, top_rows
+from sinkscope.metrics.neurons import column_profile, selectivity, spike_ratios, top_rows
 from sinkscope.metrics.qk import cosine, key_rows, positive_dot_count, top_principal_direction
 from sinkscope.metrics.stats import (excess_kurtosis, first_rest_ratio, fit_inverse_sqrt, histogram_quantile,
                                      kendall_tau, std_from_sums)
@@ -98,23 +98,22 @@ def test_histogram_median_is_within_one_bin():
     assert math.isnan(float(histogram_quantile(torch.zeros(1, 512), edges, 0.5)[0]))
 
 
-def test_robust_spike_scores_match_numpy():
+def test_spike_ratios_match_numpy():
     g = torch.Generator().manual_seed(0)
     act = torch.randn(3, 10, 20, generator=g)
     act[:, 0, 7] = 500.0
     valid = torch.ones(3, 10, dtype=torch.bool)
     valid[:, 0] = False
     valid[2, 8:] = False  # padding is ignored
-    z, ratio = robust_spike_scores(act[:, 0], act, valid)
+    other_sum = act.abs().masked_fill(~valid[..., None], 0).double().sum(1)
+    token, channel, mean = spike_ratios(act[:, 0], other_sum, valid.sum(1))
     for b in range(3):
-        others = np.abs(act[b][valid[b]].numpy()).ravel()
-        med = np.median(others)  # torch's median picks the lower middle; both agree for odd counts
-        lower = np.sort(others)[(len(others) - 1) // 2]
-        mad = np.sort(np.abs(others - lower))[(len(others) - 1) // 2]
-        np.testing.assert_allclose(z[b].numpy(), (np.abs(act[b, 0].numpy()) - lower) / mad, rtol=1e-5)
-        np.testing.assert_allclose(ratio[b].numpy(), np.abs(act[b, 0].numpy()) / lower, rtol=1e-5)
-        assert abs(med - lower) < 0.1
-    assert int(z.argmax(-1).unique()) == 7
+        sink = np.abs(act[b, 0].numpy().astype(np.float64))
+        mean_other = np.abs(act[b][valid[b]].numpy()).mean(0)
+        rest = np.array([np.delete(sink, i).mean() for i in range(len(sink))])  # the other channels
+        np.testing.assert_allclose(token[b].numpy(), sink / mean_other, rtol=1e-5)
+        np.testing.assert_allclose(channel[b].numpy(), sink / rest, rtol=1e-4)
+        assert float(mean[b]) == pytest.approx(sink.mean(), rel=1e-5)
 
 
 def test_top_rows_and_column_profile():
@@ -188,9 +187,10 @@ def test_effective_rank_gram_matches_svd(shape):
     np.testing.assert_allclose(effective_rank(x).numpy(), brute, rtol=1e-5)
 
 
-def test_robust_spike_scores_without_other_tokens_are_zero():
+def test_spike_ratios_without_other_tokens_are_zero():
     act = torch.randn(2, 3, 5)
     valid = torch.zeros(2, 3, dtype=torch.bool)
     valid[1, 1:] = True
-    z, ratio = robust_spike_scores(act[:, 0], act, valid)
-    assert z[0].abs().sum() == 0 and ratio[0].abs().sum() == 0 and ratio[1].abs().sum() > 0
+    other_sum = act.abs().masked_fill(~valid[..., None], 0).double().sum(1)
+    token, channel, _ = spike_ratios(act[:, 0], other_sum, valid.sum(1))
+    assert token[0].abs().sum() == 0 and token[1].abs().sum() > 0 and channel[0].abs().sum() > 0

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinkscope.config import ONSET_THRESHOLD, SINK_RATE_EPS
+from sinkscope.criteria import Criteria
 from sinkscope.metrics.disparity import dominance_ratio, effective_rank
 from sinkscope.metrics.norms import norm_ratio, token_norms
 from sinkscope.metrics.sink import (
@@ -56,10 +56,11 @@ def test_sink_rate_is_a_percentage_and_falls_as_eps_rises(importance, eps1, eps2
 
 
 def test_sink_rate_extremes_and_default_eps():
-    assert SINK_RATE_EPS == 0.3
-    assert sink_rate(torch.full((3, 4), 0.31)) == 100.0
-    assert sink_rate(torch.full((3, 4), 0.3)) == 0.0  # strictly above eps
-    assert sink_rate(torch.tensor([[0.9, 0.1], [0.5, 0.2]])) == 50.0
+    eps = Criteria().sink_rate_eps
+    assert eps == 0.3  # Gu et al. 2025
+    assert sink_rate(torch.full((3, 4), 0.31), eps) == 100.0
+    assert sink_rate(torch.full((3, 4), 0.3), eps) == 0.0  # strictly above eps
+    assert sink_rate(torch.tensor([[0.9, 0.1], [0.5, 0.2]]), eps) == 50.0
 
 
 # ---------------------------------------------------------------- onset layer
@@ -74,9 +75,10 @@ def test_onset_layer_is_the_first_layer_above_threshold(scores, threshold):
 
 
 def test_onset_default_threshold():
-    assert ONSET_THRESHOLD == 0.8
-    assert onset_layer(torch.tensor([0.1, 0.8, 0.81, 0.99])) == 2
-    assert onset_layer(torch.tensor([0.1, 0.2])) is None
+    threshold = Criteria().onset_threshold_paper
+    assert threshold == 0.8  # Li et al. 2026
+    assert onset_layer(torch.tensor([0.1, 0.8, 0.81, 0.99]), threshold) == 2
+    assert onset_layer(torch.tensor([0.1, 0.2]), threshold) is None
 
 
 # ---------------------------------------------------------------- attention to keys

@@ -29,7 +29,7 @@ def probe_payload(model: str = "runs/organism-softmax", onset: int | None = 2, r
         "provenance": {"model": model, "git_sha": "abc", "versions": {"sinkscope": "0.1.0"}, "config_hash": "h"},
         "data": {"sequences": 4, "max_len": T, "source": "random-tokens" if random_tokens else "embedded-prompts"},
         "sink_score": sink, "layer_sink_score": [row[0] for row in sink], "sink_rate": 50.0, "sink_rate_eps": 0.3,
-        "onset_layer": onset, "onset_threshold": 0.8, "max_abs_activation": [3.0, 500.0, 510.0, 520.0],
+        "onset_layer": onset, "onset_threshold_paper": 0.8, "max_abs_activation": [3.0, 500.0, 510.0, 520.0],
         "variance": {"layers": [{"layer": k, "across_samples": {"fit": {"s": 1.0, "r2": 0.9}, "first_rest_ratio": 2.0},
                                  "across_dims": {"fit": {"s": 1.0, "r2": 0.8}, "first_rest_ratio": 2.5}}
                                 for k in range(L)]},
@@ -39,7 +39,7 @@ def probe_payload(model: str = "runs/organism-softmax", onset: int | None = 2, r
                                                                                      {"dim": 2, "share": 0.05}]}}]},
         "disparity": {"sink_dom_ratio": [3.0, 3.0, 60.0, 60.0, 60.0], "other_dom_ratio_median": [3.0] * 5,
                       "other_dom_ratio_max": [4.0] * 5, "disparity_layer": 2 if linked else None,
-                      "massive_dims": [5] if linked else [], "massive_criteria": {"abs": 100.0, "rel": 1000.0}},
+                      "massive_dims": [5] if linked else [], "massive_criteria_paper": {"abs": 100.0, "rel": 1000.0}},
         "qk_locking": {"from_layer": 2, "locked_heads": [{"layer": 2, "head": 0}],
                        "layers": [{"layer": k, "alignment": [0.95] * H, "positive_share": [0.99] * H}
                                   for k in (2, 3)]},
@@ -346,3 +346,20 @@ def test_training_runs_alone_make_a_report_that_says_what_is_missing(tmp_path):
         (report.figures_dir / "training.svg").read_text())
     assert all(f'<section id="{section}"' in html for section in SECTIONS)
     assert html.count('data-missing="probe or intervention"') >= 7  # one note per probe section, no empty rows
+
+
+def test_variance_says_no_fit_and_shows_the_layers_of_the_discrepancy():
+    natural, random = probe_payload(), probe_payload(random_tokens=True)
+    natural["variance"]["first_position"] = {"same_token_every_sample": True}
+    random["variance"]["first_position"] = {"same_token_every_sample": False}
+    for row in random["variance"]["layers"]:  # the discrepancy is at layers 0 and 1; the fit fails at layer 1
+        row["across_samples"] = {"fit": {"s": 1.0, "r2": 0.99 if row["layer"] == 0 else -3.0},
+                                 "first_rest_ratio": 4.6 if row["layer"] < 2 else 1.0 + row["layer"] / 10}
+    tables = {"natural": probe_tables()["chain_variance_by_position"],
+              "random": probe_tables()["chain_variance_by_position"]}
+    svg = svg_text(chain_fig.variance_by_position(natural, random, tables, "a", "#000"))
+    ids = svg_ids(svg)
+    assert chain_fig.discrepancy_layers([("natural", natural, None), ("random", random, None)]) == [0, 1, 3]
+    assert "fit-std_across_samples-0-random" in ids and "fit-std_across_samples-1-random" not in ids
+    assert "no fit" in svg and "BOS: 0 by construction" in svg
+    assert not any(i.startswith("fit-std_across_samples-") and i.endswith("-natural") for i in ids)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter, block_part, blocks
-from ..config import YU_SPIKE_THRESHOLD
 from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
 from .attention import BatchInfo
 from .chain import as_tokens
@@ -83,7 +82,7 @@ class DownProjSpikeObserver:
     both_spike (L): sequences whose input and output both exceed ``threshold``.
     """
 
-    def __init__(self, n_layers: int, intermediate: int, hidden: int, threshold: float = YU_SPIKE_THRESHOLD):
+    def __init__(self, n_layers: int, intermediate: int, hidden: int, threshold: float):
         self.threshold = threshold
         self.batch: BatchInfo | None = None
         self._pending: dict[int, list[float]] = {}  # layer -> this batch's input peaks, until its output arrives

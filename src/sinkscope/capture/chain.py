@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter, base_model, block_part, blocks, get_path, weight_out_in
-from ..metrics.disparity import dominance_ratio, effective_rank_gram, log_bins, massive_mask
-from ..metrics.neurons import robust_spike_scores, selectivity
+from ..metrics.disparity import dominance_ratio, dominant_mask, effective_rank_gram, log_bins, massive_mask
+from ..metrics.neurons import selectivity, spike_ratios
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims
 from .attention import AttentionCall, BatchInfo
@@ -31,7 +31,6 @@ from .reducers import Tally, scatter_by_position
 from .runner import Sweep, run_sweep
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
-MEDIAN_POSITIONS = 256  # spike reference: median/MAD over at most this many evenly spaced other tokens
 RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
 
 
@@ -131,17 +130,19 @@ class NeuronObserver(_Hooked):
 
     Tallies (L layers, I channels, D hidden dims):
       sequences (L); sink_abs_sum / sink_sum (L, I): |a| and a at the sink token, summed over
-      sequences; max_sink_abs (L, I); extreme_count (L, I): sequences in which the channel's sink
-      activation is a robust outlier (z >= z_min and ratio >= ratio_min, see
-      :func:`~sinkscope.metrics.neurons.robust_spike_scores`); other_abs_sum (L, I) / other_tokens
-      (L); max_other_abs (L, I); down_out_sink_abs_sum (L, D): |down-proj output| at the sink.
+      sequences; max_sink_abs (L, I); extreme_count (L, I): sequences in which the channel spikes at
+      the sink against the same channel at the other tokens and the other channels at the sink (see
+      :func:`~sinkscope.metrics.neurons.spike_ratios`); sink_channel_mean_sum (L): the mean |a| over
+      channels at the sink; other_abs_sum (L, I) / other_tokens (L); max_other_abs (L, I);
+      down_out_sink_abs_sum (L, D): |down-proj output| at the sink.
     """
 
-    def __init__(self, n_layers: int, n_channels: int, hidden: int, z_min: float, ratio_min: float):
-        self.z_min, self.ratio_min = z_min, ratio_min
+    def __init__(self, n_layers: int, n_channels: int, hidden: int, token_ratio: float, channel_ratio: float):
+        self.token_ratio, self.channel_ratio = token_ratio, channel_ratio
         self.tally = t = Tally()
         t.zeros("sequences", n_layers)
         t.zeros("other_tokens", n_layers)
+        t.zeros("sink_channel_mean_sum", n_layers)
         for name in ("sink_abs_sum", "sink_sum", "max_sink_abs", "extreme_count", "other_abs_sum", "max_other_abs"):
             t.zeros(name, n_layers, n_channels)
         t.zeros("down_out_sink_abs_sum", n_layers, hidden)
@@ -171,16 +172,18 @@ class NeuronObserver(_Hooked):
         sink = _sink_rows(act, batch).float()  # (B, I)
         others = batch.valid.clone()
         others[torch.arange(B, device=act.device), batch.first] = False
-        stride = max(1, T // MEDIAN_POSITIONS)  # deterministic subsample: long sequences keep the median cheap
-        z, ratio = robust_spike_scores(sink, act[:, ::stride], others[:, ::stride])
         mags = act.float().abs().masked_fill(~others[..., None], 0)
+        other_sum = mags.double().sum(1)  # (B, I)
+        token, channel, channel_mean = spike_ratios(sink, other_sum, others.sum(1))
         t.add("sequences", (layer,), torch.tensor(float(B)))
         t.add("other_tokens", (layer,), others.sum().double())
+        t.add("sink_channel_mean_sum", (layer,), channel_mean.double().sum())
         t.add("sink_abs_sum", (layer,), sink.abs().double().sum(0))
         t.add("sink_sum", (layer,), sink.double().sum(0))
         t.add("max_sink_abs", (layer,), sink.abs().amax(0))
-        t.add("extreme_count", (layer,), ((z >= self.z_min) & (ratio >= self.ratio_min)).double().sum(0))
-        t.add("other_abs_sum", (layer,), mags.double().sum((0, 1)))
+        spikes = (token >= self.token_ratio) & (channel >= self.channel_ratio)
+        t.add("extreme_count", (layer,), spikes.double().sum(0))
+        t.add("other_abs_sum", (layer,), other_sum.sum(0))
         t.add("max_other_abs", (layer,), mags.flatten(0, 1).amax(0))
 
 
@@ -194,15 +197,18 @@ class DisparityObserver(_Hooked):
       stream and at the norm output; other_count, other_dom_sum (K); max_other_dom,
       max_other_dom_norm (K); other_dom_hist / other_dom_norm_hist (K, bins) for the median;
       massive_sink (K, D) sequences with a massive activation at the sink token in dim d;
-      massive_other (K, D) other tokens with one; massive_by_position (K, T); max_sink_abs (K, D);
+      massive_other (K, D) other tokens with one; massive_by_position (K, T) (Sun et al.'s absolute
+      criteria); dominant_sink / dominant_other (K, D) and dominant_by_position (K, T): the same by the
+      scale-free rule (|h_d| / mean_j |h_j| >= contrast x the median DomRatio of the sequence's other
+      tokens, see :func:`~sinkscope.metrics.disparity.dominant_mask`); max_sink_abs (K, D);
       sink_normed_sum (K, D) (the mean normalised sink token); erank_sum (K): sequences' effective
       rank of their (T x D) residual matrix.
     """
 
     def __init__(self, n_layers: int, hidden: int, max_len: int, massive_abs: float, massive_rel: float,
-                 effective_rank: bool = True):
+                 contrast: float, effective_rank: bool = True):
         self.n_layers, self.max_len = n_layers, max_len
-        self.massive_abs, self.massive_rel = massive_abs, massive_rel
+        self.massive_abs, self.massive_rel, self.contrast = massive_abs, massive_rel, contrast
         self.with_rank = effective_rank
         self.edges = log_bins(hidden, DOM_RATIO_BINS)
         K = n_layers + 1
@@ -213,9 +219,11 @@ class DisparityObserver(_Hooked):
         t.zeros("max_other_dom_norm", K)
         t.zeros("other_dom_hist", K, DOM_RATIO_BINS)
         t.zeros("other_dom_norm_hist", K, DOM_RATIO_BINS)
-        for name in ("massive_sink", "massive_other", "max_sink_abs", "sink_normed_sum"):
+        for name in ("massive_sink", "massive_other", "dominant_sink", "dominant_other", "max_sink_abs",
+                     "sink_normed_sum"):
             t.zeros(name, K, hidden)
         t.zeros("massive_by_position", K, max_len)
+        t.zeros("dominant_by_position", K, max_len)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> list:
         """Forward hooks (module, hook)."""
@@ -256,11 +264,13 @@ class DisparityObserver(_Hooked):
             t.add("max_other_dom_norm", (k,), dom_norm[others].amax())
         t.add("other_dom_hist", (k,), self._histogram(dom[others]))
         t.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
-        massive = massive_mask(residual, self.massive_abs, self.massive_rel) & batch.valid[..., None]  # (B, T, D)
-        t.add("massive_sink", (k,), massive[rows, batch.first].double().sum(0))
-        t.add("massive_other", (k,), (massive & others[..., None]).double().sum((0, 1)))
         rel = _relative(batch, T)
-        t.add("massive_by_position", (k,), scatter_by_position(massive.any(-1).double(), rel, batch.valid, self.max_len))
+        paper = massive_mask(residual, self.massive_abs, self.massive_rel)
+        for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
+            mask = mask & batch.valid[..., None]  # (B, T, D)
+            t.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
+            t.add(f"{prefix}_other", (k,), (mask & others[..., None]).double().sum((0, 1)))
+            t.add(f"{prefix}_by_position", (k,), scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
         sink = _sink_rows(residual, batch).float()
         t.add("max_sink_abs", (k,), sink.abs().amax(0))
         t.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import SINK_RATE_EPS
+from ..criteria import Criteria
 from ..errors import SinkscopeError
-from ..metrics.sink import attention_to_keys, gu_importance
+from ..metrics.sink import attention_to_keys, gu_importance, uniform_score_per_sequence
 from .attention import AttentionCall
 from .reducers import Tally, scatter_by_position
 
@@ -48,12 +48,15 @@ class SinkObserver:
           after it (the target-position score used by interventions);
       gu_above (L, H, P) / gu_sequences (L): how many sequences give head h an importance of key p
           above ``gu_eps``, each sequence thresholded on its own (Gu et al.'s sink rate); and
-          gu_importance_sum (L, H, P), the sum of those per-sequence importances.
+          gu_importance_sum (L, H, P), the sum of those per-sequence importances;
+      ratio_sum / ratio_sumsq / ratio_count (L,): over sequences, each sequence's head-mean score of
+          the first tracked key over the score uniform attention would give it (the sink's effect size,
+          with a confidence interval), and uniform_sum (L,) that uniform score.
     With ``per_sequence``, also keeps each sequence's head-mean "after" score, for confidence intervals.
     """
 
     def __init__(self, n_layers: int, n_heads: int, max_len: int, positions: Sequence[int] = (0,),
-                 per_sequence: bool = False, gu_eps: float = SINK_RATE_EPS):
+                 per_sequence: bool = False, gu_eps: float = Criteria.sink_rate_eps):
         self.gu_eps = gu_eps
         self.positions = tuple(positions)
         self.per_sequence: list[list[torch.Tensor]] | None = [[] for _ in range(n_layers)] if per_sequence else None
@@ -73,6 +76,8 @@ class SinkObserver:
         t.zeros("gu_above", n_layers, n_heads, P, dtype=torch.int64)
         t.zeros("gu_sequences", n_layers, dtype=torch.int64)
         t.zeros("gu_importance_sum", n_layers, n_heads, P)
+        for name in ("ratio_sum", "ratio_sumsq", "ratio_count", "uniform_sum"):
+            t.zeros(name, n_layers)
         self.max_len = max_len
 
     def observe(self, call: AttentionCall) -> None:
@@ -103,6 +108,7 @@ class SinkObserver:
         after_attn = attn * after  # (B, H, T, P)
         t.add("after_sum", (layer,), after_attn.sum((0, 2)))
         t.add("after_count", (layer,), after[:, 0].sum((0, 1)))
+        self._add_ratio(call, attn[..., 0], scored[..., 0])
         if self.per_sequence is not None:
             per_seq = after_attn.mean(1).sum(1) / after[:, 0].sum(1).clamp(min=1)  # (B, P) head-mean
             self.per_sequence[layer].append(per_seq.double().cpu())
@@ -114,6 +120,21 @@ class SinkObserver:
               scatter_by_position(visible[:, 0].permute(2, 0, 1).double(), rel, valid, self.max_len))
         t.add("lse_sum", (layer,), scatter_by_position(call.lse.transpose(0, 1), rel, valid, self.max_len))
         t.add("position_count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+
+    def _add_ratio(self, call: AttentionCall, attn: torch.Tensor, scored: torch.Tensor) -> None:
+        """attn: (B, H, T) attention to the first tracked key; scored: (B, 1|H, T) the queries that count."""
+        rows = scored[:, 0]  # (B, T): the mask is the same for every head
+        seen = rows.any(-1)  # a one-token sequence has no query to score
+        if not bool(seen.any()):
+            return
+        score = ((attn * scored).sum(-1) / scored.sum(-1).clamp(min=1)).mean(1).double()  # (B,) head mean
+        uniform = uniform_score_per_sequence(rows, call.visible_counts()[:, 0])  # (B,)
+        ratio = (score / uniform)[seen]
+        t, layer = self.tally, call.layer
+        t.add("ratio_sum", (layer,), ratio.sum())
+        t.add("ratio_sumsq", (layer,), (ratio * ratio).sum())
+        t.add("ratio_count", (layer,), seen.double().sum())
+        t.add("uniform_sum", (layer,), uniform[seen].sum())
 
     # ---- reductions (pure arithmetic on the tallies) ----
     def sink_score(self) -> torch.Tensor:

@@ -35,6 +35,22 @@ def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
     return (mags > abs_threshold) & (mags > rel_threshold * median)
 
 
+def dominant_mask(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tensor, contrast: float) -> torch.Tensor:
+    """Scale-free massive activations: dims that alone lift a token's DomRatio ``contrast`` times above
+    the median DomRatio of its sequence's reference tokens, whatever their absolute size.
+
+    hidden: (B, T, D); dom: (B, T) its :func:`dominance_ratio`; reference: (B, T) bool, the tokens
+    whose median DomRatio is the reference (the other tokens). Returns bool (B, T, D):
+    |h_d| / mean_j |h_j| >= contrast x median_{t in reference} DomRatio(h_t); all False for a sequence
+    with no reference token.
+    """
+    mags = hidden.float().abs()
+    mean = mags.mean(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (B, T, 1)
+    median = dom.float().masked_fill(~reference, torch.nan).nanmedian(-1).values  # (B,)
+    level = torch.nan_to_num(contrast * median, nan=torch.inf)[:, None, None]
+    return mags / mean >= level
+
+
 def log_bins(top: float, n_bins: int) -> torch.Tensor:
     """n_bins + 1 log-spaced edges from 1 to ``top``, for histograms of DomRatio (which lies in [1, D])."""
     return torch.logspace(0.0, float(torch.log10(torch.tensor(max(top, 1.0 + 1e-6)))), n_bins + 1, dtype=torch.float64)

@@ -11,27 +11,27 @@ import torch
 from .stats import excess_kurtosis
 
 
-def robust_spike_scores(sink_act: torch.Tensor, other_act: torch.Tensor, other_valid: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """How extreme each channel's activation at the sink token is against everything else.
+def spike_ratios(sink_act: torch.Tensor, other_abs_sum: torch.Tensor, other_count: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How far each channel's activation at the sink token stands above its two scale-free references.
 
-    sink_act: (B, I) activations at each sequence's sink token; other_act: (B, T, I) activations;
-    other_valid: (B, T) bool, the real non-sink tokens. Per sequence, the reference is the median m
-    and the MAD of |a| over all channels at all other tokens. Returns (z, ratio), each (B, I):
-    z = (|a_sink| - m) / MAD and ratio = |a_sink| / m (guarded against 0 with float32 tiny;
-    both 0 for a sequence with no other token).
+    sink_act: (B, I) activations at each sequence's sink token; other_abs_sum: (B, I) sum of |a| of
+    the same channel over the sequence's other tokens; other_count: (B,) how many those are. Returns
+    (token_ratio, channel_ratio, channel_mean): token_ratio (B, I) = |a_sink| / mean |a| of the same
+    channel at the other tokens; channel_ratio (B, I) = |a_sink| / mean |a| of the *other* channels at
+    the sink token (a mean, not a median: ReLU layers are mostly exact zeros); channel_mean (B,) the
+    mean |a| over all channels at the sink. A zero reference gives inf for a non-zero activation; a
+    sequence with no other token gets token_ratio 0 (nothing to compare against).
     """
-    tiny = torch.finfo(torch.float32).tiny
-    mags = other_act.float().abs().masked_fill(~other_valid[..., None], torch.nan).flatten(1)  # (B, T*I)
-    median = mags.nanmedian(-1).values  # (B,)
-    mad = (mags - median[:, None]).abs().nanmedian(-1).values
-    median = torch.nan_to_num(median, nan=0.0)
-    mad = torch.nan_to_num(mad, nan=0.0)
     sink = sink_act.float().abs()
-    z = (sink - median[:, None]) / mad.clamp_min(tiny)[:, None]
-    ratio = sink / median.clamp_min(tiny)[:, None]
-    alone = ~other_valid.any(-1, keepdim=True)  # a one-token sequence has nothing to compare against
-    return z.masked_fill(alone, 0.0), ratio.masked_fill(alone, 0.0)
+    count = other_count.to(other_abs_sum.dtype)[:, None]
+    mean_other = (other_abs_sum / count.clamp(min=1)).float()
+    token = sink / mean_other
+    token = torch.where(sink == 0, 0.0, token).masked_fill(count == 0, 0.0)
+    total = sink.sum(-1, keepdim=True)
+    rest = ((total - sink) / max(sink.shape[-1] - 1, 1)).clamp_min(0)  # (B, I): mean of the other channels
+    channel = torch.where(sink == 0, 0.0, sink / rest)
+    return token, channel, total[:, 0] / sink.shape[-1]
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:

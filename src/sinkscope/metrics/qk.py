@@ -8,6 +8,8 @@ every query.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -45,3 +47,10 @@ def key_rows(k_weight: torch.Tensor, n_kv: int, head_dim: int, n_heads: int) -> 
     """Split an (n_kv * Dh, D) key projection into per-query-head blocks (H, Dh, D) (GQA expanded)."""
     per_kv = k_weight.reshape(n_kv, head_dim, k_weight.shape[-1])
     return per_kv.repeat_interleave(n_heads // n_kv, dim=0)
+
+
+def locked(positive_share: float, alignment: float | None, head_dim: int, min_share: float, alignment_z: float) -> bool:
+    """Whether a head is QK-locked: most queries point at the first token's key (share >= ``min_share``;
+    null 0.5) and their top direction aligns with the massive dim's key row beyond chance
+    (alignment >= ``alignment_z`` / sqrt(head_dim): a random direction's cosine has std ~1/sqrt(head_dim))."""
+    return positive_share >= min_share and (alignment or 0.0) >= alignment_z / math.sqrt(head_dim)

@@ -6,9 +6,9 @@ Attention probabilities are always computed in float32.
 
 from __future__ import annotations
 
-import torch
+import math
 
-from ..config import ONSET_THRESHOLD, SINK_RATE_EPS
+import torch
 
 
 def softcap_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -81,7 +81,7 @@ def gu_importance(attn_to_key: torch.Tensor, n_queries: torch.Tensor) -> torch.T
     return attn_to_key.float().sum(2) / n_queries[:, None, :].clamp(min=1).float()
 
 
-def sink_rate(importance: torch.Tensor, eps: float = SINK_RATE_EPS) -> float:
+def sink_rate(importance: torch.Tensor, eps: float) -> float:
     """Share, in percent, of the entries of ``importance`` that exceed eps (strictly).
 
     Gu et al.'s Sink_k^eps takes importance (N, L, H): one value per sequence, layer and head,
@@ -90,7 +90,7 @@ def sink_rate(importance: torch.Tensor, eps: float = SINK_RATE_EPS) -> float:
     return 100.0 * (importance > eps).float().mean().item()
 
 
-def onset_layer(sink_score_per_layer: torch.Tensor, threshold: float = ONSET_THRESHOLD) -> int | None:
+def onset_layer(sink_score_per_layer: torch.Tensor, threshold: float) -> int | None:
     """First (0-based) layer whose head-mean sink score exceeds ``threshold``; None if no layer does.
 
     sink_score_per_layer: (L,)
@@ -107,3 +107,42 @@ def uniform_attention_baseline(seq_len: int) -> float:
     if seq_len < 2:
         return 1.0
     return sum(1.0 / (t + 1) for t in range(1, seq_len)) / (seq_len - 1)
+
+
+def uniform_score_per_sequence(scored: torch.Tensor, visible_counts: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the sink score a key would get if every scored query attended uniformly.
+
+    scored: (B, T) bool, the queries whose attention to the key counts; visible_counts: (B, T) keys
+    each query sees. Returns (B,) mean of 1 / visible_count over the scored queries (causal, padded
+    and bidirectional masks alike; the causal T-token value is :func:`uniform_attention_baseline`).
+    """
+    share = torch.where(scored, 1.0 / visible_counts.clamp(min=1).double(), 0.0)
+    return share.sum(-1) / scored.sum(-1).clamp(min=1)
+
+
+def ratio_interval(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor, confidence: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean and two-sided normal confidence interval of per-sequence values from their running sums.
+
+    total, total_sq, count: (L,) sums over sequences of x, x^2 and 1. Returns (mean, low, high), each
+    (L,); NaN where no sequence was seen, a zero-width interval for a single sequence.
+    """
+    n = count.double()
+    mean = total / n.where(n > 0, torch.nan)
+    var = (total_sq / n.where(n > 0, torch.nan) - mean * mean).clamp_min(0) * n / (n - 1).clamp(min=1)
+    z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(confidence, dtype=torch.float64)).item()
+    half = z * (var / n.clamp(min=1)).sqrt()
+    return mean, mean - half, mean + half
+
+
+def relative_onset(excess: torch.Tensor, present: torch.Tensor, fraction: float) -> int | None:
+    """First layer with a sink (``present``) whose excess over uniform reaches ``fraction`` of the peak's.
+
+    excess: (L,) head-mean sink score minus its uniform baseline; present: (L,) bool. None when no
+    layer has a sink. The peak is taken over the layers with a sink.
+    """
+    if not bool(present.any()):
+        return None
+    peak = float(excess[present].max())
+    reached = present & (excess >= fraction * peak)
+    return int(reached.nonzero()[0, 0])

@@ -110,10 +110,15 @@ def _summary(results: Results) -> Section:
     rows = []
     for s in results.series:
         probe = s.probe.payload if s.probe else {}
-        chain = probe.get("chain") or {}
+        chain, sink = probe.get("chain") or {}, probe.get("sink") or {}
+        peak = sink.get("peak_layer")
         rows.append({
             "run": s.label, "variant": s.variant, "model": s.model,
+            "sink (x uniform, peak)": (f"{sink['ratio'][peak]:.1f}x at layer {peak}" + ("" if sink.get("present")
+                                                                                      else ", no sink")
+                                       if peak is not None and sink.get("ratio") else None),
             "onset layer": probe.get("onset_layer"),
+            "onset layer (paper, 0.8)": probe.get("onset_layer_paper"),
             "sink rate natural (%)": s.natural.payload.get("sink_rate") if s.natural else None,
             "sink rate random (%)": s.random.payload.get("sink_rate") if s.random else None,
             "super neurons": ", ".join(f"{n['layer']}:{n['index']}" for n in chain.get("super_neurons") or []) or None,

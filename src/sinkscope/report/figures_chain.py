@@ -44,10 +44,12 @@ def _by_layer(table: dict, column: str, layer: int) -> tuple[np.ndarray, np.ndar
 
 def variance_by_position(natural: dict | None, random: dict | None, tables: dict, label: str, colour: str,
                          max_positions: int = 32):
-    """Std of the o_proj input by position around the onset, with the fitted s / sqrt(t + 1).
+    """Std of the o_proj input by position at the layers with the largest first/rest discrepancy, with the
+    fitted s / sqrt(t + 1) where it fits (R2 >= 0; otherwise the panel says "no fit").
 
     tables: {"natural": chain_variance_by_position table | None, "random": ... }. Top row: std over
-    samples (method.md section 2, the paper's measure); bottom row: std over hidden dims per token.
+    samples (method.md section 2, the paper's measure; undefined at position 0 when it is the same BOS
+    token in every sample, which the panel says); bottom row: std over hidden dims per token.
     """
     runs = [(key, p, tables.get(key)) for key, p in (("natural", natural), ("random", random)) if p is not None]
     runs = [(key, p, t) for key, p, t in runs if t and p.get("variance")]
@@ -55,7 +57,8 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
         raise MissingData("no variance section (probe --chain) with chain_variance_by_position.parquet")
     reference = runs[0][1]
     n_layers = len(reference.get("layer_sink_score") or reference["variance"]["layers"])
-    layers = layers_around(reference.get("onset_layer"), n_layers, reference.get("layer_sink_score"))
+    layers = discrepancy_layers(runs) or layers_around(reference.get("onset_layer"), n_layers,
+                                                       reference.get("layer_sink_score"))
     fig, axes = new_figure(2, len(layers), height=5.2, sharex=True)
     for col, layer in enumerate(layers):
         for row, (column, summary_key, what) in enumerate((("std_across_samples", "across_samples", "over samples"),
@@ -70,13 +73,18 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
                                 label="random tokens" if key == "random" else "natural text")
                 tag(line, f"std-{column}-{layer}-{key}")
                 fit = _fit(probe, layer, summary_key)
-                if fit is not None and math.isfinite(fit.get("s") or math.nan):
+                constant = row == 0 and ((probe["variance"].get("first_position") or {}).get("same_token_every_sample"))
+                r2 = (fit or {}).get("r2")
+                if constant:
+                    r2s.append("BOS: 0 by construction")
+                elif r2 is None or not math.isfinite(r2) or r2 < 0:
+                    r2s.append("no fit")
+                elif math.isfinite(fit.get("s") or math.nan):
                     t = np.arange(0, int(pos[keep].max()) + 1 if keep.any() else max_positions)
                     fitted, = ax.plot(t, fit["s"] / np.sqrt(t + 1), ":", color=FIT_COLOUR, linewidth=1.2,
                                       label="fit s/sqrt(t+1)" if key == runs[0][0] else None)
                     tag(fitted, f"fit-{column}-{layer}-{key}")
-                    r2 = fit.get("r2")
-                    r2s.append(f"{r2:.2f}" if r2 is not None and math.isfinite(r2) and r2 > -10 else "<0")
+                    r2s.append(f"{r2:.4f}")
             ax.set_title(f"layer {layer}, std {what}" + (f"\nfit R2 {' / '.join(r2s)}" if r2s else ""), fontsize=8)
             if row == 1:
                 ax.set_xlabel("token position t")
@@ -86,6 +94,19 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
     fig.suptitle(f"{label}: std of the attention output by position" + (" (R2: natural / random)" if len(runs) > 1
                                                                            else ""))
     return fig
+
+
+def discrepancy_layers(runs, count: int = 3) -> list[int]:
+    """The layers whose first token's std across samples most exceeds the rest's, from the first run where
+    that std is defined (position 0 not the same token in every sample); [] if none is."""
+    for _, probe, _ in runs:
+        variance = probe["variance"]
+        if (variance.get("first_position") or {}).get("same_token_every_sample"):
+            continue
+        ratios = [(row["across_samples"].get("first_rest_ratio"), row["layer"]) for row in variance["layers"]]
+        ratios = [(r, layer) for r, layer in ratios if r is not None and math.isfinite(r)]
+        return sorted(layer for _, layer in sorted(ratios, reverse=True)[:count])
+    return []
 
 
 def _fit(probe: dict, layer: int, key: str) -> dict | None:

@@ -49,7 +49,7 @@ def sink_heatmap(probe: dict, label: str):
     score, = need(probe, "sink_score")
     grid = np.array([finite(row) for row in score])  # (L, H)
     onset = probe.get("onset_layer")
-    threshold = probe.get("onset_threshold")
+    sink = probe.get("sink") or {}
     n_layers, n_heads = grid.shape
     fig, axes = new_figure(height=max(2.8, 0.28 * n_layers + 1.4))
     ax = axes[0, 0]
@@ -67,10 +67,11 @@ def sink_heatmap(probe: dict, label: str):
         tag(rect, "onset-marker")
         ax.annotate(f"onset: layer {onset}", xy=(n_heads - 0.5, onset), xytext=(4, 0), textcoords="offset points",
                     color=HIGHLIGHT, fontsize=8, va="center", ha="left", annotation_clip=False)
-        title = f"{label}: sink score, onset layer {onset} (head mean > {threshold:g})"
+        title = f"{label}: sink score, onset layer {onset}" + (
+            f" (>= {sink['ratio_min']:g}x uniform, CI)" if sink.get("rules") == "scale-free" else "")
     else:
-        title = f"{label}: sink score, no onset (no layer's head mean > {threshold:g})" if threshold else \
-            f"{label}: sink score, no onset layer"
+        title = f"{label}: sink score, no sink" + (f" (no layer >= {sink['ratio_min']:g}x uniform)"
+                                                   if sink.get("rules") == "scale-free" else "")
     ax.set_title(title)
     return fig
 
@@ -95,9 +96,10 @@ def sink_rate(entries: list[dict]):
             line, = ax.plot(range(len(y)), y, style, color=e["colour"], marker="o", markersize=3,
                             label=f"{e['label']} ({'random tokens' if key == 'random' else 'natural text'})")
             tag(line, f"layer-score-{e['index']}-{key}")
-            threshold = probe.get("onset_threshold", threshold)
+            threshold = probe.get("onset_threshold_paper", threshold)
     if threshold is not None:
-        ax.axhline(threshold, color=HIGHLIGHT, linewidth=0.8, linestyle=":", label=f"onset threshold {threshold:g}")
+        ax.axhline(threshold, color=HIGHLIGHT, linewidth=0.8, linestyle=":",
+                   label=f"paper's onset threshold {threshold:g}")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("layer (0-based)")
     integer_axis(ax.xaxis)
@@ -186,9 +188,9 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     values = finite(max_abs)
     line, = ax.plot(range(len(values)), values, "-o", color=colour, markersize=4, label="max |h| (all tokens)")
     tag(line, "max-abs")
-    criteria = (probe.get("disparity") or {}).get("massive_criteria") or {}
+    criteria = (probe.get("disparity") or {}).get("massive_criteria_paper") or {}
     if criteria.get("abs"):
-        ax.axhline(criteria["abs"], color=HIGHLIGHT, linestyle=":", label=f"massive: |h| > {criteria['abs']:g}")
+        ax.axhline(criteria["abs"], color=HIGHLIGHT, linestyle=":", label=f"Sun et al.'s massive: |h| > {criteria['abs']:g}")
     ax.set_yscale("log")
     ax.set_xlabel("layer (block output)")
     integer_axis(ax.xaxis)

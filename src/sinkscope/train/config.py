@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import field
+from ..criteria import Criteria
 from .model import VARIANTS
 
 
@@ -88,6 +89,7 @@ class TrainConfig:
     telemetry_every: int = field(100, why="steps between sink telemetry records; 0 turns it off")
     telemetry_samples: int = field(32, why="held-out windows in the fixed telemetry batch")
     telemetry_len: int = field(64, why="tokens per telemetry window (the paper measures at T = 64)")
+    criteria: Criteria = field(default_factory=Criteria, why="the rules of the sink verdict in the telemetry")
     checkpoint_every: int = field(200, why="steps between checkpoints")
     resume: bool = field(False, why="continue from the run folder's latest checkpoint")
     compile: bool = field(False, why="torch.compile the model (faster on GPU, slow start)")

@@ -282,7 +282,7 @@ class Trainer:
         return self._finish(record, stopped_early)
 
     def _telemetry(self, path: Path, board) -> None:
-        figures = sink_telemetry(self.model, self.telemetry_batch)
+        figures = sink_telemetry(self.model, self.telemetry_batch, self.cfg.criteria)
         if self.rank != 0:
             return
         record = {"step": self.step, "tokens": self.tokens(self.step), "seconds": round(self.elapsed, 2), **figures}

@@ -11,6 +11,8 @@ from torch import nn
 
 from ..adapters import adapter_for, blocks
 from ..capture.hooks import block_output_tensor, scoped_hooks
+from ..config import DataConfig, ProbeConfig
+from ..criteria import Criteria
 from ..metrics.disparity import effective_rank
 
 
@@ -31,12 +33,13 @@ def layer_effective_rank(model: nn.Module, ids: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def sink_telemetry(model: nn.Module, ids: torch.Tensor) -> dict:
+def sink_telemetry(model: nn.Module, ids: torch.Tensor, criteria: Criteria | None = None) -> dict:
     """Per-layer sink figures of ``model`` on the (B, T) batch ``ids``; the model is left as it was.
 
     Keys: sink_score (L,) head-mean attention to the first token, norm_ratio (L,) first-token / rest
     hidden-state norm, dom_ratio (L,) DomRatio of the first token, max_activation (L,) max |h|,
-    effective_rank (L,).
+    effective_rank (L,); sink_ratio (L,) the sink score over its uniform baseline, sink_present and
+    onset_layer as the probe decides them with ``criteria`` (default: the probe's).
     """
     from ..probe import probe
 
@@ -44,7 +47,8 @@ def sink_telemetry(model: nn.Module, ids: torch.Tensor) -> dict:
     model.eval()
     try:
         ids = ids.to(next(model.parameters()).device)
-        result = probe(model, ids, chain=False, batch_size=len(ids))
+        result = probe(model, ids, config=ProbeConfig(chain=False, criteria=criteria or Criteria(),
+                                                data=DataConfig(batch_size=len(ids))))
         ranks = layer_effective_rank(model, ids)
     finally:
         model.train(was_training)
@@ -54,6 +58,9 @@ def sink_telemetry(model: nn.Module, ids: torch.Tensor) -> dict:
         "dom_ratio": result["sink_dom_ratio"],
         "max_activation": result["max_abs_activation"],
         "effective_rank": ranks,
+        "sink_ratio": result["sink"]["ratio"],
+        "sink_present": result["sink"]["present"],
+        "onset_layer": result["onset_layer"],
     }
 
 

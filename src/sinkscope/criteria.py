@@ -1,0 +1,92 @@
+"""Every decision rule of the sink and chain verdicts, in one frozen dataclass.
+
+A verdict ("sink", "super neuron", "massive dim", "disparity layer", "QK-locked head", "consistent
+chain") is a claim a researcher will quote, so each rule compares a statistic with the model's own
+reference (the uniform baseline, the other tokens at the same layer, the other channels of the same
+layer, or a null), never with a magnitude only one model has. The paper's absolute criteria (the
+0.8 onset, Sun et al.'s |x| > 100 and 1000x the median) are kept, reported under their own
+``*_paper`` names so that numbers stay comparable with Llama-2-7B; ``configs/criteria-paper.yaml``
+shows them. Each field's metadata holds its reason (``why``, the CLI help) and ``source``.
+
+Calibration (docs/metrics.md, "How sinkscope decides"): random-weight models of every supported
+family must give no sink, no super neuron and no chain; planted chains (:mod:`sinkscope.fixtures`)
+at widths 64-1024 and massive values 20-2000 must be found exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+def rule(default, *, why: str, source: str, choices: tuple | None = None):
+    """A criteria field: its value, a one-line reason and where the value comes from."""
+    return dataclasses.field(default=default, metadata={"why": why, "source": source, "choices": choices, "cli": True})
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """The thresholds of every sink and chain verdict (see the module docstring)."""
+
+    rules: str = rule("scale-free", why="which rules decide sink presence, onset and massive dims: scale-free "
+                      "(against the model's own references) or the paper's absolute ones (0.8 onset; |x| > 100 "
+                      "and 1000x the median)", source="ours; paper: Li et al. 2026 and Sun et al. 2024",
+                      choices=("scale-free", "paper"))
+
+    # ---- sink presence and onset -----------------------------------------------------------------
+    sink_ratio_min: float = rule(
+        2.0, why="a layer has a sink when the lower confidence bound of its head-mean first-token score is at least "
+        "this many times the uniform baseline", source="ours: random-weight null at the families' init <= 1.1x "
+        "(44 models); weakest real sink (organism-nobos) 2.6x, CI 2.3-2.9")
+    sink_confidence: float = rule(0.95, why="level of the confidence interval over sequences of the sink ratio",
+                                  source="ours: the usual 95 percent")
+    onset_fraction: float = rule(
+        0.5, why="onset = first sink layer whose excess over uniform reaches this share of the peak layer's excess",
+        source="ours: the paper's 0.8 on a scale whose top is 1, made relative to the model's own peak")
+    onset_threshold_paper: float = rule(0.8, why="the paper's onset: first layer whose head-mean score exceeds this "
+                                        "(reported as onset_layer_paper)", source="Li et al. 2026, analysis notebook")
+    sink_rate_eps: float = rule(0.3, why="a head sinks on a key whose importance exceeds eps (the sink rate)",
+                                source="Gu et al. 2025")
+    # ---- super neurons -------------------------------------------------------------------------
+    spike_token_ratio: float = rule(
+        100.0, why="a neuron spikes when |a| at the first token is at least this many times its mean |a| at the "
+        "sequence's other tokens ...", source="ours: organisms' super neurons 374-402; alone it does not separate "
+        "(ReLU channels keyed on a constant BOS reach 263 in random OPT)")
+    spike_channel_ratio: float = rule(
+        20.0, why="... and at least this many times the mean |a| of the layer's other channels at the first token",
+        source="ours: random-weight null max 2.5 (88 models), organisms' super neurons 443")
+    spike_persistence: float = rule(0.5, why="... in at least this share of the sequences",
+                                    source="Yu et al. 2024 (repeat over prompts); share ours")
+    yu_spike_threshold: float = rule(50.0, why="Yu et al.'s own procedure (reported as super_weights, not a "
+                                     "verdict): a down_proj input/output spikes above this |x|; tiny models may "
+                                     "never reach it", source="Yu et al. 2024, analyze.py")
+    weight_outlier: float = rule(3.0, why="weight finder (evidence only): a gate/up row norm this many times its "
+                                 "layer's median stands out", source="Li et al. 2026 (top rows by L2 norm); ratio ours")
+    dim_share_min: float = rule(0.1, why="a down-projection column writes a dim holding at least this share of its "
+                                "energy", source="ours: planted and organism columns put > 0.9 on their dim")
+    # ---- massive dims and dimension disparity --------------------------------------------------
+    disparity_contrast: float = rule(
+        4.0, why="disparity: the first token's DomRatio is at least this many times the other tokens' median at the "
+        "same layer input; a dim is massive where it alone reaches that", source="ours: random-weight null <= 1.64 "
+        "(88 models), planted chains >= 5.0, organisms 8.5-11")
+    massive_persistence: float = rule(0.5, why="a dim is massive at the first token in at least this share of "
+                                      "sequences", source="ours")
+    massive_abs_paper: float = rule(100.0, why="the paper's massive activation: |x| above this (reported as "
+                                    "massive_paper)", source="Sun et al. 2024")
+    massive_rel_paper: float = rule(1000.0, why="... and above this many times its token's median |x|",
+                                    source="Sun et al. 2024")
+    # ---- QK locking ----------------------------------------------------------------------------
+    lock_positive_share: float = rule(0.9, why="a head is QK-locked when at least this share of its queries have "
+                                      "q . k_first > 0 ...", source="ours: null 0.5 (a random key direction)")
+    lock_alignment_z: float = rule(
+        3.0, why="... and cos(top query direction, W_K row of the massive dim) x sqrt(head_dim) is at least this",
+        source="ours: a random direction's cosine has std ~1/sqrt(head_dim)")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def describe() -> list[dict]:
+    """Every criterion with its default, reason and source (for docs and the report)."""
+    return [{"name": f.name, "value": f.default, "why": f.metadata["why"], "source": f.metadata["source"]}
+            for f in dataclasses.fields(Criteria)]
