@@ -232,3 +232,44 @@ COMMANDS.append(Command("report", "draw every result under RUN folders into one 
                             ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
 COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
                         _demo_config_class(), run_demo))
+
+
+def _stream_config_class():
+    from .stream.config import StreamConfig
+
+    return StreamConfig
+
+
+def run_stream(args: argparse.Namespace, config) -> int:
+    from rich.table import Table
+
+    from .stream.run import stream
+
+    payload = stream(args.model, config=config, out=config.out)
+    table = Table(title=f"perplexity under a KV budget of {payload['budget']} — {args.model} "
+                        f"({payload['data']['documents']} documents of {payload['data']['seq_len']} tokens)")
+    for column in ("policy", "positions", "kept", "perplexity", "95% CI", f"past {payload['budget']} tokens", "tokens/s"):
+        table.add_column(column, justify="right")
+    for row in payload["policies"]:
+        speed = row["decode_tokens_per_second"]
+        table.add_row(row["name"], row["positions"], f"{row['kept']:.1f}", f"{row['perplexity']:.2f}",
+                      f"[{row['perplexity_ci'][0]:.2f}, {row['perplexity_ci'][1]:.2f}]",
+                      f"{row['perplexity_past_budget']:.2f}", "-" if speed is None else f"{speed:,.0f}")
+    table.add_row("full", "-", "all", f"{payload['full_perplexity']:.2f}",
+                  f"[{payload['full_perplexity_ci'][0]:.2f}, {payload['full_perplexity_ci'][1]:.2f}]",
+                  f"{payload['full_perplexity_past_budget']:.2f}", "-")
+    console = _console()
+    console.print(table)
+    for line in payload["summary"]:
+        console.print(line)
+    for dep in payload["sink_dependence"]:
+        console.print(f"sink dependence ({dep['positions']} positions): evicting the discovered sinks multiplies "
+                      f"perplexity by {dep['ratio']:.3f} ({dep['ratio_past_budget']:.3f} past the budget)")
+    if config.out:
+        console.print(f"results: {config.out}/stream.json")
+    return 0
+
+
+COMMANDS.append(Command("stream", "perplexity under a KV budget per cache policy; which tokens must the cache keep",
+                        _stream_config_class(), run_stream,
+                        positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),)))

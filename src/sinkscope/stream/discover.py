@@ -1,0 +1,213 @@
+"""Secondary-sink discovery: every key that acts as a sink, per layer and sequence, pooled by token.
+
+A key j *acts as a sink* in a layer when most of the queries far enough after it give it several
+times their uniform share of attention (head mean). The uniform share of query i is 1 / n_i, n_i
+the number of keys it sees, so the rule is scale-free: it needs no magnitude that only one model
+has, and it adapts to each key's position (key j is seen by T - j causal queries, each with its own
+baseline). Occurrences are then pooled by token identity across sequences ("BOS in 100 % of
+sequences, '\\n' at its first occurrence in 63 %").
+
+The pass is the chunked exact one of :class:`~sinkscope.capture.sink.KeyStatsObserver`: attention
+weights come from ``AttentionCall.probs_block`` one query chunk at a time, so memory is O(B*H*chunk*T)
+transiently and O(N*L*T) kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from ..capture.attention import AttentionCall
+from ..capture.sink import check_finite
+
+# ---- the sink-decision thresholds (the one place they live; see docs/stream.md) ----
+# A query "sinks on" key j when its head-mean attention to j is at least this many times its uniform
+# share 1 / n_i. 4x is far above what a random-weight model gives any key (about 1x +- 0.3) and far
+# below a real sink (organism-softmax's BOS: about 10-50x).
+SINK_RATIO = 4.0
+# Key j acts as a sink when at least this share of its far queries sink on it: a sink is attended by
+# most later queries, a local or content token only by a few.
+SINK_QUERY_SHARE = 0.5
+# Queries closer than this to key j do not vote: previous-token and local heads give recent keys
+# large attention without making them sinks.
+LOCAL_SPAN = 4
+# A key needs at least this many far queries to be judged at all: the last keys of a sequence are
+# seen by too few queries for a majority to mean anything.
+MIN_FAR_QUERIES = 8
+# Pooling: a token class (first token, or the n-th occurrence of a token id) is kept by the
+# discovered policy when it acts as a sink in at least this share of the sequences that have it ...
+POOL_SHARE = 0.5
+# ... and the class occurs in at least this share of all sequences (a class two sequences have is an
+# anecdote, and a policy keeps tokens a new text will actually contain).
+POOL_MIN_SUPPORT = 0.25
+
+
+class SinkKeyObserver:
+    """Per sequence, layer and key: far-query votes, far-query count and received attention vs uniform.
+
+    Tallies, each a list over layers of (N, T) tensors concatenated over batches:
+      votes: far queries (i >= j + LOCAL_SPAN) whose head-mean attention to j is >= SINK_RATIO / n_i;
+      far: the number of those far queries;
+      received / uniform: sum over queries i >= j of the head-mean a_ij and of 1 / n_i (their ratio is
+      Gu et al.'s importance over its uniform baseline).
+    Sequences must be unpadded and of equal length (stream evaluates full windows).
+    """
+
+    def __init__(self, n_layers: int, chunk: int = 256, ratio: float = SINK_RATIO, local_span: int = LOCAL_SPAN):
+        self.chunk, self.ratio, self.local_span = chunk, ratio, local_span
+        self.stats = {name: [[] for _ in range(n_layers)] for name in ("votes", "far", "received", "uniform")}
+
+    def observe(self, call: AttentionCall) -> None:
+        check_finite(call)
+        B, _, T, S = *call.query.shape[:3], call.key.shape[2]
+        counts = call.visible_counts()[:, 0].float()  # (B, T) keys each query sees
+        share = 1.0 / counts  # uniform share of each query
+        votes = torch.zeros(B, S)
+        far = torch.zeros(B, S)
+        received = torch.zeros(B, S)
+        uniform = torch.zeros(B, S)
+        keys = torch.arange(S, device=call.query.device)
+        for t0 in range(0, T, self.chunk):
+            t1 = min(T, t0 + self.chunk)
+            probs = call.probs_block(t0, t1).mean(1)  # (B, C, S) head mean
+            seen = call.visible_block(t0, t1)[:, 0]  # (B, C, S)
+            rows = torch.arange(t0, t1, device=keys.device) + (S - T)
+            is_far = seen & (rows[:, None] - keys[None, :] >= self.local_span)  # (B, C, S)
+            block_share = share[:, t0:t1, None]  # (B, C, 1)
+            votes += ((probs >= self.ratio * block_share) & is_far).sum(1).cpu()
+            far += is_far.sum(1).cpu()
+            received += probs.sum(1).cpu()
+            uniform += (block_share * seen).sum(1).cpu()
+        for name, value in (("votes", votes), ("far", far), ("received", received), ("uniform", uniform)):
+            self.stats[name][call.layer].append(value)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Each statistic as (N, L, T)."""
+        return {name: torch.stack([torch.cat(rows) for rows in layers], 1) for name, layers in self.stats.items()}
+
+
+def sink_keys(votes: torch.Tensor, far: torch.Tensor, share: float = SINK_QUERY_SHARE,
+              min_far: int = MIN_FAR_QUERIES) -> torch.Tensor:
+    """(N, L, T) bool: key acts as a sink in that layer (a majority of enough far queries sink on it)."""
+    return (far >= min_far) & (votes >= share * far)
+
+
+@dataclass(frozen=True)
+class TokenClass:
+    """What the discovered policy keeps: the first token, or the n-th occurrence of a token id."""
+
+    token_id: int | None  # None: the first token of the sequence, whatever it is
+    occurrence: int  # 1 for the first occurrence (0 for the first-token class)
+
+    def positions(self, ids: list[int]) -> list[int]:
+        if self.token_id is None:
+            return [0]
+        seen = 0
+        for position, token in enumerate(ids[1:], start=1):
+            seen += token == self.token_id
+            if token == self.token_id and seen == self.occurrence:
+                return [position]
+        return []
+
+
+def token_class(ids: list[int], position: int) -> TokenClass:
+    if position == 0:
+        return TokenClass(None, 0)
+    return TokenClass(ids[position], ids[1:position + 1].count(ids[position]))
+
+
+def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Tensor, tokenizer=None,
+             pool_share: float = POOL_SHARE, min_support: float = POOL_MIN_SUPPORT) -> dict:
+    """Pool the per-sequence sink keys by token class.
+
+    is_sink (N, L, T) bool, ratio (N, L, T) received attention over its uniform baseline. Returns
+    {"occurrences": [...], "classes": [...], "tokens": [...]} ready for stream.json: ``classes`` pools
+    by (token, occurrence), ``tokens`` by token id over all its occurrences.
+    """
+    N, L, T = is_sink.shape
+    occurrences = []
+    sink_sequences: dict[TokenClass, set[int]] = defaultdict(set)
+    layers_of: dict[TokenClass, Counter] = defaultdict(Counter)
+    ratios: dict[TokenClass, list[float]] = defaultdict(list)
+    for n, ids in enumerate(sequences):
+        any_layer = is_sink[n].any(0)  # (T,)
+        for position in any_layer.nonzero()[:, 0].tolist():
+            layers = is_sink[n, :, position].nonzero()[:, 0].tolist()
+            cls = token_class(ids, position)
+            best = float(ratio[n, layers, position].max())
+            occurrences.append({"sequence": n, "position": position, "token_id": ids[position],
+                                "token": token_text(tokenizer, ids[position]), "layers": layers,
+                                "ratio_to_uniform": best})
+            sink_sequences[cls].add(n)
+            layers_of[cls].update(layers)
+            ratios[cls].append(best)
+    classes = []
+    for cls, hit in sink_sequences.items():
+        having = sum(1 for ids in sequences if cls.positions(ids))
+        share = len(hit) / having
+        classes.append({"token_id": cls.token_id, "occurrence": cls.occurrence,
+                        "token": "<first token>" if cls.token_id is None else token_text(tokenizer, cls.token_id),
+                        "first_token_ids": sorted({ids[0] for ids in sequences}) if cls.token_id is None else None,
+                        "sequences_with": having, "sequences_sink": len(hit), "share": share,
+                        "layers": dict(sorted(layers_of[cls].items())),
+                        "median_ratio_to_uniform": float(torch.tensor(ratios[cls]).median()),
+                        "kept": share >= pool_share and having >= min_support * N})
+    classes.sort(key=lambda c: (-c["sequences_sink"], c["occurrence"]))
+    if classes and classes[0]["token_id"] is None and tokenizer is not None and len(classes[0]["first_token_ids"]) == 1:
+        classes[0]["token"] = token_text(tokenizer, classes[0]["first_token_ids"][0])
+    return {"occurrences": occurrences, "classes": classes, "tokens": _by_token(sequences, occurrences, tokenizer),
+            "n_sequences": N,
+            "rule": {"sink_ratio": SINK_RATIO, "query_share": SINK_QUERY_SHARE, "local_span": LOCAL_SPAN,
+                     "min_far_queries": MIN_FAR_QUERIES, "pool_share": pool_share,
+                     "pool_min_support": min_support}}
+
+
+def _by_token(sequences: list[list[int]], occurrences: list[dict], tokenizer) -> list[dict]:
+    """Per token id (position 0 excluded): how many of its occurrences and sequences act as sinks."""
+    hits = Counter(o["token_id"] for o in occurrences if o["position"] > 0)
+    sequences_hit = defaultdict(set)
+    for o in occurrences:
+        if o["position"] > 0:
+            sequences_hit[o["token_id"]].add(o["sequence"])
+    rows = []
+    for token_id, n_sink in hits.most_common():
+        total = sum(ids[1:].count(token_id) for ids in sequences)
+        having = sum(1 for ids in sequences if token_id in ids[1:])
+        rows.append({"token_id": token_id, "token": token_text(tokenizer, token_id), "occurrences": total,
+                     "occurrences_sink": n_sink, "sequences_with": having,
+                     "sequences_sink": len(sequences_hit[token_id])})
+    return rows
+
+
+def kept_classes(discovery: dict) -> list[TokenClass]:
+    return [TokenClass(c["token_id"], c["occurrence"]) for c in discovery["classes"] if c["kept"]]
+
+
+def kept_positions(sequences: list[list[int]], classes: list[TokenClass], seq_len: int) -> torch.Tensor:
+    """(N, seq_len) bool: the keys the discovered policy keeps in each sequence (decided from tokens only)."""
+    kept = torch.zeros(len(sequences), seq_len, dtype=torch.bool)
+    for n, ids in enumerate(sequences):
+        for cls in classes:
+            for position in cls.positions(ids):
+                kept[n, position] = True
+    return kept
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """A readable token string (repr-escaped, so '\\n' shows as such); the id when there is no tokenizer."""
+    if tokenizer is None:
+        return f"#{token_id}"
+    return repr(tokenizer.decode([token_id]))[1:-1]
+
+
+def describe(discovery: dict, limit: int = 5) -> list[str]:
+    """One line per pooled class, e.g. "'<bos>' (first token) in 100 % of sequences"."""
+    lines = []
+    for c in discovery["classes"][:limit]:
+        where = "first token" if c["token_id"] is None else f"occurrence {c['occurrence']}"
+        lines.append(f"'{c['token']}' ({where}) acts as a sink in {100 * c['share']:.0f} % of the "
+                     f"{c['sequences_with']} sequences that have it; layers {sorted(c['layers'])}"
+                     f"{'; kept' if c['kept'] else ''}")
+    return lines
