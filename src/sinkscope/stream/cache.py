@@ -13,7 +13,7 @@ layer. Use it in ``model.generate``::
     ...                                num_attention_heads=4, vocab_size=50)
     >>> model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     >>> cache = SinkCache(model, budget=8, keep_first=2)
-    >>> out = model.generate(torch.tensor([[1, 5, 7]]), cache=cache, max_new_tokens=12,
+    >>> out = model.generate(torch.tensor([[1, 5, 7]]), cache=cache, max_new_tokens=12, min_new_tokens=12,
     ...                      do_sample=False, pad_token_id=0)
     >>> out.shape[1], cache.layers[0].keys.shape[2] <= 8
     (15, True)
