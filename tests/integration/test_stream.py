@@ -124,6 +124,11 @@ def test_stream_end_to_end_writes_stream_json(tmp_path):
     assert [d["positions"] for d in payload["sink_dependence"]] == ["original", "cache"]
     for p in payload["policies"]:
         assert p["perplexity_ci"][0] <= p["perplexity"] <= p["perplexity_ci"][1]
+    from sinkscope.report import build_report
+
+    report = build_report([tmp_path], tmp_path / "report.html")
+    assert [f for f in report.figures if f.startswith("stream--")]
+    assert 'id="stream-table-' in (tmp_path / "report.html").read_text()
 
 
 def test_stream_checks_its_flags():

@@ -17,12 +17,14 @@ from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
 from . import figures_peers as peers_fig
 from . import figures_sink as sink_fig
+from . import figures_stream as stream_fig
 from .figures_sink import MissingData
 from .html import Column, Section, Slot, json_tables, page, table
 from .load import Results, Series, load_results
 from .style import inline_svg, png_bytes, svg_text
 
-SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "files")
+SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "stream",
+            "files")
 
 
 @dataclass
@@ -76,7 +78,7 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
     draw = _Drawer(figures_dir, report)
     sections = [_summary(results), _sink(results, draw), _variance(results, draw), _neurons(results, draw),
                 _disparity(results, draw), _qk(results, draw), _chain(results, draw), _interventions(results, draw),
-                _training(results, draw), _files(results)]
+                _training(results, draw), _stream(results, draw), _files(results)]
     names = ", ".join(s.label for s in results.series) or ", ".join(t.label for t in results.training)
     text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
                 f"under {', '.join(str(r) for r in results.runs)}", sections)
@@ -263,6 +265,21 @@ def _training(results: Results, draw: _Drawer) -> Section:
                      + json_tables(payload, f"compare-{slug(str(path.parent.name))}"))
     return Section("training", "Training", "Loss and sink telemetry of training runs (metrics.jsonl, "
                    "telemetry.jsonl, run.json) and the compare table.", parts)
+
+
+def _stream(results: Results, draw: _Drawer) -> Section:
+    parts = []
+    for path, payload in results.stream:
+        label = Path(str((payload.get("provenance") or {}).get("model") or path.parent.name)).name
+        parts.append(draw.slot("stream", f"{path.parent.name}-{label}", "perplexity against tokens, "
+                               "one line per cache policy", lambda p=payload, lab=label: stream_fig.stream_perplexity(p, lab)))
+        parts.append(table(stream_fig.policy_rows(payload), f"stream-table-{slug(path.parent.name)}"))
+        lines = payload.get("summary") or []
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    if not parts:
+        parts = [_none_note("stream")]
+    return Section("stream", "KV-cache policies", "sinkscope stream: perplexity under a KV budget when the cache "
+                   "keeps the first tokens, only a recent window, or the sinks sinkscope discovered (stream.json).", parts)
 
 
 def _files(results: Results) -> Section:

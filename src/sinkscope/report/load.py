@@ -2,7 +2,7 @@
 
 Result files, found recursively: ``probe.json`` (+ its Parquet tables beside it), ``intervene.json``
 (kinds isolate / amplify / ablate / massive), training runs (a folder with ``run.json``, ``metrics.jsonl`` or
-``telemetry.jsonl``) and ``compare.json``. JSON files go through :func:`sinkscope.results.read_json`,
+``telemetry.jsonl``), ``compare.json`` and ``stream.json``. JSON files go through :func:`sinkscope.results.read_json`,
 so a file from an incompatible schema is refused with one clear line.
 
 Probe and intervention results are grouped into :class:`Series`: one per model within a RUN
@@ -91,6 +91,7 @@ class Results:
     compare: list[tuple[Path, dict]]
     files: list[Path]  # every result file read, for the provenance section
     provenance: dict[Path, dict] = field(default_factory=dict)  # JSON result file -> its provenance
+    stream: list[tuple[Path, dict]] = field(default_factory=list)  # stream.json files (sinkscope stream)
 
 
 VARIANT_ORDER = ("softmax", "headnorm", "gated", "sigmoid", "softmax1", "sink_logit")  # columns left to right
@@ -130,7 +131,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _result_files(root: Path) -> list[Path]:
-    names = {"probe.json", "intervene.json", "compare.json", *TRAIN_FILES}
+    names = {"probe.json", "intervene.json", "compare.json", "stream.json", *TRAIN_FILES}
     found = [p for p in sorted(root.rglob("*")) if p.name in names and p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     return found
@@ -144,6 +145,7 @@ def load_results(runs: list[str | Path]) -> Results:
     series: list[Series] = []
     training: list[TrainingRun] = []
     compare: list[tuple[Path, dict]] = []
+    stream: list[tuple[Path, dict]] = []
     files: list[Path] = []
     provenance: dict[Path, dict] = {}
     for root in roots:
@@ -152,20 +154,21 @@ def load_results(runs: list[str | Path]) -> Results:
         found = _result_files(root)
         if not found:
             raise SinkscopeError(f"{root} holds no sinkscope result files (probe.json, intervene.json, run.json, "
-                                 "metrics.jsonl, telemetry.jsonl, compare.json); run `sinkscope probe MODEL --out "
+                                 "metrics.jsonl, telemetry.jsonl, compare.json, stream.json); run `sinkscope probe MODEL --out "
                                  f"{root}` first")
         files += found
         series += _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")], provenance)
         training += _training(root, sorted({p.parent for p in found if p.name in TRAIN_FILES}))
         compare += [(p, read_json(p)) for p in found if p.name == "compare.json"]
+        stream += [(p, read_json(p, "stream")) for p in found if p.name == "stream.json"]
     _name_series(series, roots)
     series.sort(key=lambda s: _variant_rank(s.variant))  # stable: the baseline first, then the fixes
     training.sort(key=lambda t: _variant_rank(t.variant))
     _colour(series, training)
     provenance |= {t.path / "run.json": (t.summary or {}).get("provenance") or {} for t in training if t.summary}
-    provenance |= {path: payload.get("provenance") or {} for path, payload in compare}
+    provenance |= {path: payload.get("provenance") or {} for path, payload in [*compare, *stream]}
     return Results(runs=roots, series=series, training=training, compare=compare, files=files,
-                   provenance=provenance)
+                   provenance=provenance, stream=stream)
 
 
 def _series(root: Path, paths: list[Path], provenance: dict[Path, dict]) -> list[Series]:
