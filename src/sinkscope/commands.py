@@ -54,6 +54,11 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
                       f"{'found' if published['matches'] else 'NOT all found'} (this probe: sinkscope "
                       f"{published['found']['chain']}, Yu et al.'s procedure {published['found']['yu']}; "
                       f"source: {published['source']})")
+    if "secondary_sinks" in payload:
+        from .stream.discover import describe
+
+        for line in describe(payload["secondary_sinks"]) or ["no key acts as a sink"]:
+            console.print(f"sinks: {line}")
     if config.out:
         console.print(f"results: {config.out}/probe.json")
     return 0

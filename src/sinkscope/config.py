@@ -63,6 +63,8 @@ class CaptureConfig:
     key_importance: bool = field(False, why="Gu et al.'s importance for every key (costs one more T x T pass, "
                                  "chunked, O(T) memory)")
     full_pattern: bool = field(False, why="also store the mean T x T attention pattern (short sequences only)")
+    secondary_sinks: bool = field(False, why="find every key that acts as a sink, per layer, pooled by token (one more "
+                                  "chunked T x T pass, O(T) memory; see docs/stream.md)")
     query_chunk: int = field(1024, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T")
 
 

@@ -171,6 +171,10 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
                                              config.capture.full_pattern)
+    if config.capture.secondary_sinks:
+        from .stream.discover import SinkKeyObserver
+
+        observers["secondary"] = SinkKeyObserver(n_layers, config.capture.query_chunk, max_len=max_len)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
     if config.chain:
@@ -244,6 +248,10 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
     }
     payload["layer_magnitudes"], sun_table = reduce_sun(observers["magnitudes"])
+    if "secondary" in observers:
+        from .stream.discover import discover_from_observer
+
+        payload["secondary_sinks"] = discover_from_observer(observers["secondary"], sequences or [], loaded.tokenizer)
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     tables["layer_magnitudes"] = sun_table
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce

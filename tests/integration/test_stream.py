@@ -15,7 +15,7 @@ from sinkscope.stream.config import StreamConfig
 from sinkscope.stream.fixture import planted_secondary_sink_model, secondary_sink_inputs
 from sinkscope.stream.policy import first_tokens, policy_mask
 from sinkscope.stream.run import decode_nll, full_pass, masked_nll, stream, token_nll
-from sinkscope.stream.discover import discover, sink_keys
+from sinkscope.stream.discover import discover_from_observer, sink_keys
 
 
 def tiny_llama(layers=2, seed=0):
@@ -93,8 +93,8 @@ def test_discovery_finds_exactly_the_planted_secondary_sink(lock_logit, seq_len)
     model, answer = planted_secondary_sink_model(secondary_id=7, lock_logit=lock_logit)
     at = seq_len // 3
     sequences = secondary_sink_inputs(answer, 7, n=4, seq_len=seq_len, at=(at,))
-    _, stats = full_pass(loaded(model), torch.tensor(sequences), StreamConfig(query_chunk=32))
-    found = discover(sequences, sink_keys(stats["votes"], stats["far"]), stats["received"] / stats["uniform"])
+    _, observer = full_pass(loaded(model), torch.tensor(sequences), StreamConfig(query_chunk=32))
+    found = discover_from_observer(observer, sequences)
     assert {(o["position"], tuple(o["layers"])) for o in found["occurrences"]} == \
         {(0, (2, 3)), (at, (2, 3))}
     assert [(c["token_id"], c["occurrence"], c["share"], c["kept"]) for c in found["classes"]] == \
@@ -104,7 +104,8 @@ def test_discovery_finds_exactly_the_planted_secondary_sink(lock_logit, seq_len)
 def test_discovery_finds_nothing_on_a_random_model():
     model = tiny_llama(layers=3)
     sequences = torch.randint(0, 64, (4, 128), generator=torch.Generator().manual_seed(4)).tolist()
-    _, stats = full_pass(loaded(model), torch.tensor(sequences), StreamConfig())
+    _, observer = full_pass(loaded(model), torch.tensor(sequences), StreamConfig())
+    stats = observer.tensors()
     assert not sink_keys(stats["votes"], stats["far"]).any()
 
 
@@ -142,3 +143,17 @@ def test_stream_checks_its_flags():
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_probe_reports_the_planted_secondary_sink_with_padding(padding_side):
+    from sinkscope import probe
+
+    model, answer = planted_secondary_sink_model(secondary_id=7)
+    sequences = secondary_sink_inputs(answer, 7, n=4, seq_len=48, at=(16,))
+    sequences[1] = sequences[1][:40]  # a shorter sequence: the batch is padded
+    result = probe(model, sequences, chain=False, secondary_sinks=True, padding_side=padding_side, batch_size=4)
+    found = result["secondary_sinks"]
+    assert {(o["sequence"], o["position"]) for o in found["occurrences"]} == \
+        {(n, p) for n in range(4) for p in (0, 16)}
+    assert [(c["token_id"], c["share"]) for c in found["classes"]] == [(None, 1.0), (7, 1.0)]

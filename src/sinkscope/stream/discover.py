@@ -21,6 +21,7 @@ import torch
 
 from ..capture.attention import AttentionCall
 from ..capture.sink import check_finite
+from ..errors import SinkscopeError
 
 # ---- the sink-decision thresholds (the one place they live; see docs/stream.md) ----
 # A query "sinks on" key j when its head-mean attention to j is at least this many times its uniform
@@ -52,11 +53,13 @@ class SinkKeyObserver:
       far: the number of those far queries;
       received / uniform: sum over queries i >= j of the head-mean a_ij and of 1 / n_i (their ratio is
       Gu et al.'s importance over its uniform baseline).
-    Sequences must be unpadded and of equal length (stream evaluates full windows).
+    Padded batches are fine: only real queries vote, and each row is stored from its first real token,
+    padded with zeros to ``max_len`` (default: the first batch's width).
     """
 
-    def __init__(self, n_layers: int, chunk: int = 256, ratio: float = SINK_RATIO, local_span: int = LOCAL_SPAN):
-        self.chunk, self.ratio, self.local_span = chunk, ratio, local_span
+    def __init__(self, n_layers: int, chunk: int = 256, ratio: float = SINK_RATIO, local_span: int = LOCAL_SPAN,
+                 max_len: int | None = None):
+        self.chunk, self.ratio, self.local_span, self.max_len = chunk, ratio, local_span, max_len
         self.stats = {name: [[] for _ in range(n_layers)] for name in ("votes", "far", "received", "uniform")}
 
     def observe(self, call: AttentionCall) -> None:
@@ -69,10 +72,11 @@ class SinkKeyObserver:
         received = torch.zeros(B, S)
         uniform = torch.zeros(B, S)
         keys = torch.arange(S, device=call.query.device)
+        valid = call.batch.valid if call.batch is not None else torch.ones(B, T, dtype=torch.bool)
         for t0 in range(0, T, self.chunk):
             t1 = min(T, t0 + self.chunk)
             probs = call.probs_block(t0, t1).mean(1)  # (B, C, S) head mean
-            seen = call.visible_block(t0, t1)[:, 0]  # (B, C, S)
+            seen = call.visible_block(t0, t1)[:, 0] & valid[:, t0:t1, None].to(probs.device)  # (B, C, S) real queries
             rows = torch.arange(t0, t1, device=keys.device) + (S - T)
             is_far = seen & (rows[:, None] - keys[None, :] >= self.local_span)  # (B, C, S)
             block_share = share[:, t0:t1, None]  # (B, C, 1)
@@ -80,8 +84,25 @@ class SinkKeyObserver:
             far += is_far.sum(1).cpu()
             received += probs.sum(1).cpu()
             uniform += (block_share * seen).sum(1).cpu()
+        first = call.batch.first.cpu() if call.batch is not None else torch.zeros(B, dtype=torch.long)
+        width = self.max_len = self.max_len or S
         for name, value in (("votes", votes), ("far", far), ("received", received), ("uniform", uniform)):
-            self.stats[name][call.layer].append(value)
+            aligned = torch.zeros(B, width)
+            for b in range(B):  # from each row's first real token (left padding shifts it)
+                row = value[b, int(first[b]):][:width]
+                aligned[b, :len(row)] = row
+            self.stats[name][call.layer].append(aligned)
+
+    @property
+    def tally(self) -> SinkKeyObserver:
+        return self  # probe reduces every observer's tally; per-sequence rows have nothing to sum
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise SinkscopeError("--secondary-sinks keeps per-sequence rows and runs in one process; "
+                                 "drop it under torchrun or run without torchrun")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Each statistic as (N, L, T)."""
@@ -179,6 +200,13 @@ def _by_token(sequences: list[list[int]], occurrences: list[dict], tokenizer) ->
                      "occurrences_sink": n_sink, "sequences_with": having,
                      "sequences_sink": len(sequences_hit[token_id])})
     return rows
+
+
+def discover_from_observer(observer: SinkKeyObserver, sequences: list[list[int]], tokenizer=None) -> dict:
+    """:func:`discover` on what a :class:`SinkKeyObserver` saw of ``sequences`` (in the order it saw them)."""
+    stats = observer.tensors()
+    is_sink = sink_keys(stats["votes"], stats["far"])
+    return discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30), tokenizer)
 
 
 def kept_classes(discovery: dict) -> list[TokenClass]:

@@ -21,7 +21,7 @@ from ..loading import LoadedModel, prepare_model
 from ..results import SCHEMA_VERSION, provenance, write_json
 from .cache import SinkCache
 from .config import POSITIONS, StreamConfig
-from .discover import SinkKeyObserver, describe, discover, kept_classes, kept_positions, sink_keys
+from .discover import SinkKeyObserver, describe, discover_from_observer, kept_classes, kept_positions
 from .policy import Policy, PolicyMask, first_tokens, policy_mask, window_size
 
 BOOTSTRAP_RESAMPLES = 1000  # percentile bootstrap over documents for the 95 % interval
@@ -74,7 +74,7 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
 
 
-def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tuple[torch.Tensor, dict]:
+def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tuple[torch.Tensor, SinkKeyObserver]:
     """Full-attention NLL and the per-sequence sink statistics, in one pass."""
     model = loaded.model
     observer = SinkKeyObserver(len(blocks(model, loaded.adapter)), cfg.query_chunk)
@@ -84,7 +84,7 @@ def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tupl
         for batch in ids.split(cfg.batch_size):
             session.batch = BatchInfo.from_attention_mask(torch.ones_like(batch, device=device))
             nll.append(token_nll(model(batch.to(device), use_cache=False).logits.cpu(), batch))
-    return torch.cat(nll), observer.tensors()
+    return torch.cat(nll), observer
 
 
 def masked_nll(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig) -> torch.Tensor:
@@ -159,9 +159,8 @@ def stream(model, *, tokenizer=None, config: StreamConfig | None = None, out: st
     loaded = prepare_model(model, tokenizer, config.load)
     sequences = documents(config, loaded)
     ids = torch.tensor(sequences)
-    full_nll, stats = full_pass(loaded, ids, config)
-    is_sink = sink_keys(stats["votes"], stats["far"])
-    discovery = discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30), loaded.tokenizer)
+    full_nll, observer = full_pass(loaded, ids, config)
+    discovery = discover_from_observer(observer, sequences, loaded.tokenizer)
     discovered_keep = kept_positions(sequences, kept_classes(discovery), config.seq_len)
     policies = [Policy(config.budget, k, "window" if k == 0 else f"first-{k}") for k in config.keep_first]
     if config.discovered:
