@@ -82,6 +82,15 @@ def test_sink_cache_in_generate_holds_at_most_the_budget():
     assert cache.layers[0].index[:2].tolist() == [0, 1]
 
 
+def test_cache_positions_refuse_a_model_that_ignores_the_cache():
+    from sinkscope.train.model import SinkscopeConfig, build_model
+
+    model = build_model(SinkscopeConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64)).eval()
+    with pytest.raises(SinkscopeError, match="does not use a transformers KV cache"):
+        decode_nll(model, torch.randint(0, 64, (1, 20)), budget=8, keep=frozenset())
+
+
 def test_cache_refuses_models_it_cannot_rerotate():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(SinkscopeError, match="--positions original"):

@@ -114,6 +114,9 @@ def decode_nll(model, ids: torch.Tensor, budget: int, keep: frozenset[int]) -> t
     ids_device = ids.to(device)
     with torch.no_grad():
         logits = [model(ids_device[:, :window], cache=cache, use_cache=True).logits.float().cpu()]
+        if cache.get_seq_length() != window:  # a model that takes the argument but never updates the cache
+            raise SinkscopeError(f"{type(model).__name__} does not use a transformers KV cache, so --positions cache "
+                                 "cannot run on it; use --positions original")
         start = time.perf_counter()
         for i in range(window, ids.shape[1]):
             logits.append(model(ids_device[:, i:i + 1], cache=cache, use_cache=True).logits.float().cpu())
