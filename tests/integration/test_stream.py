@@ -35,7 +35,7 @@ def test_original_positions_match_a_hand_built_eager_mask(k):
     model = tiny_llama()
     ids = torch.randint(0, 64, (3, 40), generator=torch.Generator().manual_seed(1))
     mask = policy_mask(first_tokens(3, 40, k), budget=10)
-    ours = masked_nll(loaded(model), ids, mask, StreamConfig(batch_size=2))
+    ours = masked_nll(loaded(model), ids, first_tokens(3, 40, k), 10, StreamConfig(batch_size=2))
     model.set_attn_implementation("eager")
     additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)[:, None]
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_cache_window_equals_original_window_and_full_when_nothing_is_evicted():
     model = tiny_llama(layers=3)
     ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(3))
     cached, _ = decode_nll(model, ids, budget=8, keep=frozenset())
-    masked = masked_nll(loaded(model), ids, policy_mask(first_tokens(2, 30, 0), 8), StreamConfig())
+    masked = masked_nll(loaded(model), ids, first_tokens(2, 30, 0), 8, StreamConfig())
     torch.testing.assert_close(cached, masked, rtol=1e-4, atol=1e-5)
     roomy, _ = decode_nll(model, ids, budget=31, keep=frozenset({0}))
     torch.testing.assert_close(roomy, token_nll(model(ids).logits, ids), rtol=1e-4, atol=1e-5)

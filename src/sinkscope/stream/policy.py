@@ -59,16 +59,15 @@ def first_tokens(n: int, seq_len: int, k: int) -> torch.Tensor:
 
 
 class PolicyMask:
-    """Mask editor that makes every attention layer follow one policy mask for the current batch.
+    """Mask editor that makes every attention layer follow one policy mask (N, T, T) for the current batch.
 
-    ``rows`` selects the batch's sequences from ``mask`` before each forward.
+    The caller sets ``mask`` to the batch's rows before each forward.
     """
 
-    def __init__(self, mask: torch.Tensor):
-        self.mask = mask  # (N, T, T)
-        self.rows = slice(0, 0)
+    def __init__(self, mask: torch.Tensor | None = None):
+        self.mask = mask
 
     def __call__(self, call: AttentionCall) -> None:
         T, S = call.query.shape[2], call.key.shape[2]
-        block = self.mask[self.rows, None, S - T:S, :S].to(call.query.device)  # (B, 1, T, S)
+        block = self.mask[:, None, S - T:S, :S].to(call.query.device)  # (B, 1, T, S)
         call.visible = block if call.visible is None else call.visible & block

@@ -87,16 +87,20 @@ def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tupl
     return torch.cat(nll), observer
 
 
-def masked_nll(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, cfg: StreamConfig) -> torch.Tensor:
-    """(N, T-1) NLL with every attention layer restricted to ``mask`` (N, T, T): original positions."""
-    editor = PolicyMask(mask)
+def masked_nll(loaded: LoadedModel, ids: torch.Tensor, kept: torch.Tensor, budget: int,
+               cfg: StreamConfig) -> torch.Tensor:
+    """(N, T-1) NLL with every attention layer restricted to the policy mask: original positions.
+
+    kept (N, T) bool as in :func:`~sinkscope.stream.policy.policy_mask`; masks are built one batch at a time.
+    """
+    editor = PolicyMask()
     device = next(loaded.model.parameters()).device
     nll = []
     with torch.no_grad(), capture_attention(loaded.model, loaded.adapter, mask_editors=[editor],
                                             query_chunk=cfg.query_chunk) as session:
         for start in range(0, len(ids), cfg.batch_size):
             batch = ids[start:start + cfg.batch_size]
-            editor.rows = slice(start, start + len(batch))
+            editor.mask = policy_mask(kept[start:start + len(batch)], budget).to(device)
             session.batch = BatchInfo.from_attention_mask(torch.ones_like(batch, device=device))
             nll.append(token_nll(loaded.model(batch.to(device), use_cache=False).logits.cpu(), batch))
     return torch.cat(nll)
@@ -184,7 +188,7 @@ def stream(model, *, tokenizer=None, config: StreamConfig | None = None, out: st
 def _evaluate(loaded, ids, policy: Policy, kept: torch.Tensor, positions: str, cfg: StreamConfig) -> dict:
     throughput = None
     if positions == "original":
-        nll = masked_nll(loaded, ids, policy_mask(kept, policy.budget), cfg)
+        nll = masked_nll(loaded, ids, kept, policy.budget, cfg)
     elif policy.discovered:  # each document keeps its own positions, so decode one at a time
         parts = [decode_nll(loaded.model, ids[n:n + 1], policy.budget, frozenset(kept[n].nonzero()[:, 0].tolist()))
                  for n in range(len(ids))]
