@@ -68,17 +68,18 @@ class Rotation:
         return (cos / self.scaling).unsqueeze(1), (sin / self.scaling).unsqueeze(1)
 
     def apply(self, keys: torch.Tensor, positions: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        """R(p) k (or R(-p) k) for keys (B, H, n, D) at positions (B, n), computed in float32."""
-        cos, sin = self.cos_sin(keys, positions)
+        """R(p) k (or R(-p) k) in float32 for keys (B, H, n, D) at positions (B, n)."""
+        cos, sin = self.cos_sin(keys.float(), positions)
         k = keys.float()
-        rotated = k * cos + _rotate_half(k) * (-sin if inverse else sin)
-        return rotated.to(keys.dtype)
+        return k * cos.float() + _rotate_half(k) * (-sin.float() if inverse else sin.float())
 
 
 class SinkLayer(DynamicLayer):
     """One layer's cache: kept sinks + the last ``window - 1`` tokens, keys stored before rotary.
 
-    ``self.keys`` (B, H_kv, n, D) pre-rotary; ``self.index`` (n,) each entry's index in the token stream.
+    ``self.keys`` (B, H_kv, n, D) pre-rotary, in float32 so that un-rotating and re-rotating a
+    half-precision key adds no rounding beyond the model's own; ``self.index`` (n,) each entry's
+    index in the token stream.
     """
 
     def __init__(self, rotation: Rotation, window: int, keep: frozenset[int]):
@@ -90,6 +91,7 @@ class SinkLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+            self.keys = self.keys.float()
         B, _, n, _ = key_states.shape
         positions = (kwargs.get("kwargs") or {}).get("position_ids")
         if positions is None:  # the model numbered the new tokens from the cache's length
@@ -104,7 +106,7 @@ class SinkLayer(DynamicLayer):
         total = keys.shape[-2]
         # consecutive positions ending at the newest query's: distances are cache slots, as in StreamingLLM
         cache_positions = positions[:, -1:] - (total - 1) + torch.arange(total, device=keys.device)
-        rotated = self.rotation.apply(keys, cache_positions)
+        rotated = self.rotation.apply(keys, cache_positions).to(key_states.dtype)
         retained = self._retained(index)
         self.keys, self.values, self.index = keys[:, :, retained], values[:, :, retained], index[retained]
         return rotated, values

@@ -133,7 +133,7 @@ def summarize(nll: torch.Tensor, budget: int, seed: int) -> dict:
     """Perplexity, its bootstrap 95 % interval over documents, and the NLL by position."""
     if not bool(torch.isfinite(nll).all()):
         bad = int((~torch.isfinite(nll)).any(1).nonzero()[0, 0])
-        raise SinkscopeError(f"non-finite log-likelihood in document {bad}; try --load.dtype float32 or check the model")
+        raise SinkscopeError(f"non-finite log-likelihood in document {bad}; try --dtype float32 or check the model")
     per_doc = nll.double().mean(1)  # (N,) documents have equal length, so the mean of means is the mean
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(per_doc), (BOOTSTRAP_RESAMPLES, len(per_doc)), generator=generator)
