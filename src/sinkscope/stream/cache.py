@@ -85,6 +85,7 @@ class SinkLayer(DynamicLayer):
     def __init__(self, rotation: Rotation, window: int, keep: frozenset[int]):
         super().__init__()
         self.rotation, self.window, self.keep = rotation, window, keep
+        self._keep = torch.tensor(sorted(keep), dtype=torch.long)
         self.cumulative_length = 0
         self.index = torch.zeros(0, dtype=torch.long)
 
@@ -115,8 +116,7 @@ class SinkLayer(DynamicLayer):
         """Entries the next query may attend: kept sinks and the last ``window - 1`` tokens."""
         newest = self.cumulative_length - 1
         recent = index > newest + 1 - self.window
-        sinks = torch.tensor([int(i) in self.keep for i in index.tolist()], dtype=torch.bool)
-        return (recent | sinks).nonzero()[:, 0]
+        return (recent | torch.isin(index, self._keep)).nonzero()[:, 0]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         cached = self.keys.shape[-2] if self.is_initialized else 0
