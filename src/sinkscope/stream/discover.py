@@ -25,8 +25,8 @@ from ..errors import SinkscopeError
 
 # ---- the sink-decision thresholds (the one place they live; see docs/stream.md) ----
 # A query "sinks on" key j when its head-mean attention to j is at least this many times its uniform
-# share 1 / n_i. 4x is far above what a random-weight model gives any key (about 1x +- 0.3) and far
-# below a real sink (organism-softmax's BOS: about 10-50x).
+# share 1 / n_i. On random-weight Llamas no key gets a majority of such votes (tests), while
+# organism-softmax's BOS receives 9-13x its uniform baseline at T = 256 (docs/stream.md).
 SINK_RATIO = 4.0
 # Key j acts as a sink when at least this share of its far queries sink on it: a sink is attended by
 # most later queries, a local or content token only by a few.
