@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
 import os
 import subprocess
@@ -215,10 +213,3 @@ def test_console_script_prints_one_line_without_a_traceback(tmp_path):
     assert plain.returncode == 2
     assert plain.stderr.strip().count("\n") == 0 and "does not exist" in plain.stderr
     assert "Traceback" not in plain.stderr
-
-
-# ---------------------------------------------------------------- docstring examples
-@pytest.mark.parametrize("module", ["sinkscope.probe", "sinkscope.capture.attention", "sinkscope.testing"])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -78,12 +78,3 @@ def test_gu_importance_and_rate_restated():
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
     eps = 0.3
     assert sink_rate(got[..., 0], eps) == pytest.approx(100.0 * (want[..., 0] > eps).double().mean().item())
-
-
-@pytest.mark.parametrize("module", ["sinkscope.interventions.massive", "sinkscope.peers"])
-def test_docstring_examples_run(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
