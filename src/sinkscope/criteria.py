@@ -82,6 +82,27 @@ class Criteria:
         3.0, why="... and cos(top query direction, W_K row of the massive dim) x sqrt(head_dim) is at least this",
         source="ours: a random direction's cosine has std ~1/sqrt(head_dim)")
 
+    # ---- secondary sinks (keys other than the first that act as sinks; probe --secondary-sinks, stream) ----
+    secondary_ratio: float = rule(
+        4.0, why="a query sinks on key j when its head-mean attention to j is at least this many times its uniform "
+        "share 1/n_i ...", source="ours: random-weight Llamas give no majority at T = 64-256; organism-softmax's BOS "
+        "gets 9-13x at T = 256 (docs/stream.md)")
+    secondary_query_share: float = rule(
+        0.5, why="... and key j acts as a sink when at least this share of its far queries sink on it",
+        source="ours: a sink is attended by most later queries, a local or content token by a few")
+    secondary_local_span: int = rule(
+        4, why="queries closer than this to key j do not vote (previous-token and local heads are not sinks)",
+        source="ours")
+    secondary_min_far_queries: int = rule(
+        8, why="a key needs at least this many far queries to be judged (the last keys are seen by too few)",
+        source="ours")
+    secondary_pool_share: float = rule(
+        0.5, why="the discovered policy keeps a token class (first token, or n-th occurrence of an id) that acts as "
+        "a sink in at least this share of the sequences having it ...", source="ours")
+    secondary_pool_min_support: float = rule(
+        0.25, why="... and that occurs in at least this share of all sequences", source="ours: a class two "
+        "sequences have is an anecdote")
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -174,7 +174,7 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     if config.capture.secondary_sinks:
         from .stream.discover import SinkKeyObserver
 
-        observers["secondary"] = SinkKeyObserver(n_layers, config.capture.query_chunk, max_len=max_len)
+        observers["secondary"] = SinkKeyObserver(n_layers, config.criteria, config.capture.query_chunk, max_len=max_len)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
     if config.chain:

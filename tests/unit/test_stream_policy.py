@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sinkscope.criteria import Criteria
 from sinkscope.errors import SinkscopeError
 from sinkscope.stream.discover import TokenClass, discover, kept_positions, sink_keys, token_class
 from sinkscope.stream.policy import first_tokens, policy_mask, window_size
@@ -56,7 +57,7 @@ def test_discover_pools_by_token_and_occurrence():
     is_sink[:, 1, 0] = True
     is_sink[0, 1, 2] = is_sink[1, 0, 1] = is_sink[2, 1, 3] = True
     is_sink[0, 1, 4] = True  # second '\n' of sequence 0: its own class, one sequence of one
-    found = discover(sequences, is_sink, torch.full((4, 2, 6), 5.0), min_support=0.5)
+    found = discover(sequences, is_sink, torch.full((4, 2, 6), 5.0), Criteria(secondary_pool_min_support=0.5))
     first, newline = found["classes"][0], found["classes"][1]
     assert (first["token_id"], first["share"], first["kept"]) == (None, 1.0, True)
     assert (newline["token_id"], newline["occurrence"], newline["share"], newline["kept"]) == (9, 1, 0.75, True)

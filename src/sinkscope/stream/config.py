@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import LoadConfig, field
+from ..criteria import Criteria
 
 POSITIONS = ("original", "cache")
 
@@ -14,6 +15,7 @@ class StreamConfig:
     """``sinkscope stream``: perplexity over long text under a KV budget, per cache policy."""
 
     load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
+    criteria: Criteria = field(default_factory=Criteria, why="decision rules; stream reads the secondary-sink ones")
     data: str | None = field(None, why="text file, folder of .txt or .jsonl ('text' or 'input_ids'); default: the "
                              "held-out stdlib documents the embedded organisms were validated on")
     seq_len: int = field(256, why="tokens per evaluated document (windows shorter than this are skipped)")

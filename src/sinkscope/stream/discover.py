@@ -21,35 +21,14 @@ import torch
 
 from ..capture.attention import AttentionCall
 from ..capture.sink import check_finite
+from ..criteria import Criteria
 from ..errors import SinkscopeError
-
-# ---- the sink-decision thresholds (the one place they live; see docs/stream.md) ----
-# A query "sinks on" key j when its head-mean attention to j is at least this many times its uniform
-# share 1 / n_i. On random-weight Llamas no key gets a majority of such votes (tests), while
-# organism-softmax's BOS receives 9-13x its uniform baseline at T = 256 (docs/stream.md).
-SINK_RATIO = 4.0
-# Key j acts as a sink when at least this share of its far queries sink on it: a sink is attended by
-# most later queries, a local or content token only by a few.
-SINK_QUERY_SHARE = 0.5
-# Queries closer than this to key j do not vote: previous-token and local heads give recent keys
-# large attention without making them sinks.
-LOCAL_SPAN = 4
-# A key needs at least this many far queries to be judged at all: the last keys of a sequence are
-# seen by too few queries for a majority to mean anything.
-MIN_FAR_QUERIES = 8
-# Pooling: a token class (first token, or the n-th occurrence of a token id) is kept by the
-# discovered policy when it acts as a sink in at least this share of the sequences that have it ...
-POOL_SHARE = 0.5
-# ... and the class occurs in at least this share of all sequences (a class two sequences have is an
-# anecdote, and a policy keeps tokens a new text will actually contain).
-POOL_MIN_SUPPORT = 0.25
-
 
 class SinkKeyObserver:
     """Per sequence, layer and key: far-query votes, far-query count and received attention vs uniform.
 
     Tallies, each a list over layers of (N, T) tensors concatenated over batches:
-      votes: far queries (i >= j + LOCAL_SPAN) whose head-mean attention to j is >= SINK_RATIO / n_i;
+      votes: far queries (i >= j + local_span) whose head-mean attention to j is >= ratio / n_i;
       far: the number of those far queries;
       received / uniform: sum over queries i >= j of the head-mean a_ij and of 1 / n_i (their ratio is
       Gu et al.'s importance over its uniform baseline).
@@ -57,9 +36,9 @@ class SinkKeyObserver:
     padded with zeros to ``max_len`` (default: the first batch's width).
     """
 
-    def __init__(self, n_layers: int, chunk: int = 256, ratio: float = SINK_RATIO, local_span: int = LOCAL_SPAN,
-                 max_len: int | None = None):
-        self.chunk, self.ratio, self.local_span, self.max_len = chunk, ratio, local_span, max_len
+    def __init__(self, n_layers: int, criteria: Criteria, chunk: int = 256, max_len: int | None = None):
+        self.criteria, self.chunk, self.max_len = criteria, chunk, max_len
+        self.ratio, self.local_span = criteria.secondary_ratio, criteria.secondary_local_span
         self.stats = {name: [[] for _ in range(n_layers)] for name in ("votes", "far", "received", "uniform")}
 
     def observe(self, call: AttentionCall) -> None:
@@ -109,8 +88,7 @@ class SinkKeyObserver:
         return {name: torch.stack([torch.cat(rows) for rows in layers], 1) for name, layers in self.stats.items()}
 
 
-def sink_keys(votes: torch.Tensor, far: torch.Tensor, share: float = SINK_QUERY_SHARE,
-              min_far: int = MIN_FAR_QUERIES) -> torch.Tensor:
+def sink_keys(votes: torch.Tensor, far: torch.Tensor, share: float, min_far: int) -> torch.Tensor:
     """(N, L, T) bool: key acts as a sink in that layer (a majority of enough far queries sink on it)."""
     return (far >= min_far) & (votes >= share * far)
 
@@ -139,8 +117,8 @@ def token_class(ids: list[int], position: int) -> TokenClass:
     return TokenClass(ids[position], ids[1:position + 1].count(ids[position]))
 
 
-def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Tensor, tokenizer=None,
-             pool_share: float = POOL_SHARE, min_support: float = POOL_MIN_SUPPORT) -> dict:
+def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Tensor, criteria: Criteria,
+             tokenizer=None) -> dict:
     """Pool the per-sequence sink keys by token class.
 
     is_sink (N, L, T) bool, ratio (N, L, T) received attention over its uniform baseline. Returns
@@ -148,6 +126,7 @@ def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Ten
     by (token, occurrence), ``tokens`` by token id over all its occurrences.
     """
     N, L, T = is_sink.shape
+    pool_share, min_support = criteria.secondary_pool_share, criteria.secondary_pool_min_support
     occurrences = []
     sink_sequences: dict[TokenClass, set[int]] = defaultdict(set)
     layers_of: dict[TokenClass, Counter] = defaultdict(Counter)
@@ -180,8 +159,9 @@ def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Ten
         classes[0]["token"] = token_text(tokenizer, classes[0]["first_token_ids"][0])
     return {"occurrences": occurrences, "classes": classes, "tokens": _by_token(sequences, occurrences, tokenizer),
             "n_sequences": N,
-            "rule": {"sink_ratio": SINK_RATIO, "query_share": SINK_QUERY_SHARE, "local_span": LOCAL_SPAN,
-                     "min_far_queries": MIN_FAR_QUERIES, "pool_share": pool_share,
+            "rule": {"sink_ratio": criteria.secondary_ratio, "query_share": criteria.secondary_query_share,
+                     "local_span": criteria.secondary_local_span,
+                     "min_far_queries": criteria.secondary_min_far_queries, "pool_share": pool_share,
                      "pool_min_support": min_support}}
 
 
@@ -204,9 +184,9 @@ def _by_token(sequences: list[list[int]], occurrences: list[dict], tokenizer) ->
 
 def discover_from_observer(observer: SinkKeyObserver, sequences: list[list[int]], tokenizer=None) -> dict:
     """:func:`discover` on what a :class:`SinkKeyObserver` saw of ``sequences`` (in the order it saw them)."""
-    stats = observer.tensors()
-    is_sink = sink_keys(stats["votes"], stats["far"])
-    return discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30), tokenizer)
+    stats, c = observer.tensors(), observer.criteria
+    is_sink = sink_keys(stats["votes"], stats["far"], c.secondary_query_share, c.secondary_min_far_queries)
+    return discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30), c, tokenizer)
 
 
 def kept_classes(discovery: dict) -> list[TokenClass]:

@@ -77,7 +77,7 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tuple[torch.Tensor, SinkKeyObserver]:
     """Full-attention NLL and the per-sequence sink statistics, in one pass."""
     model = loaded.model
-    observer = SinkKeyObserver(len(blocks(model, loaded.adapter)), cfg.query_chunk)
+    observer = SinkKeyObserver(len(blocks(model, loaded.adapter)), cfg.criteria, cfg.query_chunk)
     device = next(model.parameters()).device
     nll = []
     with torch.no_grad(), capture_attention(model, loaded.adapter, [observer], query_chunk=cfg.query_chunk) as session:
