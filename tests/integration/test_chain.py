@@ -240,10 +240,18 @@ def test_variance_on_natural_text_and_random_tokens(random_tokens):
     kwargs = dict(random_tokens=True, bos="never") if random_tokens else {}
     result = probe(tiny_model("llama"), tokenizer=tiny_tokenizer(), samples=8, seq_len=24, **kwargs)
     assert result["data"]["source"] == ("random-tokens" if random_tokens else "embedded-prompts")
+    table = result.tables["chain_variance_by_position"]
     for layer in result["variance"]["layers"]:
-        for side in ("across_samples", "across_dims"):
+        for side, column in (("across_samples", "std_across_samples"), ("across_dims", "std_across_dims")):
+            rows = [(p, v) for lay, p, v in zip(table["layer"], table["position"], table[column])
+                    if lay == layer["layer"] and v is not None]
+            t, y = (np.array(c, dtype=np.float64) for c in zip(*rows))
+            g = 1 / np.sqrt(t + 1)  # the fit restated: least squares of y on g through the origin
+            s = np.linalg.lstsq(g[:, None], y, rcond=None)[0][0]
+            r2 = 1 - ((y - s * g) ** 2).sum() / ((y - y.mean()) ** 2).sum()
             fit = layer[side]["fit"]
-            assert fit["s"] > 0 and fit["positions"] >= 2 and -1e9 < fit["r2"] <= 1
+            assert fit["positions"] == len(y) and fit["s"] == pytest.approx(s, rel=1e-9)
+            assert fit["r2"] == pytest.approx(r2, rel=1e-9, abs=1e-12)
             assert -1 <= layer[side]["kendall_tau_o_proj"] <= 1
     if random_tokens:  # the first token differs between samples, so its across-samples std is real
         assert all(layer["std_first"] > 0 for layer in result["variance"]["layers"])

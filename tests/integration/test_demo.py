@@ -67,10 +67,11 @@ def test_demo_runs_on_natural_text_without_a_twin_and_isolates_on_the_structural
                  "--seq-len", "16", "--lambdas", "1,5", "--value-mean-tokens", "64", "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[10] == "twin: none compared (--twin none)"
-    if embedded_path(DEFAULT_STRUCTURAL) is not None:
-        assert f"; {DEFAULT_STRUCTURAL} (first-position sink by structure): isolating token 9" in lines[7]
-        assert (out / DEFAULT_STRUCTURAL / "isolate" / "intervene.json").exists()
-        assert f'id="fig-isolate--{DEFAULT_STRUCTURAL}"' in (out / "report.html").read_text()
+    assert embedded_path(DEFAULT_STRUCTURAL) is not None  # shipped in the package, so the demo always runs it
+    assert f"; {DEFAULT_STRUCTURAL} (first-position sink by structure): isolating token 9" in lines[7]
+    isolate = json.loads((out / DEFAULT_STRUCTURAL / "isolate" / "intervene.json").read_text())
+    assert isolate["provenance"]["model"] == DEFAULT_STRUCTURAL
+    assert f'id="fig-isolate--{DEFAULT_STRUCTURAL}"' in (out / "report.html").read_text()
     payload = json.loads((out / "tiny" / "probe" / "probe.json").read_text())
     assert payload["data"]["source"].endswith("natural-text.jsonl")  # the embedded prompts, cut to full windows
     windows = [json.loads(line)["input_ids"] for line in (out / "tiny" / "natural-text.jsonl").read_text().splitlines()]

@@ -26,7 +26,25 @@ def test_ablating_the_planted_neuron_removes_disparity_and_sink(planted):
     assert result["dom_ratio_before"][answer.layer] > 10 * result["dom_ratio_after"][answer.layer]
     assert max(result["max_abs_activation_after"]) < 0.01 * max(result["max_abs_activation_before"])
     assert result["sink_rate_after"] < result["sink_rate_before"]
-    assert result["perplexity_after"]["perplexity"] != result["perplexity_before"]["perplexity"]
+    for key, zeroed in (("perplexity_before", False), ("perplexity_after", True)):
+        assert result[key]["perplexity"] == pytest.approx(_plain_perplexity(model, data, answer, zeroed), rel=1e-5)
+
+
+def _plain_perplexity(model, data, answer, zero_neuron: bool) -> float:
+    """exp(mean next-token NLL) from a plain HF forward; the ablation restated as a zeroed down_proj column."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    if zero_neuron:
+        with torch.no_grad():
+            model.model.layers[answer.layer].mlp.down_proj.weight[:, answer.neuron] = 0
+    ids = torch.tensor(data)
+    with torch.no_grad():
+        logits = model(ids).logits.double()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return float(torch.exp(nll))
 
 
 def test_ablating_an_unrelated_neuron_changes_nothing_material(planted):

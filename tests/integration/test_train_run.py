@@ -194,6 +194,26 @@ def test_presets_exist():
         p.name for p in CONFIGS.glob("*.yaml")}
 
 
+def test_the_paper_preset_is_the_papers_setup():
+    """method.md section 6: 12 x 768, 12 heads, SwiGLU 3072, tied, ~152M parameters; AdamW (0.9, 0.95), lr 1e-3,
+    2k warm-up, cosine, decay 0.1, clip 1.0."""
+    import torch
+    from types import SimpleNamespace
+
+    from sinkscope.train.loop import model_config
+    from sinkscope.train.model import SinkscopeForCausalLM
+
+    cfg = build(TrainConfig, load_yaml(CONFIGS / "paper-152m.yaml"))
+    m, o = cfg.model, cfg.optim
+    assert (m.layers, m.hidden_size, m.heads, m.ffn_size, m.tie_embeddings, m.rope) == (12, 768, 12, 3072, True, True)
+    assert (o.lr, o.warmup, o.beta1, o.beta2, o.weight_decay, o.clip, o.cooldown) == (1e-3, 2000, 0.9, 0.95, 0.1, 1.0, 0)
+    tokenizer = SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with torch.device("meta"):  # the parameter count without allocating 600 MB
+        model = SinkscopeForCausalLM(model_config(cfg, m.vocab_size, tokenizer))
+    n = sum(p.numel() for p in model.parameters())
+    assert 150e6 < n < 154e6
+
+
 def test_trainable_trains_only_the_named_parameters(corpus, tmp_path):
     import torch
 

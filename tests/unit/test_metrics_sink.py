@@ -13,7 +13,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sinkscope.criteria import Criteria
 from sinkscope.metrics.disparity import dominance_ratio, effective_rank
 from sinkscope.metrics.norms import norm_ratio, token_norms
 from sinkscope.metrics.sink import (
@@ -55,12 +54,10 @@ def test_sink_rate_is_a_percentage_and_falls_as_eps_rises(importance, eps1, eps2
     assert r_lo == pytest.approx(want)
 
 
-def test_sink_rate_extremes_and_default_eps():
-    eps = Criteria().sink_rate_eps
-    assert eps == 0.3  # Gu et al. 2025
-    assert sink_rate(torch.full((3, 4), 0.31), eps) == 100.0
-    assert sink_rate(torch.full((3, 4), 0.3), eps) == 0.0  # strictly above eps
-    assert sink_rate(torch.tensor([[0.9, 0.1], [0.5, 0.2]]), eps) == 50.0
+def test_sink_rate_counts_strictly_above_eps():
+    assert sink_rate(torch.full((3, 4), 0.31), 0.3) == 100.0
+    assert sink_rate(torch.full((3, 4), 0.3), 0.3) == 0.0  # Gu et al.: importance > eps, not >=
+    assert sink_rate(torch.tensor([[0.9, 0.1], [0.5, 0.2]]), 0.3) == 50.0
 
 
 # ---------------------------------------------------------------- onset layer
@@ -74,11 +71,9 @@ def test_onset_layer_is_the_first_layer_above_threshold(scores, threshold):
         assert isinstance(got, int) and all(s <= threshold for s in scores[:got])
 
 
-def test_onset_default_threshold():
-    threshold = Criteria().onset_threshold_paper
-    assert threshold == 0.8  # Li et al. 2026
-    assert onset_layer(torch.tensor([0.1, 0.8, 0.81, 0.99]), threshold) == 2
-    assert onset_layer(torch.tensor([0.1, 0.2]), threshold) is None
+def test_onset_is_strictly_above_the_threshold():
+    assert onset_layer(torch.tensor([0.1, 0.8, 0.81, 0.99]), 0.8) == 2  # a layer at exactly 0.8 is not the onset
+    assert onset_layer(torch.tensor([0.1, 0.2]), 0.8) is None
 
 
 # ---------------------------------------------------------------- attention to keys
