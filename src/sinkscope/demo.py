@@ -232,26 +232,21 @@ def train_organism(name: str, out: Path, config: DemoConfig, steps: Steps) -> st
     return str(model_folder)
 
 
-ORGANISM_PRESET = Path(__file__).resolve().parents[2] / "configs" / "organism.yaml"  # in a source checkout
-
-
 def organism_train_config(variant: str, folder: Path, minutes: float, seed: int):
-    """The organism recipe (configs/organism.yaml when this is a checkout, else a small built-in one),
-    cut to ``minutes`` of wall-clock time on the CPU."""
+    """A small organism recipe cut to ``minutes`` of wall-clock time on the CPU.
+
+    It stands in for a checkpoint missing from this install, so it lives in the package: an installed
+    sinkscope has no configs/ folder (configs/organism.yaml is the full 10k-step recipe, docs/training.md).
+    """
     import dataclasses
 
-    from .config import build, load_yaml
     from .train.config import ModelSpec, OptimConfig, TrainConfig, TrainDataConfig
 
-    if ORGANISM_PRESET.exists():
-        cfg = build(TrainConfig, load_yaml(ORGANISM_PRESET))
-    else:
-        cfg = TrainConfig(model=ModelSpec(layers=4, hidden_size=128, heads=4, vocab_size=1024),
-                          data=TrainDataConfig(seq_len=64), optim=OptimConfig(lr=3e-3, warmup=30, batch_size=16,
-                                                                              steps=400))
+    cfg = TrainConfig(model=ModelSpec(layers=4, hidden_size=128, heads=4, vocab_size=1024),
+                      data=TrainDataConfig(seq_len=64), optim=OptimConfig(lr=3e-3, warmup=30, batch_size=16, steps=400))
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=variant), out=str(folder),
                                max_minutes=minutes, device="cpu", seed=seed, checkpoint_every=10_000,
-                               telemetry_every=min(cfg.telemetry_every or 50, 50), eval_every=min(cfg.eval_every, 50))
+                               telemetry_every=50, eval_every=50)
 
 
 def compare_training(out: Path) -> None:

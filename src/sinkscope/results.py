@@ -22,7 +22,7 @@ from .errors import SinkscopeError
 SCHEMA_VERSION = 1  # bump on any incompatible change to a key listed in docs/results.md
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -56,7 +56,7 @@ def to_jsonable(obj: Any) -> Any:
 def write_json(path: str | Path, payload: dict) -> Path:
     path = Path(path)
     text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False)
-    _atomic_write_bytes(path, (text + "\n").encode())
+    atomic_write_bytes(path, (text + "\n").encode())
     return path
 
 
@@ -91,7 +91,7 @@ def write_parquet(path: str | Path, columns: dict[str, list]) -> Path:
     table = pa.table({k: to_jsonable(v) for k, v in columns.items()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
     return path
 
 

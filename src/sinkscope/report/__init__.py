@@ -13,7 +13,7 @@ with inline SVG figures out, plus PNG and SVG files of every figure beside it.
 """
 
 from .build import SECTIONS, Report, build_report
-from .figures_sink import MissingData
+from .payload import MissingData
 from .load import load_results
 
 __all__ = ["SECTIONS", "MissingData", "Report", "build_report", "load_results"]

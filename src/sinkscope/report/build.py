@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SinkscopeError
-from ..results import _atomic_write_bytes
+from ..results import atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
 from . import figures_peers as peers_fig
 from . import figures_sink as sink_fig
 from . import figures_stream as stream_fig
-from .figures_sink import MissingData
+from .payload import MissingData
 from .html import Column, Section, Slot, json_tables, page, table
 from .load import Results, Series, load_results
 from .style import inline_svg, png_bytes, svg_text
@@ -92,7 +92,7 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
 
 def _write(path: Path, data: bytes) -> None:
     """Atomic write, readable by everyone (a page is meant to be opened and served)."""
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     path.chmod(0o644)
 
 

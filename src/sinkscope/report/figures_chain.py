@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.colors import to_rgba
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from .figures_sink import MissingData, finite, need
+from .payload import MissingData, finite, need
 from .style import (
     FIT_COLOUR,
     HIGHLIGHT,

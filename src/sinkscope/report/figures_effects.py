@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .figures_sink import MissingData, finite, need
+from .payload import MissingData, finite, need
 from .style import HIGHLIGHT, NEUTRAL, integer_axis, new_figure, tag
 
 

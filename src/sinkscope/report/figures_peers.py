@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .figures_sink import MissingData, finite, need
+from .payload import MissingData, finite, need
 from .style import HIGHLIGHT, NEUTRAL, integer_axis, new_figure, tag
 
 SUN_STYLES = (("top1", "Top 1", "o"), ("top2", "Top 2", "o"), ("top3", "Top 3", "o"), ("median", "Median", "v"))

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .payload import MissingData, finite, need
 from .style import (
     HIGHLIGHT,
     NATURAL_STYLE,
@@ -20,28 +21,6 @@ from .style import (
     new_figure,
     tag,
 )
-
-
-class MissingData(Exception):
-    """The result files lack what a figure needs; the message says what is missing."""
-
-
-def need(payload: dict | None, *keys: str) -> list:
-    """payload[key] for each key, or MissingData naming the first one absent (or null)."""
-    if payload is None:
-        raise MissingData("no result file for this figure")
-    values = []
-    for key in keys:
-        value = payload.get(key)
-        if value is None:
-            raise MissingData(f"the result file has no '{key}'")
-        values.append(value)
-    return values
-
-
-def finite(values) -> np.ndarray:
-    """Floats with None -> NaN."""
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
 def sink_heatmap(probe: dict, label: str):

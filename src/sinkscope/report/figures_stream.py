@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .figures_sink import need
+from .payload import need
 from .style import FIT_COLOUR, OTHER_COLOURS, new_figure, tag
 
 POLICY_STYLE = {"original": "-", "cache": "--"}  # positions mode -> line style
