@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 from .adapters import blocks, head_counts
+from .adapters.coverage import chain_gaps
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .capture.chain import mlp_weights
 from .capture.hidden import HiddenObserver
+from .capture.learned_sink import LearnedSinkObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
@@ -134,12 +136,17 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     if config.capture.full_pattern and max_len > FULL_PATTERN_MAX_LEN:
         raise SinkscopeError(f"--full-pattern is for sequences up to {FULL_PATTERN_MAX_LEN} tokens; "
                              "drop it (the sink statistics need no T x T matrix)")
+    gaps = chain_gaps(loaded.model, loaded.adapter) if config.chain else []
+    if gaps:  # the sink statistics still run; probe.json says what was skipped and why
+        config = dataclasses.replace(config, chain=False)
     rank, world = init_from_env("gloo")  # the tallies live on the CPU
     tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0,
                    shard=(rank, world, len(sequences)))
     for observer in tallies.values():
         observer.tally.all_reduce()
     result = _reduce(loaded, tallies, config, positions, len(sequences), max_len, sequences)
+    if gaps:
+        result.payload["chain_skipped"] = "; ".join(gaps)
     if out is not None and rank == 0:
         result.save(out)
     return result
@@ -167,6 +174,7 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
     observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions, gu_eps=config.criteria.sink_rate_eps),
+                 "learned_sink": LearnedSinkObserver(n_layers, n_heads),
                  "hidden": HiddenObserver(n_layers, max_len)}
     if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
@@ -224,7 +232,8 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
                                  device=str(next(loaded.model.parameters()).device),
                                  model_config=model_config.to_dict()),
         "model": {"model_type": model_config.model_type, "n_layers": score.shape[0], "n_heads": n_heads,
-                  "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal},
+                  "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal,
+                  "learned_sink": observers["learned_sink"].has_learned_sink()},
         "data": {"sequences": n_sequences, "max_len": max_len,
                  "source": "random-tokens" if config.data.random_tokens else (config.data.data or "embedded-prompts")},
         "sink_positions": list(positions),
@@ -232,6 +241,7 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "sink_score_by_key": {str(p): score[:, :, i].tolist() for i, p in enumerate(positions)},
         "layer_sink_score": layer_score.tolist(),
         "importance": importance[:, :, 0].tolist(),
+        "learned_sink_mass": observers["learned_sink"].mass().float().tolist(),
         "sink_rate": float(sink.gu_sink_rate()[0]),
         "sink_rate_by_key": {str(p): float(r) for p, r in zip(positions, sink.gu_sink_rate())},
         "sink_share": sink.sink_share()[:, :, 0].float().tolist(),

@@ -94,9 +94,58 @@ def _bert():  # bidirectional post-LN encoder
                                    attention_probs_dropout_prob=0.0, pad_token_id=0)
 
 
+INTERLEAVED = ["sliding_attention", "full_attention", "sliding_attention"]  # both kinds, and a window after a full layer
+ROPE = {"rope_type": "default", "rope_theta": 10000.0}  # plain rotary: the families' YaRN defaults need long contexts
+EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 16}  # top-2 of 4 experts, narrow experts
+
+
+def _gpt_oss():  # learned sink logit per head, interleaved sliding/full layers, experts in every block
+    return transformers.GptOssConfig(**_decoder_common(
+        num_hidden_layers=3, num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+        sliding_window=SLIDING_WINDOW, layer_types=INTERLEAVED, rope_parameters=ROPE))
+
+
+def _qwen3_moe():  # q/k RMSNorm, a dense first block then experts
+    return transformers.Qwen3MoeConfig(**_decoder_common(num_key_value_heads=2, head_dim=8, num_experts=4,
+                                                         mlp_only_layers=[0], **EXPERTS))
+
+
+def _mixtral():  # sliding window on every layer, experts in every block
+    return transformers.MixtralConfig(**_decoder_common(num_key_value_heads=2, num_local_experts=4,
+                                                        num_experts_per_tok=2, sliding_window=SLIDING_WINDOW))
+
+
+def _gemma3_text():  # QK-norm, sandwich norms, interleaved sliding/full layers with two rotary bases
+    return transformers.Gemma3TextConfig(**_decoder_common(
+        num_hidden_layers=3, num_key_value_heads=1, head_dim=8, sliding_window=SLIDING_WINDOW,
+        layer_types=INTERLEAVED, query_pre_attn_scalar=16))
+
+
+def _olmo2():  # QK-norm over all heads, norms after attention and FFN only
+    return transformers.Olmo2Config(**_decoder_common(num_key_value_heads=2))
+
+
+def _olmo3():  # OLMo-2 plus interleaved sliding/full layers
+    return transformers.Olmo3Config(**_decoder_common(num_hidden_layers=3, num_key_value_heads=2,
+                                                      sliding_window=SLIDING_WINDOW, layer_types=INTERLEAVED))
+
+
+def _deepseek_v3():  # latent attention (queries wider than values), a dense first block, routed + shared experts
+    return transformers.DeepseekV3Config(**_decoder_common(
+        num_key_value_heads=4, n_routed_experts=4, n_group=1, topk_group=1, n_shared_experts=1,
+        first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8,
+        v_head_dim=6, rope_parameters=ROPE, **EXPERTS))
+
+
+def _smollm3():  # every second layer without rotary (NoPE)
+    return transformers.SmolLM3Config(**_decoder_common(num_key_value_heads=2, no_rope_layer_interval=2))
+
+
 FAMILIES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma": _gemma,
     "gemma2": _gemma2, "phi3": _phi3, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "opt": _opt, "bert": _bert,
+    "gpt_oss": _gpt_oss, "qwen3_moe": _qwen3_moe, "mixtral": _mixtral, "gemma3_text": _gemma3_text,
+    "olmo2": _olmo2, "olmo3": _olmo3, "deepseek_v3": _deepseek_v3, "smollm3": _smollm3,
 }
 ENCODERS = frozenset({"bert"})
 
@@ -110,8 +159,11 @@ def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
 
 
 def default_attention(config) -> str:
-    """What the model normally runs with: SDPA, except soft-capped models, which HF runs eagerly."""
-    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else "sdpa"
+    """What the model normally runs with: SDPA, except soft-capped models and classes without SDPA (gpt-oss)."""
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return "eager"
+    auto = transformers.AutoModel if config.model_type in ENCODERS else transformers.AutoModelForCausalLM
+    return "sdpa" if auto._model_mapping[type(config)]._supports_sdpa else "eager"
 
 
 def tiny_model(family: str, attn_implementation: str | None = None, seed: int = 0,

@@ -1,6 +1,9 @@
 """Model-family adapters: where each family keeps its attention, MLP and norms."""
 
-from . import bert, gemma, gemma2, gpt2, gpt_neox, llama, mistral, opt, phi3, qwen2, qwen3, sinkscope  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    bert, deepseek_v3, gemma, gemma2, gemma3, gpt2, gpt_neox, gpt_oss, llama, mistral, mixtral, olmo2, olmo3, opt, phi3,
+    qwen2, qwen3, qwen3_moe, sinkscope, smollm3,
+)
 from .base import (
     Adapter,
     adapter_for,

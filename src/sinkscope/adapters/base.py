@@ -8,15 +8,17 @@ To support a new family from user code::
 
     from sinkscope.adapters import Adapter, register_adapter
     register_adapter(Adapter(model_type="my_llama", layers="layers", attention="self_attn",
-                             q_proj="self_attn.q_proj", k_proj="self_attn.k_proj",
-                             v_proj="self_attn.v_proj", o_proj="self_attn.o_proj",
+                             k_proj="self_attn.k_proj", v_proj="self_attn.v_proj", o_proj="self_attn.o_proj",
                              mlp_up="mlp.up_proj", mlp_gate="mlp.gate_proj", mlp_down="mlp.down_proj",
-                             attn_norm="input_layernorm", mlp_norm="post_attention_layernorm"))
+                             attn_norm="input_layernorm", final_norm="norm"))
+
+A part may be missing from some blocks (a mixture-of-experts model whose first blocks are dense):
+a path must resolve in at least one block, and the chain says which blocks it could not read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,24 +32,21 @@ class Adapter:
     layers: str  # ModuleList of blocks, from the base model
     attention: str  # module whose forward calls transformers' attention interface, from a block
     o_proj: str  # attention output projection; its input is the per-head outputs after value aggregation
-    mlp_down: str  # FFN down projection (fc2); its input holds the intermediate ("neuron") activations
-    mlp_up: str  # FFN up projection (fc1), or the fused gate+up projection when mlp_gate_up_fused
+    mlp_down: str | None = None  # dense FFN down projection (fc2); its input holds the "neuron" activations
+    mlp_up: str | None = None  # dense FFN up projection (fc1), or the fused gate+up when mlp_gate_up_fused
     mlp_gate: str | None = None  # SwiGLU/GeGLU gate projection; None for plain fc1/act/fc2 MLPs
-    q_proj: str | None = None  # separate q/k/v projections; None when fused into qkv_proj
-    k_proj: str | None = None
+    experts: str | None = None  # mixture-of-experts FFN: its experts module (fused per-expert weight tensors)
+    k_proj: str | None = None  # separate k/v projections; None when fused into qkv_proj or built from a latent (MLA)
     v_proj: str | None = None
     qkv_proj: str | None = None  # fused q/k/v projection (gpt2 c_attn, neox query_key_value, phi3 qkv_proj)
     qkv_layout: str = "concat"  # fused layout: "concat" = [q|k|v], "per_head" = neox's [h0:q,k,v | h1:q,k,v ...]
     mlp_gate_up_fused: bool = False  # phi3: mlp_up holds [gate | up] in one Linear
     attn_norm: str | None = None  # norm before attention (pre-LN) or after it (post-LN encoders)
-    mlp_norm: str | None = None  # norm in front of the FFN
     final_norm: str | None = None  # from the base model
-    embed: str | None = None  # token embedding, from the base model
     causal: bool = True  # False for bidirectional encoders
     conv1d: bool = False  # gpt2's Conv1D stores weights as (in, out) instead of nn.Linear's (out, in)
     pre_norm: bool = True  # attn_norm reads the residual stream entering the block; False for post-LN encoders
     candidate_sinks: tuple[int, ...] = (0,)  # key positions tracked by default; negative counts from the last real token
-    extra: dict = field(default_factory=dict)  # family-specific notes, kept out of the shared fields
 
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -110,5 +109,6 @@ def head_counts(config) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) from a config, including grouped- and multi-query."""
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    # qk_head_dim: latent attention (MLA), whose query/key heads are wider than its rotary head_dim
+    head_dim = getattr(config, "qk_head_dim", None) or getattr(config, "head_dim", None) or config.hidden_size // n_heads
     return n_heads, n_kv, head_dim

@@ -4,9 +4,8 @@ from .base import Adapter, register_adapter
 
 register_adapter(Adapter(
     model_type="bert", layers="encoder.layer", attention="attention.self",
-    q_proj="attention.self.query", k_proj="attention.self.key", v_proj="attention.self.value",
+    k_proj="attention.self.key", v_proj="attention.self.value",
     o_proj="attention.output.dense",
     mlp_up="intermediate.dense", mlp_down="output.dense",
-    attn_norm="attention.output.LayerNorm", mlp_norm="output.LayerNorm",
-    embed="embeddings.word_embeddings", causal=False, pre_norm=False, candidate_sinks=(0, -1),
+    attn_norm="attention.output.LayerNorm", causal=False, pre_norm=False, candidate_sinks=(0, -1),
 ))

@@ -1,9 +1,11 @@
-"""Gemma2: sandwich norms, alternating sliding-window layers and attention-logit soft-capping."""
+"""Gemma2: sandwich norms, alternating sliding-window layers and attention-logit soft-capping.
+
+The module tree is Llama's; the window arrives in each layer's mask and the cap as ``softcap``.
+"""
 
 from dataclasses import replace
 
 from .base import register_adapter
 from .llama import LLAMA
 
-# main diff with Llama: the FFN's input norm is pre_feedforward_layernorm
-register_adapter(replace(LLAMA, model_type="gemma2", mlp_norm="pre_feedforward_layernorm"))
+register_adapter(replace(LLAMA, model_type="gemma2"))

@@ -6,5 +6,5 @@ register_adapter(Adapter(
     model_type="gpt2", layers="h", attention="attn",
     qkv_proj="attn.c_attn", o_proj="attn.c_proj",
     mlp_up="mlp.c_fc", mlp_down="mlp.c_proj",
-    attn_norm="ln_1", mlp_norm="ln_2", final_norm="ln_f", embed="wte", conv1d=True,
+    attn_norm="ln_1", final_norm="ln_f", conv1d=True,
 ))

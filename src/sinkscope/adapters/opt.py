@@ -4,8 +4,7 @@ from .base import Adapter, register_adapter
 
 register_adapter(Adapter(
     model_type="opt", layers="decoder.layers", attention="self_attn",
-    q_proj="self_attn.q_proj", k_proj="self_attn.k_proj", v_proj="self_attn.v_proj", o_proj="self_attn.out_proj",
+    k_proj="self_attn.k_proj", v_proj="self_attn.v_proj", o_proj="self_attn.out_proj",
     mlp_up="fc1", mlp_down="fc2",
-    attn_norm="self_attn_layer_norm", mlp_norm="final_layer_norm", final_norm="decoder.final_layer_norm",
-    embed="decoder.embed_tokens",
+    attn_norm="self_attn_layer_norm", final_norm="decoder.final_layer_norm",
 ))

@@ -6,5 +6,5 @@ register_adapter(Adapter(
     model_type="phi3", layers="layers", attention="self_attn",
     qkv_proj="self_attn.qkv_proj", o_proj="self_attn.o_proj",
     mlp_up="mlp.gate_up_proj", mlp_gate_up_fused=True, mlp_down="mlp.down_proj",
-    attn_norm="input_layernorm", mlp_norm="post_attention_layernorm", final_norm="norm", embed="embed_tokens",
+    attn_norm="input_layernorm", final_norm="norm",
 ))

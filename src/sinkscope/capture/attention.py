@@ -26,9 +26,19 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..adapters import Adapter, blocks, get_path
+from ..errors import SinkscopeError
 from ..metrics.sink import softcap_logits
 
 ATTENTION_NAME = "sinkscope"
+# Arguments an attention call may pass that change nothing here: positions are already in q and k,
+# a sliding window is already in the mask (the parity tests check both against eager), and the rest
+# are output or cache switches. Any other argument that is not None is refused, never dropped.
+NO_EFFECT_ARGUMENTS = frozenset({
+    "position_ids", "sliding_window", "use_cache", "cache_position", "output_attentions", "output_hidden_states",
+    "output_router_logits", "return_dict",
+})
+# Learned sink logits under the names models pass them: gpt-oss's ``s_aux``, sinkscope's own ``sink_logit``.
+SINK_LOGIT_ARGUMENTS = ("s_aux", "sink_logit")
 
 
 @dataclass
@@ -200,6 +210,8 @@ def _fused_attention(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor] |
     if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:
         return None
     q, k, v = call.query, call.key, call.value
+    if q.device.type == "cpu" and v.shape[-1] != q.shape[-1]:
+        return None  # latent attention's narrower values: the CPU kernel needs equal widths
     is_causal = call.visible is None and call.causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
     if call.visible is None and call.causal and not is_causal and q.shape[2] > 1:
         return None  # causal with a kv offset: let the chunked path apply the offset exactly
@@ -271,10 +283,29 @@ def _add_virtual_sink(output: torch.Tensor, lse: torch.Tensor, sink_logit: torch
     return output * torch.exp(lse - total).unsqueeze(-1).to(output.dtype), total
 
 
+def _sink_logit(module: nn.Module, dropout: float, kwargs: dict) -> torch.Tensor | None:
+    """The learned sink logit (H,) if the call passes one; refuses any argument this capture would drop."""
+    if dropout:
+        raise SinkscopeError(f"{type(module).__name__} asks for attention dropout {dropout}, which sinkscope's "
+                             "capture does not apply; put the model in eval mode (model.eval())")
+    unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in NO_EFFECT_ARGUMENTS
+                     and k not in SINK_LOGIT_ARGUMENTS and k != "sigmoid_bias")
+    if unknown:
+        raise SinkscopeError(f"{type(module).__name__} passes attention argument(s) {', '.join(unknown)} that "
+                             "sinkscope's capture does not implement; it will not compute attention without them "
+                             "(see docs/adapters.md to add support)")
+    given = [kwargs[k] for k in SINK_LOGIT_ARGUMENTS if kwargs.get(k) is not None]
+    if len(given) > 1:
+        raise SinkscopeError(f"{type(module).__name__} passes both {' and '.join(SINK_LOGIT_ARGUMENTS)}; "
+                             "pass one learned sink logit")
+    return given[0] if given else None
+
+
 def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         is_causal: bool | None = None, softcap: float | None = None, **kwargs):
     """The attention function registered as ``"sinkscope"`` in transformers' AttentionInterface."""
+    sink_logit = _sink_logit(module, dropout, kwargs)
     session = _ACTIVE[-1] if _ACTIVE else None  # None: a model left switched to us still computes exactly
     layer = session.layer_of.get(id(module), -1) if session else -1
     n_rep = query.shape[1] // key.shape[1]
@@ -286,7 +317,7 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         causal=is_causal if is_causal is not None else getattr(module, "is_causal", True),
         scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
         softcap=softcap, batch=session.batch.to(query.device) if session and session.batch else None,
-        sink_logit=kwargs.get("sink_logit"), sigmoid_bias=kwargs.get("sigmoid_bias"),
+        sink_logit=sink_logit, sigmoid_bias=kwargs.get("sigmoid_bias"),
     )
     for editor in session.mask_editors if session else ():
         editor(call)
