@@ -262,6 +262,9 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         from .stream.discover import discover_from_observer
 
         payload["secondary_sinks"] = discover_from_observer(observers["secondary"], sequences or [], loaded.tokenizer)
+    learned = observers["learned_sink"]
+    payload["learned_sink_verdict"] = (learned_sink_verdict(learned.mass().float(), score[:, :, 0])
+                                       if learned.has_learned_sink() else None)
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     tables["layer_magnitudes"] = sun_table
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
@@ -272,7 +275,19 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         payload["yu_super_weights"] = reduce_yu(observers["yu"])
         found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
         payload["published_super_weights"] = compare_published(loaded.name, found)
+        if payload["learned_sink_verdict"]:  # the sink verdict names both sinks
+            payload["chain"]["verdict"] += " " + payload["learned_sink_verdict"]
     return ProbeResult(payload=payload, tables=tables)
+
+
+def learned_sink_verdict(mass: torch.Tensor, first: torch.Tensor) -> str:
+    """One sentence setting each head's learned-sink share (L, H) beside its attention to the first token (L, H)."""
+    prefer = int((mass > first).sum())
+    worst = divmod(int(mass.argmax()), mass.shape[1])
+    return (f"Learned sink: heads send on average {100 * float(mass.mean()):.1f}% of their attention to their "
+            f"learned sink logit (most: layer {worst[0]} head {worst[1]}, {100 * float(mass.max()):.1f}%) and "
+            f"{100 * float(first.mean()):.1f}% to the first token; {prefer} of {mass.numel()} heads give the "
+            "learned sink more than the first token.")
 
 
 def _seen_len(norm_by_position: torch.Tensor) -> int:

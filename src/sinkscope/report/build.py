@@ -16,6 +16,7 @@ from ..results import atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
 from . import figures_peers as peers_fig
+from . import figures_learned_sink as learned_sink_fig
 from . import figures_sink as sink_fig
 from . import figures_stream as stream_fig
 from .payload import MissingData
@@ -108,6 +109,11 @@ def _none_note(what: str) -> str:
     return f'<div class="missing" data-missing="{what}">No {what} result files under these folders.</div>'
 
 
+def _mean_percent(grid: list[list[float]]) -> float:
+    values = [v for row in grid for v in row]
+    return round(100 * sum(values) / len(values), 2)
+
+
 def _summary(results: Results) -> Section:
     rows = []
     for s in results.series:
@@ -131,9 +137,15 @@ def _summary(results: Results) -> Section:
                 str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", [])) or None,
             "published super weights found": (probe.get("published_super_weights") or {}).get("matches"),
         })
+        if (probe.get("model") or {}).get("learned_sink"):  # beside the first-token sink: the learned one's share
+            rows[-1]["learned sink share (%)"] = _mean_percent(probe["learned_sink_mass"])
     parts = [table(rows, "summary-table")] if rows else [_none_note("probe or intervention")]
     for s in results.series:
-        verdicts = [(s.probe.payload.get("chain") or {}).get("verdict")] if s.probe else []
+        probe = s.probe.payload if s.probe else {}
+        chain_verdict = (probe.get("chain") or {}).get("verdict")
+        verdicts = [chain_verdict or probe.get("learned_sink_verdict")]  # a chain verdict already names it
+        if probe.get("chain_skipped"):
+            verdicts.append(f"Chain skipped: {probe['chain_skipped']}.")
         verdicts += [p.get("verdict") for p in s.interventions.values()]
         verdicts = [v for v in verdicts if v]
         if verdicts:
@@ -150,6 +162,10 @@ def _sink(results: Results, draw: _Drawer) -> Section:
     parts.append(_columns(results, lambda s: [draw.slot(
         "sink-heatmap", s.label, "sink score per layer and head (natural text when probed)",
         lambda: sink_fig.sink_heatmap(s.probe.payload if s.probe else None, s.label))]))
+    if any(s.probe and (s.probe.payload.get("model") or {}).get("learned_sink") for s in results.series):
+        parts.append(_columns(results, lambda s: [draw.slot(
+            "learned-sink", s.label, "attention to the first token beside the share taken by the learned sink logit",
+            lambda: learned_sink_fig.learned_sink_heatmaps(s.probe.payload if s.probe else None, s.label))]))
     return Section("sink", "Where the sink is", "Sink score: the attention queries give to the first token, "
                    "averaged over query positions (per head) and heads (per layer). Sink rate (Gu et al. 2025): "
                    "the share of heads whose mean attention to token 0 exceeds eps.", parts)
