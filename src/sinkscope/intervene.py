@@ -260,6 +260,9 @@ def _resolve_auto(exp: _Experiment, key: str):
 
     config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
     result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
+    if "chain_skipped" in result.payload:
+        raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({result['chain_skipped']}); "
+                             "pass --neurons LAYER:INDEX in a dense layer or --dims C[,C]")
     chain = result.to_dict().get("chain") or {}
     return chain.get(key)
 

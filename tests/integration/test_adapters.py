@@ -66,3 +66,15 @@ def test_a_family_passing_an_unimplemented_attention_argument_is_refused_by_name
     attention.forward = functools.partial(attention.forward, rotary_bias=torch.ones(4))  # a family's new argument
     with pytest.raises(sinkscope.SinkscopeError, match="LlamaAttention passes attention argument\\(s\\) rotary_bias"):
         sinkscope.probe(model, torch.randint(3, 96, (2, 8)), chain=False)
+
+
+@pytest.mark.parametrize(("neurons", "message"), [
+    ("1:3", "layer 1 has no dense FFN \\(its FFN is mlp.experts\\)"),
+    ("auto", "'auto' needs the chain, which cannot run on this model \\(the FFN of layer\\(s\\) 1 is a mixture"),
+])
+def test_ablating_inside_experts_is_refused_with_the_reason(neurons, message):
+    from sinkscope.intervene import InterveneConfig, intervene
+
+    with pytest.raises(sinkscope.SinkscopeError, match=message):
+        intervene(tiny_model("qwen3_moe"), "ablate", InterveneConfig(neurons=neurons),
+                  data=torch.randint(3, 96, (2, 12)).tolist())

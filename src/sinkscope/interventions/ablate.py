@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..adapters import block_part, blocks, weight_out_in
+from ..adapters.coverage import blocks_with
 from ..capture.hooks import block_output_tensor
 from ..capture.runner import Sweep
 from ..errors import SinkscopeError
@@ -32,6 +33,9 @@ class AblateNeurons:
         by_layer: dict[int, list[int]] = {}
         for layer, index in self.neurons:
             check_layers((layer,), n_layers)
+            if layer not in blocks_with(model, adapter, "mlp_down"):
+                raise SinkscopeError(f"layer {layer} has no dense FFN (its FFN is {adapter.experts or 'unnamed'}); "
+                                     "ablating neurons inside experts is not implemented: pick a dense layer")
             width = weight_out_in(block_part(model, adapter, layer, "mlp_down"), adapter).shape[1]
             if not 0 <= index < width:
                 raise SinkscopeError(f"neuron {layer}:{index} is out of range: layer {layer} has neurons 0..{width - 1}")
