@@ -24,6 +24,7 @@ from .capture.sink import KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
+from .experts import expert_observer, reduce_experts
 from .distributed import init_from_env
 from .errors import SinkscopeError
 from .loading import LoadedModel, prepare_model
@@ -141,12 +142,14 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
         config = dataclasses.replace(config, chain=False)
     rank, world = init_from_env("gloo")  # the tallies live on the CPU
     tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0,
-                   shard=(rank, world, len(sequences)))
+                   shard=(rank, world, len(sequences)), experts=bool(gaps))
     for observer in tallies.values():
         observer.tally.all_reduce()
     result = _reduce(loaded, tallies, config, positions, len(sequences), max_len, sequences)
     if gaps:
         result.payload["chain_skipped"] = "; ".join(gaps)
+    if "experts" in tallies:
+        result.payload["expert_neurons"] = reduce_experts(tallies["experts"], loaded.model, loaded.adapter)
     if out is not None and rank == 0:
         result.save(out)
     return result
@@ -168,8 +171,9 @@ def _apply_overrides(config: ProbeConfig, overrides: dict) -> ProbeConfig:
 
 
 def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len, progress,
-         shard: tuple[int, int, int]) -> dict:
-    """``shard``: (rank, world size, number of sequences over all processes)."""
+         shard: tuple[int, int, int], experts: bool = False) -> dict:
+    """``shard``: (rank, world size, number of sequences over all processes); ``experts``: run the finder
+    inside experts (the dense chain is skipped)."""
     model, adapter = loaded.model, loaded.adapter
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
@@ -190,6 +194,11 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
     _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard)
+    finder = expert_observer(model, adapter) if experts else None
+    if finder is not None:  # the chain's neuron finder, inside experts
+        sweep.forward_pre_hooks += finder.hooks(model, adapter)
+        sweep.batch_listeners.append(finder)
+        observers["experts"] = finder
     run_sweep(model, adapter, loaded.tokenizer, sequences, sweep, batch_size=config.data.batch_size,
               padding_side=config.data.padding_side, query_chunk=config.capture.query_chunk, progress=progress)
     return observers

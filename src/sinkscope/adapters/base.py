@@ -36,6 +36,7 @@ class Adapter:
     mlp_up: str | None = None  # dense FFN up projection (fc1), or the fused gate+up when mlp_gate_up_fused
     mlp_gate: str | None = None  # SwiGLU/GeGLU gate projection; None for plain fc1/act/fc2 MLPs
     experts: str | None = None  # mixture-of-experts FFN: its experts module (fused per-expert weight tensors)
+    shared_expert_down: str | None = None  # MoE: down projection of the always-on shared experts (DeepSeek)
     k_proj: str | None = None  # separate k/v projections; None when fused into qkv_proj or built from a latent (MLA)
     v_proj: str | None = None
     qkv_proj: str | None = None  # fused q/k/v projection (gpt2 c_attn, neox query_key_value, phi3 qkv_proj)

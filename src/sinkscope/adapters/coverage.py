@@ -11,8 +11,8 @@ from torch import nn
 from .base import Adapter, base_model, blocks
 
 BASE_PARTS = ("layers", "final_norm")  # paths from the base model; every other path field is from a block
-PATH_FIELDS = ("layers", "attention", "o_proj", "mlp_down", "mlp_up", "mlp_gate", "experts", "k_proj", "v_proj",
-               "qkv_proj", "attn_norm", "final_norm")
+PATH_FIELDS = ("layers", "attention", "o_proj", "mlp_down", "mlp_up", "mlp_gate", "experts", "shared_expert_down",
+               "k_proj", "v_proj", "qkv_proj", "attn_norm", "final_norm")
 
 
 def declared_paths(adapter: Adapter) -> dict[str, str]:
@@ -50,7 +50,7 @@ def chain_gaps(model: nn.Module, adapter: Adapter) -> list[str]:
         what = (f"a mixture of experts ({adapter.experts}, fused expert weights)" if set(missing) <= set(experts)
                 else "not a dense MLP this adapter names")
         gaps.append(f"the FFN of layer(s) {', '.join(map(str, missing))} is {what}; "
-                    "the super-neuron finders do not search inside experts yet")
+                    "the dense chain does not run there; the super-neuron finder inside experts reports in expert_neurons")
     if adapter.k_proj is None and adapter.qkv_proj is None:
         gaps.append("keys are built from a shared latent (multi-head latent attention), with no key projection "
                     "to read the sink's key direction from, so QK locking does not apply")

@@ -1,0 +1,71 @@
+"""Super neurons inside experts: the chain's activation finder for mixture-of-experts FFNs.
+
+probe.json's ``expert_neurons`` lists (layer, expert, neuron) whose activation at the first token
+spikes against every routed activation of the other tokens, by the dense finder's rule and
+thresholds, with what the router gives that expert at the first token and at the other tokens.
+Shared experts (every token, no router) are listed with ``expert: "shared"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import blocks
+from .adapters.coverage import blocks_with
+from .capture.experts import ExpertNeuronObserver, expert_down_column
+from .chain import MAX_CANDIDATES, SPIKE_PERSISTENCE, SPIKE_RATIO_MIN, SPIKE_Z_MIN
+from .metrics.neurons import column_profile
+
+
+def expert_observer(model, adapter) -> ExpertNeuronObserver | None:
+    """The streamed expert finder for a model with mixture-of-experts blocks, else None."""
+    if not blocks_with(model, adapter, "experts"):
+        return None
+    return ExpertNeuronObserver.for_model(model, adapter, SPIKE_Z_MIN, SPIKE_RATIO_MIN)
+
+
+def reduce_experts(observer: ExpertNeuronObserver, model, adapter) -> dict:
+    t = observer.tally
+    layers = blocks(model, adapter)
+    sequences = t["sequences"].clamp(min=1)  # (L,)
+    persistence = t["extreme_count"] / sequences[:, None, None]  # (L, E, I)
+    sink_mean = t["sink_abs_sum"] / t["sink_routed"].clamp(min=1)[..., None]
+    other_mean = t["other_abs_sum"] / t["other_routed"].clamp(min=1)[..., None]
+    weight_sink = t["sink_weight_sum"] / sequences[:, None]  # (L, E)
+    weight_other = t["other_weight_sum"] / t["other_tokens"].clamp(min=1)[:, None]
+    candidates = []
+    for layer, expert, neuron in (persistence >= SPIKE_PERSISTENCE).nonzero().tolist():
+        experts = layers[layer].get_submodule(adapter.experts)
+        candidates.append({
+            "layer": layer, "expert": expert, "neuron": neuron, "persistence": float(persistence[layer, expert, neuron]),
+            "sink_abs_mean": float(sink_mean[layer, expert, neuron]),
+            "other_abs_mean": float(other_mean[layer, expert, neuron]),
+            "sink_routed_share": float(t["sink_routed"][layer, expert] / sequences[layer]),
+            "router_weight_sink": float(weight_sink[layer, expert]),
+            "router_weight_other": float(weight_other[layer, expert]),
+            "down_column": column_profile(expert_down_column(experts, expert, neuron)),
+        })
+    candidates += _shared_candidates(observer, model, adapter)
+    candidates.sort(key=lambda c: -c["sink_abs_mean"])
+    router = [{"layer": layer, "weight_sink": weight_sink[layer].tolist(), "weight_other": weight_other[layer].tolist()}
+              for layer in blocks_with(model, adapter, "experts")]
+    return {"candidates": candidates[:MAX_CANDIDATES], "router": router,
+            "thresholds": {"z_min": SPIKE_Z_MIN, "ratio_min": SPIKE_RATIO_MIN, "persistence": SPIKE_PERSISTENCE}}
+
+
+def _shared_candidates(observer: ExpertNeuronObserver, model, adapter) -> list[dict]:
+    t = observer.tally
+    sequences = t["shared_sequences"].clamp(min=1)[:, None]
+    persistence = t["shared_extreme_count"] / sequences  # (L, I_s)
+    sink_mean = t["shared_sink_abs_sum"] / sequences
+    other_mean = t["shared_other_abs_sum"] / t["shared_other_tokens"].clamp(min=1)[:, None]
+    layers = blocks(model, adapter)
+    out = []
+    for layer, neuron in (persistence >= SPIKE_PERSISTENCE).nonzero().tolist():
+        down = layers[layer].get_submodule(adapter.shared_expert_down).weight.detach()  # (D, I_s)
+        out.append({"layer": layer, "expert": "shared", "neuron": neuron,
+                    "persistence": float(persistence[layer, neuron]), "sink_abs_mean": float(sink_mean[layer, neuron]),
+                    "other_abs_mean": float(other_mean[layer, neuron]), "sink_routed_share": 1.0,
+                    "router_weight_sink": None, "router_weight_other": None,
+                    "down_column": column_profile(down[:, neuron])})
+    return out

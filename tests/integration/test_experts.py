@@ -1,0 +1,66 @@
+"""Super neurons inside experts: activations recomputed from transformers' fused expert weights, and a
+planted MoE chain whose (layer, expert, neuron) the finder recovers exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sinkscope
+from sinkscope.adapters import adapter_for, blocks
+from sinkscope.adapters.coverage import blocks_with
+from sinkscope.capture.experts import expert_activations, expert_down_column
+
+MOE = ("gpt_oss", "qwen3_moe", "mixtral", "deepseek_v3")
+
+
+@pytest.mark.parametrize("family", MOE)
+def test_recomputed_expert_activations_rebuild_the_experts_output(family):
+    """sum over the routed experts of weight * (activation @ down column) + bias == the module's own output."""
+    from sinkscope.testing import tiny_model
+
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    layer = blocks_with(model, adapter, "experts")[-1]
+    experts = blocks(model, adapter)[layer].get_submodule(adapter.experts)
+    seen = {}
+    handle = experts.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
+    with torch.no_grad():
+        model(torch.randint(3, 96, (2, 7)))
+    handle.remove()
+    x, index, weights = seen["args"][:3]
+    N, k = index.shape
+    act = expert_activations(experts, x.repeat_interleave(k, 0), index.reshape(-1))  # (N*k, I)
+    columns = torch.stack([torch.stack([expert_down_column(experts, int(e), n) for n in range(act.shape[1])], -1)
+                           for e in index.reshape(-1)])  # (N*k, D, I)
+    out = torch.einsum("sdi,si->sd", columns, act)
+    if getattr(experts, "has_bias", False):
+        out = out + experts.down_proj_bias[index.reshape(-1)]
+    rebuilt = (out * weights.reshape(-1, 1)).view(N, k, -1).sum(1)
+    torch.testing.assert_close(rebuilt, seen["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_random_moe_models_have_no_expert_super_neuron():
+    from sinkscope.testing import tiny_model
+
+    for family in MOE:
+        result = sinkscope.probe(tiny_model(family), torch.randint(3, 96, (6, 16)), batch_size=3)
+        assert result["expert_neurons"]["candidates"] == [], family
+
+
+@pytest.mark.parametrize(("layer", "expert", "neuron", "dim"), [(1, 2, 5, 3), (0, 0, 17, 40), (2, "shared", 9, 7)])
+def test_the_expert_finder_recovers_the_planted_moe_neuron_exactly(layer, expert, neuron, dim):
+    from sinkscope.fixtures_moe import planted_moe_model
+
+    model, answer = planted_moe_model(layer=layer, expert=expert, neuron=neuron, dim=dim)
+    result = sinkscope.probe(model, answer.inputs(8, 24), batch_size=4)
+    found = result["expert_neurons"]["candidates"]
+    assert [(c["layer"], c["expert"], c["neuron"]) for c in found] == [(layer, expert, neuron)]
+    hit = found[0]
+    assert hit["persistence"] == 1.0 and hit["other_abs_mean"] == 0.0
+    assert hit["down_column"]["dims"][0]["dim"] == dim and hit["down_column"]["dims"][0]["share"] == pytest.approx(1.0)
+    if expert == "shared":
+        assert hit["router_weight_sink"] is None and hit["sink_routed_share"] == 1.0
+    else:  # the router sends every first token to the planted expert, with more weight than other tokens get
+        assert hit["sink_routed_share"] == 1.0
+        assert hit["router_weight_sink"] > 2 * hit["router_weight_other"]
