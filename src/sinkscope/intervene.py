@@ -21,6 +21,7 @@ from .config import DataConfig, LoadConfig, ProbeConfig, field
 from .criteria import Criteria
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
+from .interventions.ablate_experts import SHARED, AblateExpertNeurons
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .results import SCHEMA_VERSION, provenance, write_json
@@ -43,7 +44,8 @@ class InterveneConfig:
     observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)")
     control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
     value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated")
-    neurons: str = field("auto", why="super neurons to ablate: auto (from the chain finder) or L:N[,L:N]")
+    neurons: str = field("auto", why="super neurons to ablate: auto (the chain's finder; inside experts for MoE), "
+                                     "L:N[,L:N], or L:E:N inside expert E ('shared' for a shared expert)")
     dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]; "
                              "massive: the dims to reset (default auto)")
     mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
@@ -66,13 +68,15 @@ def _parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[in
         raise SinkscopeError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from None
 
 
-def _parse_pairs(text: str) -> tuple[tuple[int, int], ...]:
+def _parse_pairs(text: str) -> tuple[tuple, ...]:
+    """LAYER:INDEX (a dense FFN) or LAYER:EXPERT:INDEX (an expert; EXPERT may be "shared") items."""
     try:
-        pairs = tuple(tuple(int(x) for x in item.split(":")) for item in text.split(","))
+        pairs = tuple(tuple(x if x == SHARED and i == 1 and item.count(":") == 2 else int(x)
+                            for i, x in enumerate(item.split(":"))) for item in text.split(","))
     except ValueError:
         pairs = ()
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise SinkscopeError(f"--neurons must be auto or LAYER:INDEX[,LAYER:INDEX], got {text!r}")
+    if not pairs or any(len(p) not in (2, 3) for p in pairs):
+        raise SinkscopeError(f"--neurons must be auto or LAYER:INDEX / LAYER:EXPERT:INDEX[,...], got {text!r}")
     return pairs
 
 
@@ -260,6 +264,9 @@ def _resolve_auto(exp: _Experiment, key: str):
 
     config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
     result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
+    experts = (result.payload.get("expert_neurons") or {}).get("candidates")
+    if key == "super_neurons" and experts is not None:  # a mixture of experts: the finder inside experts
+        return [{"layer": c["layer"], "expert": c["expert"], "index": c["neuron"]} for c in experts]
     if "chain_skipped" in result.payload:
         raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({result['chain_skipped']}); "
                              "pass --neurons LAYER:INDEX in a dense layer or --dims C[,C]")
@@ -299,6 +306,26 @@ class _NeuronMeans:
         return {key: total / max(self.count, 1.0) for key, total in self.sums.items()}
 
 
+def _neuron_ablations(exp: _Experiment, neurons: tuple) -> list:
+    """Interventions for dense neurons (LAYER, INDEX) and neurons inside experts (LAYER, EXPERT, INDEX)."""
+    config = exp.config
+    in_experts = tuple(n for n in neurons if len(n) == 3)
+    dense = tuple(n for n in neurons if len(n) == 2)
+    if in_experts and (config.mode, config.target) != ("zero", "activation"):
+        raise SinkscopeError("neurons inside experts are ablated with --mode zero --target activation only")
+    out = [AblateExpertNeurons(neurons=in_experts)] if in_experts else []
+    if dense:
+        means = {}
+        if config.mode == "mean":
+            collector = _NeuronMeans(dense)
+            run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, exp.sequences,
+                      Sweep(forward_pre_hooks=collector.hooks(exp.model, exp.adapter), batch_listeners=[collector]),
+                      batch_size=config.data.batch_size)
+            means = collector.means()
+        out.append(AblateNeurons(neurons=dense, mode=config.mode, target=config.target, means=means))
+    return out
+
+
 def ablate(exp: _Experiment) -> dict:
     config = exp.config
     interventions = []
@@ -306,20 +333,14 @@ def ablate(exp: _Experiment) -> dict:
     if config.neurons != "none":
         if config.neurons == "auto":
             found = _resolve_auto(exp, "super_neurons") or []
-            neurons = tuple((n["layer"], n["index"]) for n in found)
+            neurons = tuple((n["layer"], n["expert"], n["index"]) if "expert" in n else (n["layer"], n["index"])
+                            for n in found)
             if not neurons:
                 raise SinkscopeError("the chain finder found no super neuron in this model; "
                                      "pass --neurons LAYER:INDEX or --neurons none with --dims")
         else:
             neurons = _parse_pairs(config.neurons)
-        means = {}
-        if config.mode == "mean":
-            collector = _NeuronMeans(neurons)
-            run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, exp.sequences,
-                      Sweep(forward_pre_hooks=collector.hooks(exp.model, exp.adapter), batch_listeners=[collector]),
-                      batch_size=config.data.batch_size)
-            means = collector.means()
-        interventions.append(AblateNeurons(neurons=neurons, mode=config.mode, target=config.target, means=means))
+        interventions += _neuron_ablations(exp, neurons)
     dims: tuple = ()
     if config.dims is not None:
         if config.dims == "auto":

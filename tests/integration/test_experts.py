@@ -64,3 +64,42 @@ def test_the_expert_finder_recovers_the_planted_moe_neuron_exactly(layer, expert
     else:  # the router sends every first token to the planted expert, with more weight than other tokens get
         assert hit["sink_routed_share"] == 1.0
         assert hit["router_weight_sink"] > 2 * hit["router_weight_other"]
+
+
+@pytest.mark.parametrize("expert", [2, "shared"])
+def test_ablating_an_expert_neuron_equals_zeroing_its_down_column(expert):
+    """The hook removes exactly the neuron's contribution: same logits as a copy whose down column is 0."""
+    import copy
+
+    from sinkscope.capture.hooks import scoped_hooks
+    from sinkscope.fixtures_moe import planted_moe_model
+    from sinkscope.interventions.ablate_experts import AblateExpertNeurons
+
+    model, answer = planted_moe_model(layer=1, expert=expert, neuron=5, dim=3)
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        moe = edited.model.layers[1].mlp
+        if expert == "shared":
+            moe.shared_experts.down_proj.weight[:, 5] = 0.0
+        else:
+            moe.experts.down_proj[expert][:, 5] = 0.0
+    sweep = AblateExpertNeurons(neurons=((1, expert, 5),)).sweep(model, adapter_for(model))
+    ids = torch.tensor(answer.inputs(3, 12))
+    with torch.no_grad():
+        plain = model(ids).logits
+        with scoped_hooks(forward=sweep.forward_hooks, forward_pre=sweep.forward_pre_hooks):
+            ablated = model(ids).logits
+        want = edited(ids).logits
+    assert (plain - want).abs().max() > 1e-2  # the neuron matters, so the comparison can fail
+    torch.testing.assert_close(ablated, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ablate_auto_on_the_planted_moe_removes_the_massive_activation():
+    from sinkscope.fixtures_moe import planted_moe_model
+    from sinkscope.intervene import InterveneConfig, intervene
+
+    model, answer = planted_moe_model(layer=0, expert=1, neuron=4, dim=3)
+    result = intervene(model, "ablate", InterveneConfig(neurons="auto"), data=answer.inputs(6, 16))
+    assert result["neurons"] == [[0, 1, 4]]
+    before, after = result["max_abs_activation_before"], result["max_abs_activation_after"]
+    assert before[-1] > 10 * after[-1]  # the planted write was the largest activation; without it, gone

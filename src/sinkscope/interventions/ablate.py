@@ -35,7 +35,7 @@ class AblateNeurons:
             check_layers((layer,), n_layers)
             if layer not in blocks_with(model, adapter, "mlp_down"):
                 raise SinkscopeError(f"layer {layer} has no dense FFN (its FFN is {adapter.experts or 'unnamed'}); "
-                                     "ablating neurons inside experts is not implemented: pick a dense layer")
+                                     "name a neuron inside an expert as LAYER:EXPERT:INDEX")
             width = weight_out_in(block_part(model, adapter, layer, "mlp_down"), adapter).shape[1]
             if not 0 <= index < width:
                 raise SinkscopeError(f"neuron {layer}:{index} is out of range: layer {layer} has neurons 0..{width - 1}")
