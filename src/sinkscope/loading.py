@@ -80,7 +80,7 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
     adapter = adapter_for(config)
     auto = AutoModelForCausalLM if adapter.causal else AutoModel
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
-                  dtype=DTYPES[cfg.dtype], attn_implementation="sdpa" if _supports_sdpa(config) else "eager")
+                  dtype=DTYPES[cfg.dtype], attn_implementation="sdpa" if _supports_sdpa(config, auto) else "eager")
     if cfg.device_map:
         kwargs["device_map"] = cfg.device_map
     try:
@@ -95,8 +95,12 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
                        revision=cfg.revision)
 
 
-def _supports_sdpa(config) -> bool:
-    return getattr(config, "attn_logit_softcapping", None) is None
+def _supports_sdpa(config, auto) -> bool:
+    """SDPA unless the logits are soft-capped or the class has no SDPA path (gpt-oss: its sink logit)."""
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return False
+    model_class = auto._model_mapping.get(type(config), None)  # None for remote code: transformers decides
+    return model_class is None or bool(getattr(model_class, "_supports_sdpa", True))
 
 
 def load_tokenizer(source: str, cfg: LoadConfig):

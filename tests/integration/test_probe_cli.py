@@ -213,3 +213,14 @@ def test_console_script_prints_one_line_without_a_traceback(tmp_path):
     assert plain.returncode == 2
     assert plain.stderr.strip().count("\n") == 0 and "does not exist" in plain.stderr
     assert "Traceback" not in plain.stderr
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3"])
+def test_probe_runs_end_to_end_on_moe_families_with_the_chain_on(family, tmp_path, capsys):
+    """gpt-oss has no SDPA path and a learned sink; DeepSeek has latent attention: both load, probe and explain."""
+    save_tiny(family, tmp_path / "model")
+    _probe(capsys, tmp_path / "model", "--seq-len", "16", "--samples", "4", "--batch-size", "2", "--out", tmp_path / "out")
+    result = _result(tmp_path / "out")
+    assert "mixture of experts" in result["chain_skipped"] and "chain" not in result
+    assert result["expert_neurons"]["router"] and result["learned_sink_mass"]
+    assert result["model"]["learned_sink"] == (family == "gpt_oss")
