@@ -103,3 +103,17 @@ def test_ablate_auto_on_the_planted_moe_removes_the_massive_activation():
     assert result["neurons"] == [[0, 1, 4]]
     before, after = result["max_abs_activation_before"], result["max_abs_activation_after"]
     assert before[-1] > 10 * after[-1]  # the planted write was the largest activation; without it, gone
+
+
+def test_the_report_lists_the_expert_neuron_with_its_router_weights():
+    from sinkscope.fixtures_moe import planted_moe_model
+    from sinkscope.report.build import expert_neuron_rows
+
+    model, answer = planted_moe_model(layer=1, expert=2, neuron=5, dim=3)
+    result = sinkscope.probe(model, answer.inputs(4, 16), batch_size=4)
+    hit = result["expert_neurons"]["candidates"][0]
+    assert expert_neuron_rows(result.payload) == [{
+        "layer": 1, "expert": 2, "neuron": 5, "sink |a|": hit["sink_abs_mean"], "other |a| mean": 0.0,
+        "router weight sink": hit["router_weight_sink"], "router weight other": hit["router_weight_other"],
+        "top dims": ", ".join(str(d["dim"]) for d in hit["down_column"]["dims"][:3])}]
+    assert hit["down_column"]["dims"][0]["dim"] == 3

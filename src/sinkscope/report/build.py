@@ -185,6 +185,15 @@ def _variance(results: Results, draw: _Drawer) -> Section:
                    [_columns(results, fill)])
 
 
+def expert_neuron_rows(probe: dict) -> list[dict]:
+    """The expert finder's strongest neurons as table rows, each with the router's weights for its expert."""
+    return [{"layer": c["layer"], "expert": c["expert"], "neuron": c["neuron"], "sink |a|": c["sink_abs_mean"],
+             "other |a| mean": c["other_abs_mean"], "router weight sink": c["router_weight_sink"],
+             "router weight other": c["router_weight_other"],
+             "top dims": ", ".join(str(d["dim"]) for d in c["down_column"]["dims"][:3])}
+            for c in ((probe.get("expert_neurons") or {}).get("candidates") or [])[:8]]
+
+
 def _neurons(results: Results, draw: _Drawer) -> Section:
     def fill(s: Series):
         probe = s.probe
@@ -195,6 +204,9 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
                   "top dims": ", ".join(str(d["dim"]) for d in (r.get("down_column") or {}).get("dims", [])[:3]),
                   "weight outlier": r.get("weight_outlier")} for r in rows[:8]]
         parts = [table(shown, f"neuron-table--{slug(s.label)}")] if shown else []
+        experts = expert_neuron_rows(probe.payload) if probe else []
+        if experts:  # a mixture of experts: the finder inside experts, with the router beside each neuron
+            parts.append(table(experts, f"expert-neuron-table--{slug(s.label)}"))
         parts.append(draw.slot("super-neurons", s.label, "down-projection column and selectivity by position",
                                lambda: chain_fig.super_neurons(probe.payload if probe else None,
                                                                probe.table("chain_neuron_selectivity") if probe else None,
