@@ -34,20 +34,26 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
     table.add_column("top-1 / median |x| (Sun)", justify="right")
     sun = payload["layer_magnitudes"]["mean"]
     sink = payload["sink"]
+    learned = payload["learned_sink_mass"] if payload["model"].get("learned_sink") else None
+    if learned:  # beside the first-token sink: the share each layer's learned sink logit takes
+        table.add_column("learned sink (head mean)", justify="right")
     for layer, heads in enumerate(payload["sink_score"]):
         lo, hi = sink["ratio_ci"][layer]
         ratio = "-" if lo is None else f"{sink['ratio'][layer]:.1f} ({lo:.1f}-{hi:.1f})"
         table.add_row(str(layer), f"{payload['layer_sink_score'][layer]:.3f}", ratio, f"{max(heads):.3f}",
-                      f"{payload['norm_ratio'][layer]:.2f}", f"{sun[layer][0]:.4g} / {sun[layer][3]:.3g}")
+                      f"{payload['norm_ratio'][layer]:.2f}", f"{sun[layer][0]:.4g} / {sun[layer][3]:.3g}",
+                      *([f"{sum(learned[layer]) / len(learned[layer]):.3f}"] if learned else []))
     console = _console()
     console.print(table)
     paper = payload["onset_layer_paper"]
-    console.print(sink["verdict"])
+    console.print(sink["verdict"])  # names the learned sink too, when the model has one
     console.print(f"onset layer by the paper's rule (score > {payload['onset_threshold_paper']}): "
                   f"{paper if paper is not None else 'none'}   sink rate (eps {payload['sink_rate_eps']}): "
                   f"{payload['sink_rate']:.1f} %   uniform baseline: {payload['uniform_baseline']:.3f}")
     if "chain" in payload:
         console.print(payload["chain"]["verdict"])
+    if payload.get("chain_skipped"):
+        console.print(f"chain skipped: {payload['chain_skipped']}")
     published = payload.get("published_super_weights")
     if published:
         console.print(f"published super weights of {published['model']} {published['published']}: "
