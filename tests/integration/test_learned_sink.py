@@ -69,7 +69,7 @@ def test_the_verdict_and_the_report_show_the_learned_sink_beside_the_first_token
     assert f"on average {100 * mass.mean():.1f}% of their attention to their learned sink" in verdict
     assert f"{100 * first.mean():.1f}% to the first token" in verdict
     assert f"{int((mass > first).sum())} of {mass.numel()} heads" in verdict
-    assert "super-neuron finders do not search inside experts" in result["chain_skipped"]
+    assert "the super-neuron finder inside experts reports in expert_neurons" in result["chain_skipped"]
     page = build_report([tmp_path / "gpt-oss"], tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()
     assert "learned sink share (%)" in text and verdict.split(";")[0] in text and "Chain skipped:" in text
