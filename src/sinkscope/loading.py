@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, adapter_for
+from .adapters.text_model import text_decoder
 from .config import LoadConfig
 from .errors import SinkscopeError
 
@@ -91,8 +92,17 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
     if not cfg.device_map:
         model.to(cfg.device)
     model.eval()
+    model, adapter = _text_part(model, adapter)
     return LoadedModel(model=model, tokenizer=load_tokenizer(source, cfg), adapter=adapter, name=name,
                        revision=cfg.revision)
+
+
+def _text_part(model: nn.Module, adapter):
+    """A multimodal wrapper's text decoder and its adapter (the model itself for text-only families)."""
+    if adapter.text_model is None:
+        return model, adapter
+    text = text_decoder(model, adapter)
+    return text, adapter_for(text)
 
 
 def _supports_sdpa(config, auto) -> bool:
@@ -120,4 +130,5 @@ def prepare_model(model, tokenizer, cfg: LoadConfig) -> LoadedModel:
     if not isinstance(model, nn.Module):
         raise SinkscopeError("pass a loaded transformers model or a hub id / folder path")
     name = getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), name=name, revision=None)
+    model, adapter = _text_part(model, adapter_for(model))
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, name=name, revision=None)

@@ -121,6 +121,14 @@ def _gemma3_text():  # QK-norm, sandwich norms, interleaved sliding/full layers 
         layer_types=INTERLEAVED, query_pre_attn_scalar=16))
 
 
+def _gemma3():  # the multimodal wrapper around the gemma3_text decoder above, with a one-layer vision tower
+    return transformers.Gemma3Config(
+        text_config=_gemma3_text().to_dict(), mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+        boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, initializer_range=INIT_STD,
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14})
+
+
 def _olmo2():  # QK-norm over all heads, norms after attention and FFN only
     return transformers.Olmo2Config(**_decoder_common(num_key_value_heads=2))
 
@@ -148,11 +156,13 @@ FAMILIES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "olmo2": _olmo2, "olmo3": _olmo3, "deepseek_v3": _deepseek_v3, "smollm3": _smollm3,
 }
 ENCODERS = frozenset({"bert"})
+# Multimodal wrappers whose text decoder is a family above; sinkscope probes that decoder on its own.
+MULTIMODAL: dict[str, Callable[[], transformers.PretrainedConfig]] = {"gemma3": _gemma3}
 
 
 def tiny_config(family: str, **overrides) -> transformers.PretrainedConfig:
     """The tiny config of ``family`` with ``overrides`` applied as attributes."""
-    config = FAMILIES[family]()
+    config = (FAMILIES.get(family) or MULTIMODAL[family])()
     for key, value in overrides.items():
         setattr(config, key, value)
     return config

@@ -15,7 +15,7 @@ import torch
 import sinkscope
 from sinkscope.adapters import Adapter, adapter_for, base_model, blocks, supported_model_types
 from sinkscope.adapters.coverage import BASE_PARTS, PATH_FIELDS, blocks_with, declared_paths
-from sinkscope.testing import FAMILIES, tiny_model, tiny_sinkscope_config
+from sinkscope.testing import FAMILIES, MULTIMODAL, tiny_model, tiny_sinkscope_config
 from sinkscope.train.model import SinkscopeForCausalLM
 
 SRC = Path(sinkscope.__file__).parent
@@ -27,22 +27,25 @@ def _own():
 
 
 def test_every_supported_family_has_a_tiny_model():
-    assert set(supported_model_types()) == set(FAMILIES) | {"sinkscope"}
+    assert set(supported_model_types()) == set(FAMILIES) | set(MULTIMODAL) | {"sinkscope"}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES) + ["sinkscope"])
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(MULTIMODAL) + ["sinkscope"])
 def test_every_declared_path_resolves_on_a_tiny_model_of_its_family(family):
     model = _own() if family == "sinkscope" else tiny_model(family)
     adapter = adapter_for(model)
     assert adapter.model_type == family
-    assert len(blocks(model, adapter)) == model.config.num_hidden_layers
+    n = model.config.get_text_config().num_hidden_layers
+    assert len(blocks(model, adapter)) == n
     for part, path in declared_paths(adapter).items():
+        if part == "text_model":  # from the top-level model, not a block
+            assert model.get_submodule(path) is not None
+            continue
         found = blocks_with(model, adapter, part)
         assert found, f"{family}: {part}={path!r} resolves in no block"
         if part in BASE_PARTS:
             assert base_model(model).get_submodule(path) is not None
     # the parts every pipeline needs, in every block
-    n = model.config.num_hidden_layers
     for part in ("attention", "o_proj"):
         assert blocks_with(model, adapter, part) == list(range(n)), f"{family}: {part} missing in some block"
     ffn = set(blocks_with(model, adapter, "mlp_down")) | set(blocks_with(model, adapter, "experts"))
@@ -80,3 +83,23 @@ def test_ablating_a_neuron_that_is_not_there_is_refused_with_the_reason(neurons,
     with pytest.raises(sinkscope.SinkscopeError, match=message):
         intervene(tiny_model("qwen3_moe"), "ablate", InterveneConfig(neurons=neurons),
                   data=torch.randint(3, 96, (2, 12)).tolist())
+
+
+def test_a_multimodal_wrapper_is_probed_through_its_text_decoder_with_the_same_numbers():
+    """gemma3 (with a vision tower) gives exactly what its text decoder alone gives, and stays untouched."""
+    from transformers import Gemma3ForCausalLM
+
+    full = tiny_model("gemma3")
+    text_only = Gemma3ForCausalLM(full.config.text_config).eval()
+    text_only.model.load_state_dict(full.model.language_model.state_dict())
+    text_only.lm_head.load_state_dict(full.lm_head.state_dict())
+    before = {k: v.clone() for k, v in full.state_dict().items()}
+    ids = torch.randint(3, 90, (4, 12), generator=torch.Generator().manual_seed(0))
+    kwargs = {"chain": False, "key_importance": True, "batch_size": 3}
+    got, want = sinkscope.probe(full, ids, **kwargs), sinkscope.probe(text_only, ids, **kwargs)
+    assert got["model"] == want["model"] and got["model"]["model_type"] == "gemma3_text"
+    for key in ("sink_score", "importance", "learned_sink_mass", "norm_ratio", "max_abs_activation"):
+        assert got[key] == want[key], key
+    assert got.tables["key_importance"] == want.tables["key_importance"]
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in before.items())
+    assert full.config.text_config._attn_implementation == "sdpa"

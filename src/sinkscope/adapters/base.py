@@ -48,6 +48,7 @@ class Adapter:
     conv1d: bool = False  # gpt2's Conv1D stores weights as (in, out) instead of nn.Linear's (out, in)
     pre_norm: bool = True  # attn_norm reads the residual stream entering the block; False for post-LN encoders
     candidate_sinks: tuple[int, ...] = (0,)  # key positions tracked by default; negative counts from the last real token
+    text_model: str | None = None  # multimodal wrapper: its text decoder, from the top-level model, probed on its own
 
 
 _REGISTRY: dict[str, Adapter] = {}

@@ -12,7 +12,7 @@ from .base import Adapter, base_model, blocks
 
 BASE_PARTS = ("layers", "final_norm")  # paths from the base model; every other path field is from a block
 PATH_FIELDS = ("layers", "attention", "o_proj", "mlp_down", "mlp_up", "mlp_gate", "experts", "shared_expert_down",
-               "k_proj", "v_proj", "qkv_proj", "attn_norm", "final_norm")
+               "k_proj", "v_proj", "qkv_proj", "attn_norm", "final_norm", "text_model")
 
 
 def declared_paths(adapter: Adapter) -> dict[str, str]:
