@@ -31,8 +31,9 @@ from ..metrics.sink import softcap_logits
 
 ATTENTION_NAME = "sinkscope"
 # Arguments an attention call may pass that change nothing here: positions are already in q and k,
-# a sliding window is already in the mask (the parity tests check both against eager), and the rest
-# are output or cache switches. Any other argument that is not None is refused, never dropped.
+# a sliding window is already in the mask (eager attention reads it from there too; the parity tests
+# check both against eager), and the rest are output or cache switches. Any other argument that is
+# not None is refused, never dropped.
 NO_EFFECT_ARGUMENTS = frozenset({
     "position_ids", "sliding_window", "use_cache", "cache_position", "output_attentions", "output_hidden_states",
     "output_router_logits", "return_dict",
