@@ -37,7 +37,8 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter) -> dict:
     for layer, expert, neuron in (persistence >= SPIKE_PERSISTENCE).nonzero().tolist():
         experts = layers[layer].get_submodule(adapter.experts)
         candidates.append({
-            "layer": layer, "expert": expert, "neuron": neuron, "persistence": float(persistence[layer, expert, neuron]),
+            "layer": layer, "expert": expert, "neuron": neuron,
+            "persistence": float(persistence[layer, expert, neuron]),
             "sink_abs_mean": float(sink_mean[layer, expert, neuron]),
             "other_abs_mean": float(other_mean[layer, expert, neuron]),
             "sink_routed_share": float(t["sink_routed"][layer, expert] / sequences[layer]),

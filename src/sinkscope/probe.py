@@ -24,9 +24,9 @@ from .capture.sink import KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
-from .experts import expert_observer, reduce_experts
 from .distributed import init_from_env
 from .errors import SinkscopeError
+from .experts import expert_observer, reduce_experts
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.sink import sink_rate, uniform_attention_baseline

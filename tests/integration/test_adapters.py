@@ -59,7 +59,8 @@ def test_every_adapter_field_is_read_outside_the_adapters():
     for field in dataclasses.fields(Adapter):
         used = re.search(rf"adapter\.{field.name}\b|\"{field.name}\"", code)
         assert used, f"Adapter.{field.name} is read by nothing"
-    paths = {f.name for f in dataclasses.fields(Adapter) if f.type in ("str", "str | None")} - {"model_type", "qkv_layout"}
+    paths = {f.name for f in dataclasses.fields(Adapter) if f.type in ("str", "str | None")}
+    paths -= {"model_type", "qkv_layout"}
     assert set(PATH_FIELDS) == paths, "a new module-path field must be listed in coverage.PATH_FIELDS"
 
 

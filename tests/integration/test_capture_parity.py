@@ -160,7 +160,8 @@ def brute_force(model, sequences, padding_side: str, keys=KEYS) -> tuple[Referen
             # the reference's own checks: independent visibility == eager's non-zeros; float64 probs == eager
             assert torch.equal((attn > 0) & rows, vis[:, None].expand_as(attn) & rows), \
                 "visibility rule disagrees with eager"
-            assert ((record["probs"] - attn.double()).abs() * rows).max() < 5e-6, "reference attention disagrees with eager"
+            assert ((record["probs"] - attn.double()).abs() * rows).max() < 5e-6, \
+                "reference attention disagrees with eager"
             # then the float64 weights: eager's float32 ones lose digits where a learned sink leaves real keys ~1e-3
             A = record["probs"]  # (B, H, T, S)
             extra.append(record["max_raw"])

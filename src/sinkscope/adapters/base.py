@@ -112,5 +112,6 @@ def head_counts(config) -> tuple[int, int, int]:
     n_heads = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     # qk_head_dim: latent attention (MLA), whose query/key heads are wider than its rotary head_dim
-    head_dim = getattr(config, "qk_head_dim", None) or getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    head_dim = (getattr(config, "qk_head_dim", None) or getattr(config, "head_dim", None)
+                or config.hidden_size // n_heads)
     return n_heads, n_kv, head_dim

@@ -50,7 +50,8 @@ def chain_gaps(model: nn.Module, adapter: Adapter) -> list[str]:
         what = (f"a mixture of experts ({adapter.experts}, fused expert weights)" if set(missing) <= set(experts)
                 else "not a dense MLP this adapter names")
         gaps.append(f"the FFN of layer(s) {', '.join(map(str, missing))} is {what}; "
-                    "the dense chain does not run there; the super-neuron finder inside experts reports in expert_neurons")
+                    "the dense chain does not run there; "
+                    "the super-neuron finder inside experts reports in expert_neurons")
     if adapter.k_proj is None and adapter.qkv_proj is None:
         gaps.append("keys are built from a shared latent (multi-head latent attention), with no key projection "
                     "to read the sink's key direction from, so QK locking does not apply")

@@ -60,7 +60,8 @@ class AblateExpertNeurons:
                                      f"0..{module.num_experts - 1}")
             width = module.down_proj.shape[1 if module.is_transposed else 2]
         if not 0 <= neuron < width:
-            raise SinkscopeError(f"neuron {neuron} is out of range: each expert of layer {layer} has neurons 0..{width - 1}")
+            raise SinkscopeError(f"neuron {neuron} is out of range: each expert of layer {layer} has neurons "
+                                 f"0..{width - 1}")
         return neuron
 
 
