@@ -21,21 +21,27 @@ from .attention import BatchInfo
 from .reducers import Tally
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
-    """x (S, in) through per-row weights (S, out, in), or (S, in, out) when ``transposed``."""
-    out = torch.bmm(x[:, None], weight if transposed else weight.transpose(1, 2))[:, 0]
-    return out if bias is None else out + bias
-
-
 def expert_activations(experts: nn.Module, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
-    """(S, I) intermediate activations (the down projection's input) of token rows x (S, D) in experts ids (S,)."""
-    bias = getattr(experts, "gate_up_proj_bias", None) if experts.has_bias else None
-    if experts.has_gate:
-        h = _linear(x, experts.gate_up_proj[expert_ids], None if bias is None else bias[expert_ids],
-                    experts.is_transposed)
-        return experts._apply_gate(h)
-    up_bias = experts.up_proj_bias[expert_ids] if experts.has_bias else None
-    return experts.act_fn(_linear(x, experts.up_proj[expert_ids], up_bias, experts.is_transposed))
+    """(S, I) intermediate activations (the down projection's input) of token rows x (S, D) in experts ids (S,).
+
+    One matrix product per expert present, as transformers' own loop does: gathering a weight per
+    row would hold S copies of an expert's weights.
+    """
+    out = None
+    for expert in expert_ids.unique().tolist():
+        rows = expert_ids == expert
+        if experts.has_gate:
+            weight, bias = experts.gate_up_proj[expert], getattr(experts, "gate_up_proj_bias", None)
+        else:
+            weight, bias = experts.up_proj[expert], getattr(experts, "up_proj_bias", None)
+        h = x[rows] @ (weight if experts.is_transposed else weight.t())  # (S_e, 2I) or (S_e, I)
+        if experts.has_bias:
+            h = h + bias[expert]
+        act = experts._apply_gate(h) if experts.has_gate else experts.act_fn(h)
+        if out is None:
+            out = act.new_zeros(len(x), act.shape[-1])
+        out[rows] = act
+    return out
 
 
 def expert_down_column(experts: nn.Module, expert: int, neuron: int) -> torch.Tensor:
@@ -109,7 +115,7 @@ class ExpertNeuronObserver:
 
     def observe(self, layer: int, experts: nn.Module, x: torch.Tensor, index: torch.Tensor,
                 weights: torch.Tensor) -> None:
-        batch, t = self.batch, self.tally
+        batch, t = self.batch.to(x.device), self.tally  # a --device-map layer may sit on another device
         B, T = batch.valid.shape
         N, k = index.shape
         E = t["sink_routed"].shape[1]
@@ -137,7 +143,7 @@ class ExpertNeuronObserver:
 
     def observe_shared(self, layer: int, act: torch.Tensor) -> None:
         """The shared experts' down-projection input (B, T, I_s): the dense finder's rule, every token routed."""
-        batch, t = self.batch, self.tally
+        batch, t = self.batch.to(act.device), self.tally
         B = act.shape[0]
         rows = torch.arange(B, device=act.device)
         sink = act[rows, batch.first].float()  # (B, I_s)
