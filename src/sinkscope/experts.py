@@ -13,18 +13,19 @@ import torch
 from .adapters import blocks
 from .adapters.coverage import blocks_with
 from .capture.experts import ExpertNeuronObserver, expert_down_column
-from .chain import MAX_CANDIDATES, SPIKE_PERSISTENCE, SPIKE_RATIO_MIN, SPIKE_Z_MIN
+from .chain import MAX_CANDIDATES
 from .metrics.neurons import column_profile
 
 
-def expert_observer(model, adapter) -> ExpertNeuronObserver | None:
+def expert_observer(model, adapter, criteria) -> ExpertNeuronObserver | None:
     """The streamed expert finder for a model with mixture-of-experts blocks, else None."""
     if not blocks_with(model, adapter, "experts"):
         return None
-    return ExpertNeuronObserver.for_model(model, adapter, SPIKE_Z_MIN, SPIKE_RATIO_MIN)
+    return ExpertNeuronObserver.for_model(model, adapter, criteria.spike_token_ratio, criteria.spike_channel_ratio)
 
 
-def reduce_experts(observer: ExpertNeuronObserver, model, adapter) -> dict:
+def reduce_experts(observer: ExpertNeuronObserver, model, adapter, criteria) -> dict:
+    """``criteria``: the probe's :class:`~sinkscope.criteria.Criteria` (the dense finder's spike rule)."""
     t = observer.tally
     layers = blocks(model, adapter)
     sequences = t["sequences"].clamp(min=1)  # (L,)
@@ -34,7 +35,7 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter) -> dict:
     weight_sink = t["sink_weight_sum"] / sequences[:, None]  # (L, E)
     weight_other = t["other_weight_sum"] / t["other_tokens"].clamp(min=1)[:, None]
     candidates = []
-    for layer, expert, neuron in (persistence >= SPIKE_PERSISTENCE).nonzero().tolist():
+    for layer, expert, neuron in (persistence >= criteria.spike_persistence).nonzero().tolist():
         experts = layers[layer].get_submodule(adapter.experts)
         candidates.append({
             "layer": layer, "expert": expert, "neuron": neuron,
@@ -46,15 +47,16 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter) -> dict:
             "router_weight_other": float(weight_other[layer, expert]),
             "down_column": column_profile(expert_down_column(experts, expert, neuron)),
         })
-    candidates += _shared_candidates(observer, model, adapter)
+    candidates += _shared_candidates(observer, model, adapter, criteria.spike_persistence)
     candidates.sort(key=lambda c: -c["sink_abs_mean"])
     router = [{"layer": layer, "weight_sink": weight_sink[layer].tolist(), "weight_other": weight_other[layer].tolist()}
               for layer in blocks_with(model, adapter, "experts")]
     return {"candidates": candidates[:MAX_CANDIDATES], "router": router,
-            "thresholds": {"z_min": SPIKE_Z_MIN, "ratio_min": SPIKE_RATIO_MIN, "persistence": SPIKE_PERSISTENCE}}
+            "thresholds": {"token_ratio": criteria.spike_token_ratio, "channel_ratio": criteria.spike_channel_ratio,
+                           "persistence": criteria.spike_persistence}}
 
 
-def _shared_candidates(observer: ExpertNeuronObserver, model, adapter) -> list[dict]:
+def _shared_candidates(observer: ExpertNeuronObserver, model, adapter, min_persistence: float) -> list[dict]:
     t = observer.tally
     sequences = t["shared_sequences"].clamp(min=1)[:, None]
     persistence = t["shared_extreme_count"] / sequences  # (L, I_s)
@@ -62,7 +64,7 @@ def _shared_candidates(observer: ExpertNeuronObserver, model, adapter) -> list[d
     other_mean = t["shared_other_abs_sum"] / t["shared_other_tokens"].clamp(min=1)[:, None]
     layers = blocks(model, adapter)
     out = []
-    for layer, neuron in (persistence >= SPIKE_PERSISTENCE).nonzero().tolist():
+    for layer, neuron in (persistence >= min_persistence).nonzero().tolist():
         down = layers[layer].get_submodule(adapter.shared_expert_down).weight.detach()  # (D, I_s)
         out.append({"layer": layer, "expert": "shared", "neuron": neuron,
                     "persistence": float(persistence[layer, neuron]), "sink_abs_mean": float(sink_mean[layer, neuron]),

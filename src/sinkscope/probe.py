@@ -149,7 +149,8 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     if gaps:
         result.payload["chain_skipped"] = "; ".join(gaps)
     if "experts" in tallies:
-        result.payload["expert_neurons"] = reduce_experts(tallies["experts"], loaded.model, loaded.adapter)
+        result.payload["expert_neurons"] = reduce_experts(tallies["experts"], loaded.model, loaded.adapter,
+                                                          config.criteria)
     if out is not None and rank == 0:
         result.save(out)
     return result
@@ -194,7 +195,7 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
     _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard)
-    finder = expert_observer(model, adapter) if experts else None
+    finder = expert_observer(model, adapter, config.criteria) if experts else None
     if finder is not None:  # the chain's neuron finder, inside experts
         sweep.forward_pre_hooks += finder.hooks(model, adapter)
         sweep.batch_listeners.append(finder)
@@ -274,6 +275,8 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     learned = observers["learned_sink"]
     payload["learned_sink_verdict"] = (learned_sink_verdict(learned.mass().float(), score[:, :, 0])
                                        if learned.has_learned_sink() else None)
+    if payload["learned_sink_verdict"]:  # the sink verdict names both sinks
+        payload["sink"]["verdict"] += " " + payload["learned_sink_verdict"]
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     tables["layer_magnitudes"] = sun_table
     if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
@@ -284,8 +287,6 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         payload["yu_super_weights"] = reduce_yu(observers["yu"])
         found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
         payload["published_super_weights"] = compare_published(loaded.name, found)
-        if payload["learned_sink_verdict"]:  # the sink verdict names both sinks
-            payload["chain"]["verdict"] += " " + payload["learned_sink_verdict"]
     return ProbeResult(payload=payload, tables=tables)
 
 

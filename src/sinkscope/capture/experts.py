@@ -15,7 +15,7 @@ from torch import nn
 
 from ..adapters import Adapter, blocks
 from ..adapters.coverage import blocks_with
-from ..metrics.neurons import robust_spike_scores
+from ..metrics.neurons import spike_ratios
 from ..errors import SinkscopeError
 from .attention import BatchInfo
 from .reducers import Tally
@@ -63,16 +63,17 @@ class ExpertNeuronObserver:
 
     Tallies (L layers, E experts, I neurons per expert): sequences (L); sink_routed (L, E): sequences
     whose sink token went to expert e; sink_abs_sum (L, E, I): |a| there; extreme_count (L, E, I):
-    sequences in which it is a robust outlier against every activation of the other tokens' routed
-    experts (the dense finder's rule, :func:`~sinkscope.metrics.neurons.robust_spike_scores`);
+    sequences in which it spikes by the dense finder's rule (:func:`~sinkscope.metrics.neurons.spike_ratios`):
+    against the same neuron at the sequence's other tokens routed to e (none there: no spike), and
+    against the first token's other channels in all its routed experts;
     other_abs_sum (L, E, I) / other_routed (L, E): the same neuron at the other tokens routed to e;
     sink_weight_sum / other_weight_sum (L, E): the router's weight for e (0 where not chosen), summed
     over sink tokens / other tokens; other_tokens (L).
     """
 
-    def __init__(self, n_layers: int, n_experts: int, n_neurons: int, z_min: float, ratio_min: float,
+    def __init__(self, n_layers: int, n_experts: int, n_neurons: int, token_ratio: float, channel_ratio: float,
                  n_shared_neurons: int = 0):
-        self.z_min, self.ratio_min = z_min, ratio_min
+        self.token_ratio, self.channel_ratio = token_ratio, channel_ratio
         self.batch: BatchInfo | None = None
         self.tally = t = Tally()
         for name in ("sequences", "other_tokens"):
@@ -86,14 +87,15 @@ class ExpertNeuronObserver:
         t.zeros("shared_other_tokens", n_layers)
 
     @classmethod
-    def for_model(cls, model: nn.Module, adapter: Adapter, z_min: float, ratio_min: float) -> ExpertNeuronObserver:
+    def for_model(cls, model: nn.Module, adapter: Adapter, token_ratio: float,
+                  channel_ratio: float) -> ExpertNeuronObserver:
         layer = blocks_with(model, adapter, "experts")[0]
         experts = blocks(model, adapter)[layer].get_submodule(adapter.experts)
         width = experts.down_proj.shape[1 if experts.is_transposed else 2]
         shared = blocks_with(model, adapter, "shared_expert_down")
         shared_width = blocks(model, adapter)[shared[0]].get_submodule(adapter.shared_expert_down).in_features \
             if shared else 0
-        return cls(len(blocks(model, adapter)), experts.num_experts, width, z_min, ratio_min, shared_width)
+        return cls(len(blocks(model, adapter)), experts.num_experts, width, token_ratio, channel_ratio, shared_width)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> list:
         """(module, pre-hook) pairs: every experts module, and every shared expert's down projection."""
@@ -124,8 +126,18 @@ class ExpertNeuronObserver:
         sink_act, sink_experts = act[rows, batch.first], index.view(B, T, k)[rows, batch.first]  # (B, k, I), (B, k)
         others = batch.valid.clone()
         others[rows, batch.first] = False
-        z, ratio = robust_spike_scores(sink_act.flatten(1), act.flatten(2), others)  # (B, k*I) each
-        spikes = ((z >= self.z_min) & (ratio >= self.ratio_min)).view(B, k, -1).double()
+        routed = index.view(B, T, k)
+        other_mean, has_other = [], []
+        for slot in range(k):  # the same expert's neuron at the sequence's other tokens routed to it
+            there = (routed == sink_experts[:, slot, None, None]) & others[..., None]  # (B, T, k)
+            count = there.sum((1, 2))  # (B,)
+            total = (act.abs() * there[..., None]).sum((1, 2))  # (B, I)
+            other_mean.append(total / count.clamp(min=1)[:, None])
+            has_other.append(count > 0)
+        token, channel, _ = spike_ratios(sink_act.flatten(1), torch.stack(other_mean, 1).flatten(1),
+                                         torch.ones(B, device=x.device))  # (B, k*I) each
+        token = token.view(B, k, -1) * torch.stack(has_other, 1)[..., None]
+        spikes = ((token >= self.token_ratio) & (channel.view(B, k, -1) >= self.channel_ratio)).double()
         flat_sink = sink_experts.reshape(-1).cpu()
         t.add("sequences", (layer,), torch.tensor(float(B)))
         t.add("other_tokens", (layer,), others.sum().double())
@@ -149,9 +161,11 @@ class ExpertNeuronObserver:
         sink = act[rows, batch.first].float()  # (B, I_s)
         others = batch.valid.clone()
         others[rows, batch.first] = False
-        z, ratio = robust_spike_scores(sink, act, others)
+        other_sum = (act.float().abs() * others[..., None]).double().sum(1)  # (B, I_s)
+        token, channel, _ = spike_ratios(sink, other_sum, others.sum(1))
         t.add("shared_sequences", (layer,), torch.tensor(float(B)))
         t.add("shared_other_tokens", (layer,), others.sum().double())
         t.add("shared_sink_abs_sum", (layer,), sink.abs().double().sum(0))
-        t.add("shared_extreme_count", (layer,), ((z >= self.z_min) & (ratio >= self.ratio_min)).double().sum(0))
-        t.add("shared_other_abs_sum", (layer,), (act.float().abs() * others[..., None]).double().sum((0, 1)))
+        t.add("shared_extreme_count", (layer,),
+              ((token >= self.token_ratio) & (channel >= self.channel_ratio)).double().sum(0))
+        t.add("shared_other_abs_sum", (layer,), other_sum.sum(0))

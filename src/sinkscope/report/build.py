@@ -143,7 +143,7 @@ def _summary(results: Results) -> Section:
     for s in results.series:
         probe = s.probe.payload if s.probe else {}
         chain_verdict = (probe.get("chain") or {}).get("verdict")
-        verdicts = [chain_verdict or probe.get("learned_sink_verdict")]  # a chain verdict already names it
+        verdicts = [chain_verdict, probe.get("learned_sink_verdict")]  # the learned sink beside the first token's
         if probe.get("chain_skipped"):
             verdicts.append(f"Chain skipped: {probe['chain_skipped']}.")
         verdicts += [p.get("verdict") for p in s.interventions.values()]
