@@ -143,7 +143,8 @@ def _summary(results: Results) -> Section:
     for s in results.series:
         probe = s.probe.payload if s.probe else {}
         chain_verdict = (probe.get("chain") or {}).get("verdict")
-        verdicts = [chain_verdict, probe.get("learned_sink_verdict")]  # the learned sink beside the first token's
+        learned = probe.get("learned_sink_verdict")  # the learned sink beside the first token's
+        verdicts = [chain_verdict] + ([learned] if learned and learned not in (chain_verdict or "") else [])
         if probe.get("chain_skipped"):
             verdicts.append(f"Chain skipped: {probe['chain_skipped']}.")
         verdicts += [p.get("verdict") for p in s.interventions.values()]
