@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .figures_sink import MissingData, finite, need
+from .payload import MissingData, finite, need
 from .style import new_figure, tag
 
 
