@@ -1,7 +1,7 @@
 """The ``sinkscope`` command line. Flags are generated from the dataclass configs in config.py.
 
-Each subcommand is a :class:`Command`: a config dataclass, positional arguments and a function that
-takes the built config. A nested dataclass field contributes its own fields as flags (``--seq-len``,
+Each subcommand is a :class:`~sinkscope.commands.Command`: a config dataclass, positional arguments and
+a function that takes the built config. A nested dataclass field contributes its own fields as flags (``--seq-len``,
 not ``--data.seq-len``). ``--config FILE.yaml`` supplies values; flags given on the command line win.
 Any :class:`SinkscopeError` prints one line and exits with code 2 (``--debug`` shows the traceback).
 """
@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from .commands import COMMANDS, Command
 from .config import build, load_yaml
 from .errors import SinkscopeError
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    config: type | None  # dataclass whose fields become flags; None for commands with positionals only
-    run: Callable  # run(args: argparse.Namespace, config) -> int | None
-    positionals: tuple[tuple[str, dict], ...] = ()  # (name, argparse kwargs)
 
 
 def _flag(name: str) -> str:
@@ -52,9 +43,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             why = f"{why} [{f.metadata['source']}]"
         default = f.default if f.default is not dataclasses.MISSING else None
         if tp is bool:
-            if default:
+            if default:  # the flag turns it off, so its help says what "off" does (tests/unit/test_startup.py)
                 parser.add_argument(_flag("no_" + f.name), dest=dest, action="store_const", const=False,
-                                    default=None, help=f"turn off: {why}")
+                                    default=None, help=f.metadata.get("off") or f"turn off: {why}")
             else:
                 parser.add_argument(_flag(f.name), dest=dest, action="store_const", const=True, default=None,
                                     help=why)
@@ -79,33 +70,30 @@ def config_from_args(cls: type, args: argparse.Namespace):
     return build(cls, values)
 
 
-def _commands() -> list[Command]:
-    from .commands import COMMANDS
-
-    return COMMANDS
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sinkscope", description="Find, explain and control attention sinks.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in _commands():
+    for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for name, kwargs in command.positionals:
             p.add_argument(name, **kwargs)
         if command.config is not None:
-            add_config_flags(p, command.config)
+            add_config_flags(p, command.config_class())
         p.set_defaults(_command=command)
     return parser
 
 
 def _quiet_libraries() -> None:
-    """Our own progress bars and one-line errors replace the libraries' chatter."""
-    import transformers
+    """Our own progress bars and one-line errors replace the libraries' chatter (read when they load)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already loaded (tests, notebooks): the variables come too late
+        import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     command: Command = args._command
     _quiet_libraries()
     try:
-        config = config_from_args(command.config, args) if command.config is not None else None
+        config = config_from_args(command.config_class(), args) if command.config is not None else None
         code = command.run(args, config)
     except SinkscopeError as err:
         if args.debug:

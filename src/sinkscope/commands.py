@@ -1,12 +1,34 @@
-"""Subcommands: thin wrappers from parsed configs to library functions, plus the summary they print."""
+"""Subcommands: thin wrappers from parsed configs to library functions, plus the summary they print.
+
+Each :class:`Command` names its config dataclass by import path ("module:Class"). Config modules import
+no torch, and every pipeline is imported inside its ``run_*`` function, so ``sinkscope <command> --help``
+answers without loading the ML stack (tests/unit/test_startup.py). Dependencies run one way:
+cli -> commands -> pipelines.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
 
-from .cli import Command
-from .config import ProbeConfig
-from .intervene import EXPERIMENTS, InterveneConfig
+from .config import EXPERIMENT_KINDS
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    config: str | None  # "module:Class" of the dataclass whose fields become flags; None: positionals only
+    run: Callable  # run(args: argparse.Namespace, config) -> int | None
+    positionals: tuple[tuple[str, dict], ...] = ()  # (name, argparse kwargs)
+
+    def config_class(self) -> type | None:
+        if self.config is None:
+            return None
+        module, name = self.config.split(":")
+        return getattr(import_module(module), name)
 
 
 def _console():
@@ -18,7 +40,7 @@ def _console():
     return Console(stderr=False, highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
+def run_probe(args: argparse.Namespace, config) -> int:
     from rich.table import Table
 
     from .probe import probe
@@ -70,7 +92,7 @@ def run_probe(args: argparse.Namespace, config: ProbeConfig) -> int:
     return 0
 
 
-def run_intervene(args: argparse.Namespace, config: InterveneConfig) -> int:
+def run_intervene(args: argparse.Namespace, config) -> int:
     from rich.table import Table
 
     from .intervene import intervene
@@ -131,20 +153,16 @@ def run_models(args: argparse.Namespace, config) -> int:
 
 
 COMMANDS = [
-    Command("probe", "measure sink score, sink rate and onset per layer and head", ProbeConfig, run_probe,
+    Command("probe", "measure sink score, sink rate and onset per layer and head", "sinkscope.config:ProbeConfig",
+            run_probe,
             positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
-    Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate, massive)", InterveneConfig,
-            run_intervene, positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
-                                        ("kind", {"choices": sorted(EXPERIMENTS), "help": "which experiment"}))),
+    Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate, massive)",
+            "sinkscope.config:InterveneConfig", run_intervene,
+            positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
+                         ("kind", {"choices": EXPERIMENT_KINDS, "help": "which experiment"}))),
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
             positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
 ]
-
-
-def _train_config_class():
-    from .train.config import TrainConfig
-
-    return TrainConfig
 
 
 def run_train(args: argparse.Namespace, config) -> int:
@@ -193,16 +211,10 @@ def run_compare(args: argparse.Namespace, config) -> int:
     return 0
 
 
-def _compare_config_class():
-    from .train.config import CompareConfig
-
-    return CompareConfig
-
-
 COMMANDS.append(Command("train", "pretrain a model with one attention variant, with sink telemetry",
-                        _train_config_class(), run_train))
+                        "sinkscope.train.config:TrainConfig", run_train))
 COMMANDS.append(Command("compare", "compare training runs grouped by variant (loss, speed, sinks)",
-                        _compare_config_class(), run_compare,
+                        "sinkscope.train.config:CompareConfig", run_compare,
                         positionals=(("runs", {"nargs": "+", "help": "run folders written by sinkscope train"}),)))
 
 
@@ -214,12 +226,6 @@ def run_report(args: argparse.Namespace, config) -> int:
     for figure_id, why in report.missing.items():
         print(f"  omitted {figure_id}: {why}")
     return 0
-
-
-def _demo_config_class():
-    from .demo import DemoConfig
-
-    return DemoConfig
 
 
 def run_demo(args: argparse.Namespace, config) -> int:
@@ -242,13 +248,7 @@ COMMANDS.append(Command("report", "draw every result under RUN folders into one 
                                     "<name>_figures/ beside it"}),
                             ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
 COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
-                        _demo_config_class(), run_demo))
-
-
-def _stream_config_class():
-    from .stream.config import StreamConfig
-
-    return StreamConfig
+                        "sinkscope.demo:DemoConfig", run_demo))
 
 
 def run_stream(args: argparse.Namespace, config) -> int:
@@ -282,5 +282,5 @@ def run_stream(args: argparse.Namespace, config) -> int:
 
 
 COMMANDS.append(Command("stream", "perplexity under a KV budget per cache policy; which tokens must the cache keep",
-                        _stream_config_class(), run_stream,
+                        "sinkscope.stream.config:StreamConfig", run_stream,
                         positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),)))

@@ -18,9 +18,14 @@ from .errors import SinkscopeError
 
 
 def field(default: Any = dataclasses.MISSING, *, why: str, choices: tuple | None = None,
-          default_factory: Any = dataclasses.MISSING, cli: bool = True):
-    """A dataclass field with its reason; ``choices`` restricts CLI values; ``cli=False`` hides it."""
-    meta = {"why": why, "choices": choices, "cli": cli}
+          default_factory: Any = dataclasses.MISSING, cli: bool = True, off: str | None = None,
+          min: int | None = None):
+    """A dataclass field with its reason; ``choices`` restricts CLI values; ``cli=False`` hides it.
+
+    ``off``: for a bool that defaults to True, the help of its ``--no-X`` flag, saying what turning it
+    off does. ``min``: the smallest meaningful value of a count (1 for steps, 0 where 0 means "none").
+    """
+    meta = {"why": why, "choices": choices, "cli": cli, "off": off, "min": min}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -45,9 +50,9 @@ class DataConfig:
     data: str | None = field(None, why="text file, folder of .txt, or .jsonl ('text' or 'input_ids'); "
                              "default: the embedded prompt set")
     random_tokens: bool = field(False, why="uniform random token ids, as in the paper's random-input checks")
-    seq_len: int = field(64, why="tokens per sequence (the paper measures at T=64)")
-    samples: int = field(100, why="number of sequences to average over")
-    batch_size: int = field(8, why="sequences per forward pass; lower it if memory runs out")
+    seq_len: int = field(64, why="tokens per sequence (the paper measures at T=64)", min=1)
+    samples: int = field(100, why="number of sequences to average over", min=1)
+    batch_size: int = field(8, why="sequences per forward pass; lower it if memory runs out", min=1)
     bos: str = field("auto", why="prepend the BOS token: auto follows the tokenizer's own habit",
                      choices=("auto", "always", "never"))
     padding_side: str = field("right", why="side to pad shorter sequences on (the sink is the first real token)",
@@ -65,7 +70,8 @@ class CaptureConfig:
     full_pattern: bool = field(False, why="also store the mean T x T attention pattern (short sequences only)")
     secondary_sinks: bool = field(False, why="find every key that acts as a sink, per layer, pooled by token (one more "
                                   "chunked T x T pass, O(T) memory; see docs/stream.md)")
-    query_chunk: int = field(1024, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T")
+    query_chunk: int = field(1024, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T",
+                             min=1)
 
 
 @dataclass
@@ -76,12 +82,43 @@ class ProbeConfig:
     data: DataConfig = field(default_factory=DataConfig, why="input sequences")
     capture: CaptureConfig = field(default_factory=CaptureConfig, why="attention statistics to capture")
     criteria: Criteria = field(default_factory=Criteria, why="the rules of every sink and chain verdict")
-    chain: bool = field(True, why="also measure the causal chain (variance, super neurons, disparity); off for speed")
+    chain: bool = field(True, why="also measure the causal chain (variance, super neurons, disparity)",
+                        off="skip the causal chain and measure only sink statistics (faster)")
     variance_positions: int = field(256, why="positions (from the first token) with per-dim sums for the across-samples "
                                     "std; memory is layers x this x hidden x 4 doubles")
-    neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer")
+    neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer", min=1)
     selectivity_samples: int = field(16, why="sequences re-run to trace each super neuron's selectivity by position")
     out: str | None = field(None, why="output folder for probe.json and Parquet tables")
+
+
+EXPERIMENT_KINDS = ("ablate", "amplify", "isolate", "massive")  # the experiments of intervene.py (its EXPERIMENTS)
+PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
+
+
+@dataclass
+class InterveneConfig:
+    """``sinkscope intervene MODEL {isolate,amplify,ablate,massive}``."""
+
+    load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
+    data: DataConfig = field(default_factory=DataConfig, why="input sequences")
+    position: int = field(9, why="target token, counted from the first real token (the paper uses 9)", min=0)
+    layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify; "
+                               "massive: the one block whose output carries them, found by the chain)")
+    lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors to sweep (the paper's grid)")
+    observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)", min=0)
+    control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
+    value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated", min=1)
+    neurons: str = field("auto", why="super neurons to ablate: auto (the chain's finder; inside experts for MoE), "
+                                     "L:N[,L:N], or L:E:N inside expert E ('shared' for a shared expert)")
+    dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]; "
+                             "massive: the dims to reset (default auto)")
+    mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
+    target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
+                        choices=("activation", "column"))
+    query_chunk: int = field(1024, why="queries per chunk in exact chunked attention passes", min=1)
+    criteria: Criteria = field(default_factory=Criteria, why="the rules of the chain verdict that --neurons auto "
+                               "and --dims auto use, and of the sink rate")
+    out: str | None = field(None, why="output folder for intervene.json")
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -151,7 +188,20 @@ def build(cls: type, values: dict | None = None, prefix: str = "") -> Any:
         if choices and value not in choices:
             raise SinkscopeError(f"config key '{prefix}{name}' must be one of {', '.join(map(str, choices))}, got {value!r}")
         kwargs[name] = value
-    return cls(**kwargs)
+    instance = cls(**kwargs)
+    check_bounds(instance, prefix)
+    return instance
+
+
+def check_bounds(config: Any, prefix: str = "") -> None:
+    """Refuse a count below its field's ``min`` (``--steps 0``), naming the flag and the config key."""
+    for f in dataclasses.fields(config):
+        value, least = getattr(config, f.name), f.metadata.get("min")
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, f"{prefix}{f.name}.")
+        elif least is not None and isinstance(value, (int, float)) and value < least:
+            flag = "--" + f.name.replace("_", "-")
+            raise SinkscopeError(f"{flag} (config key '{prefix}{f.name}') must be at least {least}, got {value}")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DataConfig, LoadConfig, ProbeConfig, field
+from .config import DataConfig, InterveneConfig, LoadConfig, ProbeConfig, field
 from .criteria import Criteria
 from .errors import SinkscopeError
-from .intervene import InterveneConfig
 
 # Six points of the paper's grid (1, 2, 5, 10, 15, 20, 25, 30) with its range: each lambda costs two sweeps
 # (amplified and control), and amplify is most of the demo's time. `sinkscope intervene` keeps the full grid.
@@ -48,9 +47,9 @@ class DemoConfig:
     structural: str = field(DEFAULT_STRUCTURAL, why="a model whose first position is a sink whatever token stands "
                             "there, where isolate can work (the organism's sink is keyed on BOS); 'none' skips it")
     data: str | None = field(None, why="natural-text data (file, folder or .jsonl); default: the embedded prompts")
-    samples: int = field(32, why="sequences per probe and intervention (few: the demo must take minutes)")
-    seq_len: int = field(64, why="tokens per sequence (the paper measures at T = 64)")
-    batch_size: int = field(8, why="sequences per forward pass")
+    samples: int = field(32, why="sequences per probe and intervention (few: the demo must take minutes)", min=1)
+    seq_len: int = field(64, why="tokens per sequence (the paper measures at T = 64)", min=1)
+    batch_size: int = field(8, why="sequences per forward pass", min=1)
     bos: str = field("auto", why="prepend BOS: auto follows the tokenizer", choices=("auto", "always", "never"))
     position: int = field(9, why="token that isolate and amplify turn into a sink (the paper: 9)")
     lambdas: tuple[float, ...] = field(DEMO_LAMBDAS, why="amplification factors (six points of the paper's grid)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,8 +16,7 @@ from .adapters import block_part, blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
-from .config import DataConfig, LoadConfig, ProbeConfig, field
-from .criteria import Criteria
+from .config import InterveneConfig, ProbeConfig  # InterveneConfig lives in config.py: `intervene --help` needs no torch
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .interventions.ablate_experts import SHARED, AblateExpertNeurons
@@ -27,34 +25,7 @@ from .metrics.norms import norm_ratio
 from .results import SCHEMA_VERSION, provenance, write_json
 from .verdicts import reduce_sink
 
-PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
-
-@dataclass
-class InterveneConfig:
-    """``sinkscope intervene MODEL {isolate,amplify,ablate}``."""
-
-    load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
-    data: DataConfig = field(default_factory=DataConfig, why="input sequences")
-    position: int = field(9, why="target token, counted from the first real token (the paper uses 9)")
-    layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify; "
-                               "massive: the one block whose output carries them, found by the chain)")
-    lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors to sweep (the paper's grid)")
-    observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)")
-    control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
-    value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated")
-    neurons: str = field("auto", why="super neurons to ablate: auto (the chain's finder; inside experts for MoE), "
-                                     "L:N[,L:N], or L:E:N inside expert E ('shared' for a shared expert)")
-    dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]; "
-                             "massive: the dims to reset (default auto)")
-    mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
-    target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
-                        choices=("activation", "column"))
-    query_chunk: int = field(1024, why="queries per chunk in exact chunked attention passes")
-    criteria: Criteria = field(default_factory=Criteria, why="the rules of the chain verdict that --neurons auto "
-                               "and --dims auto use, and of the sink rate")
-    out: str | None = field(None, why="output folder for intervene.json")
 
 
 def _parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...] | None:

@@ -38,6 +38,45 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
+# The JSON files transformers reads from a model folder; a torn one would surface as a library traceback
+# or, for the tokenizer, silently as "no tokenizer".
+FOLDER_JSON = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "model.safetensors.index.json")
+
+
+def _torn(path: Path, reason: str) -> SinkscopeError:
+    return SinkscopeError(f"{path} is torn or corrupt ({reason}); copy the model folder again, or re-save it "
+                          "with save_pretrained")
+
+
+def check_folder(source: str) -> None:
+    """Refuse a local model folder whose JSON files do not parse or whose safetensors are cut short.
+
+    Each safetensors file is opened (header and the extent it promises, no tensor read), which is how a
+    torn copy or garbage bytes show up; the other files are parsed as JSON.
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    for name in FOLDER_JSON:
+        path = folder / name
+        if path.exists():
+            try:
+                json.loads(path.read_bytes())
+            except (UnicodeDecodeError, ValueError) as err:
+                raise _torn(path, f"not valid JSON: {str(err).splitlines()[0]}") from None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise _torn(path, f"unreadable safetensors: {str(err).splitlines()[0]}") from None
+
+
 def _read_config(source: str, cfg: LoadConfig):
     from transformers import AutoConfig
 
@@ -71,12 +110,11 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
     """
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from . import train  # noqa: F401  (registers sinkscope's own architectures with the Auto classes)
-
     cfg = cfg or LoadConfig()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SinkscopeError("--device cuda was asked for but this torch build sees no CUDA device; use --device cpu")
     source = resolve_source(name)
+    check_folder(source)
     config = _read_config(source, cfg)
     adapter = adapter_for(config)
     auto = AutoModelForCausalLM if adapter.causal else AutoModel
@@ -117,6 +155,7 @@ def load_tokenizer(source: str, cfg: LoadConfig):
     """The model's tokenizer, or None when the folder has none (random tokens still work)."""
     from transformers import AutoTokenizer
 
+    check_folder(source)
     try:
         return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError):

@@ -1,16 +1,22 @@
 """Pretraining small models with head-wise RMSNorm and the rival sink fixes.
 
-Importing this package registers the ``sinkscope`` architecture with transformers' Auto classes,
-so ``AutoModelForCausalLM.from_pretrained(folder)`` loads every variant a run writes.
+The names below load on first use, so ``import sinkscope.train.config`` (the CLI's help) needs no torch.
+sinkscope's architecture is registered with transformers' Auto classes by ``import sinkscope`` itself
+(see sinkscope/autoregister.py), not by importing this package.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from importlib import import_module
 
-from .hf import add_headnorm, from_llama, to_llama
-from .model import VARIANTS, SinkscopeConfig, SinkscopeForCausalLM, build_model
+_EXPORTS = {
+    "VARIANTS": ".configuration_sinkscope", "SinkscopeConfig": ".configuration_sinkscope",
+    "SinkscopeForCausalLM": ".model", "build_model": ".model",
+    "add_headnorm": ".hf", "from_llama": ".hf", "to_llama": ".hf",
+}
 
-AutoConfig.register(SinkscopeConfig.model_type, SinkscopeConfig, exist_ok=True)
-AutoModelForCausalLM.register(SinkscopeConfig, SinkscopeForCausalLM, exist_ok=True)
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["VARIANTS", "SinkscopeConfig", "SinkscopeForCausalLM", "add_headnorm", "build_model", "from_llama",
-           "to_llama"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

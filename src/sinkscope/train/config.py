@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from ..config import field
 from ..criteria import Criteria
-from .model import VARIANTS
+
+# The names of train/model.py's VARIANTS, repeated here so that `train --help` needs no torch (model.py is
+# also the self-contained modeling file of exported runs, so it cannot import this); a test keeps them equal.
+VARIANTS = ("softmax", "headnorm", "gated", "sigmoid", "softmax1", "sink_logit")
 
 
 @dataclass
@@ -19,17 +22,19 @@ class ModelSpec:
 
     variant: str = field("softmax", why="attention variant (method.md sections 6-7)", choices=VARIANTS)
     qk_norm: bool = field(False, why="RMSNorm on queries and keys; combines with every variant")
-    layers: int = field(6, why="decoder blocks; the sink forms in the middle layers, so a few are needed")
-    hidden_size: int = field(192, why="residual width C")
-    heads: int = field(6, why="query heads H (head_dim = hidden_size / heads)")
-    kv_heads: int | None = field(None, why="key/value heads for grouped-query attention; default = heads")
-    ffn_size: int | None = field(None, why="SwiGLU inner width; default 4 * hidden_size")
+    layers: int = field(6, why="decoder blocks; the sink forms in the middle layers, so a few are needed", min=1)
+    hidden_size: int = field(192, why="residual width C", min=1)
+    heads: int = field(6, why="query heads H (head_dim = hidden_size / heads)", min=1)
+    kv_heads: int | None = field(None, why="key/value heads for grouped-query attention; default = heads", min=1)
+    ffn_size: int | None = field(None, why="SwiGLU inner width; default 4 * hidden_size", min=1)
     vocab_size: int = field(2048, why="BPE vocabulary trained on the data (ignored with --tokenizer)")
-    max_len: int = field(512, why="longest sequence the model accepts (rotary needs no table)")
+    max_len: int = field(512, why="longest sequence the model accepts (rotary needs no table)", min=2)
     rope_theta: float = field(10000.0, why="rotary base frequency")
-    rope: bool = field(True, why="rotary position embedding; turned off (NoPE), positions come only from the causal "
-                       "mask, and the first position is marked by its structure alone")
-    tie_embeddings: bool = field(True, why="share input and output embeddings (paper setup)")
+    rope: bool = field(True, why="rotary position embedding on queries and keys",
+                       off="no positional encoding (NoPE): positions come only from the causal mask, so the first "
+                       "position is marked by its structure alone")
+    tie_embeddings: bool = field(True, why="share input and output embeddings (paper setup)",
+                                 off="give the output layer its own weights instead of sharing the input embeddings")
     headnorm_shared: bool = field(False, why="headnorm: one gamma (head_dim,) shared by heads instead of (H, head_dim)")
     gate: str = field("elementwise", why="gated: one gate per channel or one per head", choices=("elementwise", "headwise"))
     init_from: str | None = field(None, why="continue-pretrain this HF llama-family folder/hub id instead of a "
@@ -44,12 +49,13 @@ class TrainDataConfig:
                         "folder, or hf:NAME[:CONFIG] for a Hugging Face dataset (streamed)")
     split: str = field("train", why="hf: dataset split to stream")
     text_field: str = field("text", why="hf/jsonl: record field holding the text")
-    max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)")
+    max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)", min=1)
     tokenizer: str | None = field(None, why="use this tokenizer (folder or hub id) instead of training a BPE one")
-    seq_len: int = field(128, why="tokens per training window, the BOS token included")
-    bos: bool = field(True, why="start every window with <|bos|> (without it the first token is arbitrary text, so "
-                      "a sink there can come only from its position; method.md section 2)")
-    val_every_doc: int = field(50, why="every N-th document is held out for validation (deterministic)")
+    seq_len: int = field(128, why="tokens per training window, the BOS token included", min=2)
+    bos: bool = field(True, why="start every window with <|bos|>",
+                      off="start windows with arbitrary text instead of <|bos|>, so a sink on the first token can come "
+                      "only from its position (method.md section 2)")
+    val_every_doc: int = field(50, why="every N-th document is held out for validation (deterministic)", min=2)
     data_seed: int = field(0, why="seed of window sampling; with the step it fixes every batch")
 
 
@@ -61,14 +67,14 @@ class OptimConfig:
     min_lr_ratio: float = field(0.1, why="the schedule decays to lr * this")
     cooldown: int = field(0, why="if > 0: constant lr, then a linear decay over these last steps (warm-up-stable-decay), "
                           "so a run can be extended without changing its curve; 0: cosine over the whole run")
-    warmup: int = field(100, why="linear warm-up steps")
+    warmup: int = field(100, why="linear warm-up steps", min=0)
     weight_decay: float = field(0.1, why="AdamW decay, matrices only (not norms, gains, biases, sink logits)")
     beta1: float = field(0.9, why="AdamW beta1 (paper: 0.9)")
     beta2: float = field(0.95, why="AdamW beta2 (paper: 0.95)")
     clip: float = field(1.0, why="global gradient-norm clip; 0 turns it off")
-    batch_size: int = field(32, why="sequences per micro-batch per process")
-    grad_accum: int = field(1, why="micro-batches per optimizer step")
-    steps: int = field(1000, why="optimizer steps in total (the cosine ends here)")
+    batch_size: int = field(32, why="sequences per micro-batch per process", min=1)
+    grad_accum: int = field(1, why="micro-batches per optimizer step", min=1)
+    steps: int = field(1000, why="optimizer steps in total (the cosine ends here)", min=1)
     trainable: str | None = field(None, why="comma-separated parameter-name prefixes to train, all others frozen "
                                   "(e.g. 'model.layers.0.,model.layers.1.' retrains the first two blocks of an "
                                   "--init-from model); default: every parameter")
@@ -83,18 +89,18 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, why="optimiser and schedule")
     seed: int = field(0, why="seed of the initialisation")
     out: str = field("runs/run", why="run folder: checkpoints, logs, the final model")
-    log_every: int = field(10, why="steps between train-loss log lines")
-    eval_every: int = field(100, why="steps between validation passes")
-    eval_batches: int = field(4, why="validation batches (fixed windows) per pass")
-    telemetry_every: int = field(100, why="steps between sink telemetry records; 0 turns it off")
-    telemetry_samples: int = field(32, why="held-out windows in the fixed telemetry batch")
-    telemetry_len: int = field(64, why="tokens per telemetry window (the paper measures at T = 64)")
+    log_every: int = field(10, why="steps between train-loss log lines", min=1)
+    eval_every: int = field(100, why="steps between validation passes", min=1)
+    eval_batches: int = field(4, why="validation batches (fixed windows) per pass", min=1)
+    telemetry_every: int = field(100, why="steps between sink telemetry records; 0 turns it off", min=0)
+    telemetry_samples: int = field(32, why="held-out windows in the fixed telemetry batch", min=1)
+    telemetry_len: int = field(64, why="tokens per telemetry window (the paper measures at T = 64)", min=2)
     criteria: Criteria = field(default_factory=Criteria, why="the rules of the sink verdict in the telemetry")
-    checkpoint_every: int = field(200, why="steps between checkpoints")
+    checkpoint_every: int = field(200, why="steps between checkpoints", min=1)
     resume: bool = field(False, why="continue from the run folder's latest checkpoint")
     compile: bool = field(False, why="torch.compile the model (faster on GPU, slow start)")
     device: str = field("auto", why="cpu, cuda, or auto (cuda when available)", choices=("auto", "cpu", "cuda"))
-    threads: int | None = field(None, why="CPU threads for torch; default: torch's choice")
+    threads: int | None = field(None, why="CPU threads for torch; default: torch's choice", min=1)
     max_minutes: float | None = field(None, why="stop (and save) after this much wall-clock time")
 
 

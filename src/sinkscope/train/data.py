@@ -162,8 +162,9 @@ def load_tokenizer(name: str):
     """A folder, hub id or embedded checkpoint name's tokenizer."""
     from transformers import AutoTokenizer
 
-    from ..loading import resolve_source
+    from ..loading import check_folder, resolve_source
 
+    check_folder(resolve_source(name))
     try:
         return AutoTokenizer.from_pretrained(resolve_source(name))
     except (OSError, ValueError) as err:

@@ -15,6 +15,9 @@ Variants (``config.attention_variant``); lines that differ from the baseline say
 ``qk_norm`` (RMSNorm on q and k over head_dim, before rotary) combines with every variant.
 
 Shapes: B batch, T tokens, C hidden size, H query heads, Hkv key/value heads, D head dim.
+
+This file imports nothing from sinkscope but its sibling configuration_sinkscope.py: run folders carry
+a copy of both, so they load with ``trust_remote_code=True`` where sinkscope is not installed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -32,69 +35,10 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-VARIANTS = ("softmax", "headnorm", "gated", "sigmoid", "softmax1", "sink_logit")
+from .configuration_sinkscope import VARIANTS, SinkscopeConfig  # noqa: F401  (VARIANTS: imported from here too)
+
 CALIBRATION_LEN = 64  # Li et al. 2026: HeadNorm gamma is calibrated on random-normal input of T = 64
 CALIBRATION_BATCH = 64  # random sequences whose first token gives each head's std
-
-
-class SinkscopeConfig(PretrainedConfig):
-    model_type = "sinkscope"
-
-    def __init__(
-        self,
-        vocab_size: int = 2048,  # BPE vocabulary; small vocabularies make CPU runs fast
-        hidden_size: int = 192,  # C, the residual stream width
-        intermediate_size: int = 768,  # SwiGLU inner width (the paper uses 4 C)
-        num_hidden_layers: int = 6,  # depth; the sink needs a few layers to form (onset is mid-depth)
-        num_attention_heads: int = 6,  # H query heads
-        num_key_value_heads: int | None = None,  # Hkv < H gives grouped-query attention; None = H
-        head_dim: int | None = None,  # D; None = C / H
-        max_position_embeddings: int = 512,  # longest sequence; rotary has no table, this is a guard
-        rope_theta: float = 10000.0,  # rotary base frequency (Llama 2's)
-        rope: bool = True,  # False: no positional encoding (NoPE), so a position is known only through the causal mask
-        rms_norm_eps: float = 1e-6,  # RMSNorm epsilon of the block norms
-        initializer_range: float = 0.02,  # std of the normal init of every matrix (GPT-2 / Llama)
-        tie_word_embeddings: bool = True,  # lm_head shares the embedding matrix (paper setup; fewer params)
-        attention_variant: str = "softmax",  # one of VARIANTS
-        qk_norm: bool = False,  # RMSNorm on queries and keys per head, combinable with every variant
-        headnorm_shared: bool = False,  # headnorm: one gamma (D,) for all heads instead of (H, D)
-        headnorm_eps: float = 1e-6,  # headnorm: epsilon of the per-head RMS (paper value)
-        gate: str = "elementwise",  # gated: "elementwise" (H*D gates) or "headwise" (H gates)
-        bos_token_id: int = 0,  # fixed first token of every training window: where the sink forms
-        eos_token_id: int = 1,  # document separator in the training stream
-        pad_token_id: int = 2,  # padding for batched analysis
-        **kwargs,
-    ):
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads or num_attention_heads
-        self.head_dim = head_dim or hidden_size // num_attention_heads
-        self.max_position_embeddings = max_position_embeddings
-        self.rope_theta = rope_theta
-        self.rope = rope
-        self.rms_norm_eps = rms_norm_eps
-        self.initializer_range = initializer_range
-        self.attention_variant = attention_variant
-        self.qk_norm = qk_norm
-        self.headnorm_shared = headnorm_shared
-        self.headnorm_eps = headnorm_eps
-        self.gate = gate
-        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
-
-    def validate_variant(self) -> None:
-        from ..errors import SinkscopeError
-
-        if self.attention_variant not in VARIANTS:
-            raise SinkscopeError(f"unknown attention variant '{self.attention_variant}'; "
-                                 f"choose one of {', '.join(VARIANTS)}")
-        if self.gate not in ("elementwise", "headwise"):
-            raise SinkscopeError(f"gate must be elementwise or headwise, got '{self.gate}'")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise SinkscopeError("num_attention_heads must be a multiple of num_key_value_heads")
 
 
 class RMSNorm(nn.Module):
