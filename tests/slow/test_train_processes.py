@@ -50,6 +50,27 @@ def test_sigkilled_run_resumes_on_the_same_loss_curve(corpus, tmp_path):
         assert resumed[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
 
 
+def test_kill_in_the_middle_of_a_checkpoint_write_loses_one_interval(corpus, tmp_path):
+    """SIGKILL half-way through writing ckpt 15 (model written, optimizer not): resume from 10, same curve."""
+    env = _env(tmp_path)
+    base = [sys.executable, "-m", "sinkscope", "train", "--source", str(corpus), *TINY, "--steps", "20",
+            "--checkpoint-every", "5"]
+    subprocess.run([*base, "--out", str(tmp_path / "ref")], env=env, check=True, capture_output=True)
+    run = tmp_path / "killed"
+    killed = subprocess.run([*base, "--out", str(run)], env={**env, "SINKSCOPE_KILL_IN_CHECKPOINT": "15"},
+                            check=False, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert (run / ".ckpt-0000015.tmp" / "model.safetensors").exists()
+    assert not (run / ".ckpt-0000015.tmp" / "optimizer.safetensors").exists()
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000005", "ckpt-0000010"]
+    subprocess.run([*base, "--out", str(run), "--resume"], env=env, check=True, capture_output=True)
+    ref, resumed = _losses(tmp_path / "ref"), _losses(run)
+    assert sorted(resumed) == list(range(1, 21))
+    for step in range(1, 21):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5, abs=1e-6), step
+    assert sorted(p.name for p in run.glob("*ckpt-*")) == ["ckpt-0000015", "ckpt-0000020"]
+
+
 def test_ddp_two_processes_match_one_process_with_accumulation(corpus, tmp_path):
     """2 gloo processes x batch 4 see the micro-batches of 1 process x 2 accumulation steps x batch 4."""
     env = _env(tmp_path)

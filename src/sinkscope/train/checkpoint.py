@@ -1,16 +1,19 @@
-"""Atomic safetensors checkpoints (model, optimizer, RNG, data position) and the final export.
+"""Atomic, verified safetensors checkpoints (model, optimizer, RNG, data position) and resume.
 
-A checkpoint is a folder ``ckpt-NNNNNNN/`` written under a temporary name and renamed when
-complete; ``latest.json`` (written atomically) names the newest one. A run killed at any moment
-therefore resumes from a whole checkpoint. The data position is the step itself: batches are a
-pure function of (data seed, step), see data.py.
+A checkpoint is a folder ``ckpt-NNNNNNN/`` written under a temporary name, with a ``manifest.json``
+holding each file's size and SHA-256, and renamed when complete; ``latest.json`` names the newest one.
+Resume takes the newest checkpoint whose every file matches its manifest, so a torn newest checkpoint
+(a kill mid-write, a cut copy) costs one checkpoint interval, and retention keeps two good ones. The data
+position is the step itself: batches are a pure function of (data seed, step), see data.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -20,7 +23,11 @@ from torch import nn
 from ..errors import SinkscopeError
 from ..results import SCHEMA_VERSION, read_json, write_json
 
-KEEP_CHECKPOINTS = 2  # older checkpoints are deleted once a newer one is complete
+KEEP_GOOD = 2  # whole checkpoints kept; older ones (and torn ones) are deleted once a newer one is complete
+MANIFEST = "manifest.json"
+# Test hook: a process with this variable set to a step SIGKILLs itself half-way through writing that
+# step's checkpoint (model written, optimizer not), as a crash or a pre-empted job would.
+KILL_IN_CHECKPOINT = "SINKSCOPE_KILL_IN_CHECKPOINT"
 
 
 def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -45,29 +52,112 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> di
     return tensors
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, state: dict, name: str | None = None) -> Path:
-    """Write ``out/ckpt-<step>/`` atomically and point ``out/latest.json`` at it (unless ``name`` is given)."""
+    """Write ``out/ckpt-<step>/`` atomically with its manifest and point ``out/latest.json`` at it (unless ``name``)."""
     folder = out / (name or f"ckpt-{step:07d}")
     tmp = out / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_model_tensors(model), str(tmp / "model.safetensors"))
+    if os.environ.get(KILL_IN_CHECKPOINT) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
     save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "step": step, "files": files}, indent=1))
     for file in tmp.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync(file)
+    _fsync(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    _fsync(out)
+    problem = verify_checkpoint(folder)
+    if problem:
+        raise SinkscopeError(f"the checkpoint just written to {folder} does not read back ({problem}); "
+                             "check the disk (full, failing, or a network mount)")
     if name is None:
         write_json(out / "latest.json", {"schema_version": SCHEMA_VERSION, "kind": "checkpoint", "step": step,
                                          "folder": folder.name})
-        for old in sorted(out.glob("ckpt-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        _prune(out)
     return folder
 
 
+def checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoint folders, newest first (temporary folders of interrupted writes excluded)."""
+    return sorted((p for p in Path(out).glob("ckpt-*") if p.is_dir()), reverse=True)
+
+
+def verify_checkpoint(folder: Path, checksums: bool = True) -> str | None:
+    """None when every file of ``folder`` matches its manifest, else what is wrong (one phrase).
+
+    ``checksums=False`` compares sizes only, the cheap check that retention runs at every save.
+    """
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST}: the write did not finish"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{MANIFEST} is torn"
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+        if name not in files:
+            return f"{MANIFEST} does not list {name}"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} of {expected['bytes']} bytes"
+        if checksums and _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def newest_good_checkpoint(out: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole checkpoint, and the newer ones passed over with the reason of each."""
+    bad = []
+    for folder in checkpoints(out):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return folder, bad
+        bad.append((folder, problem))
+    return None, bad
+
+
+def _prune(out: Path) -> None:
+    """Keep the KEEP_GOOD newest whole checkpoints; delete older ones, torn ones and abandoned temporaries."""
+    good = 0
+    for folder in checkpoints(out):
+        if good < KEEP_GOOD and verify_checkpoint(folder, checksums=False) is None:
+            good += 1
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    for tmp in out.glob(".ckpt-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint folder, whole or not (for "this run folder is taken")."""
+    found = checkpoints(out)
+    if found:
+        return found[0]
     if not (out / "latest.json").exists():
         return None
     return out / read_json(out / "latest.json", kind="checkpoint")["folder"]
@@ -115,7 +205,15 @@ def truncate_log(path: Path, step: int) -> None:
     """Drop the log records a killed run wrote after the checkpoint it resumes from."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if _step_of(line) is not None and _step_of(line) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one log record; None for a blank or torn line (a kill mid-append)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None

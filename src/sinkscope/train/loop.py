@@ -15,18 +15,21 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import check_bounds
 from ..distributed import init_from_env
 from ..errors import SinkscopeError
 from ..results import SCHEMA_VERSION, provenance, to_jsonable, write_json
 from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    newest_good_checkpoint,
     save_checkpoint,
     truncate_log,
 )
@@ -140,6 +143,7 @@ class Trainer:
     """One training run. ``run()`` trains to ``optim.steps`` (or ``max_minutes``) and returns run.json."""
 
     def __init__(self, cfg: TrainConfig):
+        check_bounds(cfg)  # --steps 0 and friends, also for configs built in Python
         o = cfg.optim
         if o.cooldown < 0 or o.cooldown > max(0, o.steps - o.warmup):
             raise SinkscopeError(f"--cooldown {o.cooldown} must lie between 0 and --steps minus --warmup "
@@ -184,9 +188,16 @@ class Trainer:
         self.autocast = self.device.type == "cuda"  # bf16 autocast on GPU, plain float32 on CPU
 
     def _resume(self) -> None:
-        folder = latest_checkpoint(self.out)
-        if folder is None:
+        folder, torn = newest_good_checkpoint(self.out)
+        if folder is None and not torn:
             raise SinkscopeError(f"--resume: {self.out} has no checkpoint yet; drop --resume to start the run")
+        if folder is None:
+            raise SinkscopeError(f"--resume: no checkpoint in {self.out} is whole ({torn[0][0].name}: {torn[0][1]}); "
+                                 "start again with a new --out")
+        if torn and self.rank == 0:
+            others = f" (and {len(torn) - 1} older)" if len(torn) > 1 else ""
+            print(f"sinkscope train: {torn[0][0].name} is torn ({torn[0][1]}){others}; resuming from the newest "
+                  f"whole checkpoint, {folder.name}", file=sys.stderr)
         state = load_checkpoint(folder, self.model, self.optimizer, to_jsonable(resume_key(self.cfg)))
         self.step, self.elapsed = state["step"], state["elapsed"]
         if self.rank == 0:
