@@ -49,11 +49,12 @@ def _torn(path: Path, reason: str) -> SinkscopeError:
                           "with save_pretrained")
 
 
-def check_folder(source: str) -> None:
+def check_folder(source: str, weights: bool = True) -> None:
     """Refuse a local model folder whose JSON files do not parse or whose safetensors are cut short.
 
     Each safetensors file is opened (header and the extent it promises, no tensor read), which is how a
-    torn copy or garbage bytes show up; the other files are parsed as JSON.
+    torn copy or garbage bytes show up; the other files are parsed as JSON. ``weights=False``: the
+    tokenizer alone is wanted, so the safetensors are not looked at.
     """
     import json
 
@@ -69,7 +70,7 @@ def check_folder(source: str) -> None:
                 json.loads(path.read_bytes())
             except (UnicodeDecodeError, ValueError) as err:
                 raise _torn(path, f"not valid JSON: {str(err).splitlines()[0]}") from None
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in sorted(folder.glob("*.safetensors")) if weights else ():
         try:
             with safe_open(str(path), framework="pt"):
                 pass
@@ -155,7 +156,7 @@ def load_tokenizer(source: str, cfg: LoadConfig):
     """The model's tokenizer, or None when the folder has none (random tokens still work)."""
     from transformers import AutoTokenizer
 
-    check_folder(source)
+    check_folder(source, weights=False)
     try:
         return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError):

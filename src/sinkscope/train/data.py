@@ -164,7 +164,7 @@ def load_tokenizer(name: str):
 
     from ..loading import check_folder, resolve_source
 
-    check_folder(resolve_source(name))
+    check_folder(resolve_source(name), weights=False)
     try:
         return AutoTokenizer.from_pretrained(resolve_source(name))
     except (OSError, ValueError) as err:

@@ -109,6 +109,16 @@ def make_model(cfg: TrainConfig, tokenizer) -> nn.Module:
     return from_llama(loaded.model.train(), variant=cfg.model.variant, seed=cfg.seed)
 
 
+def _check_sources(cfg: TrainConfig) -> None:
+    """Refuse torn model or tokenizer folders now, not after minutes of reading and tokenising the data."""
+    from ..loading import check_folder, resolve_source
+
+    if cfg.model.init_from:
+        check_folder(resolve_source(cfg.model.init_from))
+    if cfg.data.tokenizer:
+        check_folder(resolve_source(cfg.data.tokenizer), weights=False)
+
+
 def _device(cfg: TrainConfig, rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -149,6 +159,7 @@ class Trainer:
             raise SinkscopeError(f"--cooldown {o.cooldown} must lie between 0 and --steps minus --warmup "
                                  f"({o.steps - o.warmup})")
         self.cfg = cfg
+        _check_sources(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rank, self.world = init_from_env()
