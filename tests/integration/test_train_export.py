@@ -129,3 +129,73 @@ def test_sigmoid_probe_reports_sigmoid_weights():
     logits = (q @ k[:, :, :1].transpose(-1, -2)).squeeze(-1) / 8 ** 0.5  # (B, H, T) to key 0
     expected = torch.sigmoid(logits - torch.log(torch.tensor(10.0)))[:, :, 1:].mean((0, 2))
     assert captured[0] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+BLOCK_SINKSCOPE = """
+import sys
+class NoSinkscope:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sinkscope" or name.startswith("sinkscope."):
+            raise ImportError("sinkscope is not installed here")
+sys.meta_path.insert(0, NoSinkscope())
+"""
+
+
+def test_run_folders_load_with_remote_code_where_sinkscope_cannot_be_imported(tmp_path, tokenizer):
+    """Every non-Llama folder (and the embedded HeadNorm organism) loads by auto_map alone, with the same logits."""
+    import subprocess
+    import sys
+
+    from sinkscope.models import embedded_path
+
+    ids = torch.randint(3, 60, (2, 12))
+    expected = {}
+    for variant, extra in [("headnorm", {}), ("gated", {"qk_norm": True}), ("sigmoid", {}), ("sink_logit", {}),
+                           ("softmax", {"rope": False})]:
+        model = trained_like(build_model(tiny(variant, **extra))).eval()
+        folder = export_model(model, tokenizer, tmp_path / f"{variant}-{len(expected)}")
+        assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
+            "modeling_sinkscope.SinkscopeForCausalLM"
+        with torch.no_grad():
+            expected[str(folder)] = model(input_ids=ids).logits
+    organism = embedded_path("organism-headnorm")
+    with torch.no_grad():
+        organism_ids = torch.randint(3, 60, (2, 12))
+        expected[str(organism)] = transformers.AutoModelForCausalLM.from_pretrained(organism).eval()(
+            input_ids=organism_ids).logits
+    torch.save({"ids": ids, "organism_ids": organism_ids, "expected": expected, "organism": str(organism)},
+               tmp_path / "expected.pt")
+    plain = export_model(build_model(tiny()), tokenizer, tmp_path / "softmax")
+    assert "auto_map" not in json.loads((plain / "config.json").read_text())
+    assert not list(plain.glob("*.py"))
+    code = BLOCK_SINKSCOPE + f"""
+import torch, transformers
+try:
+    import sinkscope
+    raise SystemExit("sinkscope was importable")
+except ImportError:
+    pass
+data = torch.load({str(tmp_path / "expected.pt")!r})
+for folder, logits in data["expected"].items():
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    ids = data["organism_ids"] if folder == data["organism"] else data["ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, logits, atol=1e-5, rtol=1e-5)
+print("loaded", len(data["expected"]))
+"""
+    env = {**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["loaded", "6"]
+
+
+def test_embedded_headnorm_carries_the_current_model_files():
+    from sinkscope.models import embedded_path
+    from sinkscope.train.export import AUTO_MAP, REMOTE_CODE
+
+    folder = embedded_path("organism-headnorm")
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+    for name, source in REMOTE_CODE.items():  # after editing model.py: sinkscope.train.export.add_remote_code(folder)
+        assert (folder / name).read_bytes() == source.read_bytes(), name
