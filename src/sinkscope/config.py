@@ -49,7 +49,7 @@ class DataConfig:
 
     data: str | None = field(None, why="text file, folder of .txt, or .jsonl ('text' or 'input_ids'); "
                              "default: the embedded prompt set")
-    random_tokens: bool = field(False, why="uniform random token ids, as in the paper's random-input checks")
+    random_tokens: bool = field(False, why="feed uniform random token ids instead of text, as in the paper's random-input checks")
     seq_len: int = field(64, why="tokens per sequence (the paper measures at T=64)", min=1)
     samples: int = field(100, why="number of sequences to average over", min=1)
     batch_size: int = field(8, why="sequences per forward pass; lower it if memory runs out", min=1)
@@ -65,7 +65,7 @@ class CaptureConfig:
     """What the attention capture computes besides the sink column."""
 
     sink_positions: tuple[int, ...] = field((0,), why="key positions to track, counted from the first real token")
-    key_importance: bool = field(False, why="Gu et al.'s importance for every key (costs one more T x T pass, "
+    key_importance: bool = field(False, why="also compute Gu et al.'s importance for every key (one more T x T pass, "
                                  "chunked, O(T) memory)")
     full_pattern: bool = field(False, why="also store the mean T x T attention pattern (short sequences only)")
     secondary_sinks: bool = field(False, why="find every key that acts as a sink, per layer, pooled by token (one more "

@@ -58,7 +58,7 @@ class DemoConfig:
     seed: int = field(0, why="seed of sampling and random tokens")
     criteria: Criteria = field(default_factory=Criteria, why="the rules of every sink and chain verdict (the "
                                "probe's defaults: they are scale-free)")
-    quiet: bool = field(False, why="no progress display")
+    quiet: bool = field(False, why="hide the progress display")
 
 
 @dataclass

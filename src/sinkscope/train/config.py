@@ -21,7 +21,7 @@ class ModelSpec:
     """The decoder to build (ignored for the shape when ``init_from`` names a checkpoint)."""
 
     variant: str = field("softmax", why="attention variant (method.md sections 6-7)", choices=VARIANTS)
-    qk_norm: bool = field(False, why="RMSNorm on queries and keys; combines with every variant")
+    qk_norm: bool = field(False, why="add RMSNorm on queries and keys; combines with every variant")
     layers: int = field(6, why="decoder blocks; the sink forms in the middle layers, so a few are needed", min=1)
     hidden_size: int = field(192, why="residual width C", min=1)
     heads: int = field(6, why="query heads H (head_dim = hidden_size / heads)", min=1)
@@ -35,7 +35,8 @@ class ModelSpec:
                        "position is marked by its structure alone")
     tie_embeddings: bool = field(True, why="share input and output embeddings (paper setup)",
                                  off="give the output layer its own weights instead of sharing the input embeddings")
-    headnorm_shared: bool = field(False, why="headnorm: one gamma (head_dim,) shared by heads instead of (H, head_dim)")
+    headnorm_shared: bool = field(False, why="headnorm: share one gamma (head_dim,) across heads instead of one per "
+                                  "head (H, head_dim)")
     gate: str = field("elementwise", why="gated: one gate per channel or one per head", choices=("elementwise", "headwise"))
     init_from: str | None = field(None, why="continue-pretrain this HF llama-family folder/hub id instead of a "
                                   "fresh model (with --variant headnorm, HeadNorm is added and calibrated)")
