@@ -49,7 +49,8 @@ class DataConfig:
 
     data: str | None = field(None, why="text file, folder of .txt, or .jsonl ('text' or 'input_ids'); "
                              "default: the embedded prompt set")
-    random_tokens: bool = field(False, why="feed uniform random token ids instead of text, as in the paper's random-input checks")
+    random_tokens: bool = field(False, why="feed uniform random token ids instead of text, as in the paper's "
+                                "random-input checks")
     seq_len: int = field(64, why="tokens per sequence (the paper measures at T=64)", min=1)
     samples: int = field(100, why="number of sequences to average over", min=1)
     batch_size: int = field(8, why="sequences per forward pass; lower it if memory runs out", min=1)
