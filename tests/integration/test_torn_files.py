@@ -22,6 +22,7 @@ COMMANDS = {  # (damaged folder, a whole folder, output folder) -> argv
     "probe": lambda folder, good, out: ["probe", str(folder), "--random-tokens", "--samples", "2", "--seq-len", "8"],
     "intervene": lambda folder, good, out: ["intervene", str(folder), "isolate", "--random-tokens", "--samples", "2",
                                             "--seq-len", "16"],
+    "stream": lambda folder, good, out: ["stream", str(folder), "--samples", "2", "--seq-len", "16", "--budget", "8"],
     "demo": lambda folder, good, out: ["demo", "--model", str(folder), "--twin", "none", "--structural", "none",
                                        "--quiet", "--out", str(out)],
     "train --init-from": lambda folder, good, out: ["train", "--init-from", str(folder), "--tokenizer", str(good),

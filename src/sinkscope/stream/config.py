@@ -18,16 +18,18 @@ class StreamConfig:
     criteria: Criteria = field(default_factory=Criteria, why="decision rules; stream reads the secondary-sink ones")
     data: str | None = field(None, why="text file, folder of .txt or .jsonl ('text' or 'input_ids'); default: the "
                              "held-out stdlib documents the embedded organisms were validated on")
-    seq_len: int = field(256, why="tokens per evaluated document (windows shorter than this are skipped)")
-    samples: int = field(32, why="documents to evaluate; the confidence interval is a bootstrap over them")
+    seq_len: int = field(256, why="tokens per evaluated document (windows shorter than this are skipped)", min=2)
+    samples: int = field(32, why="documents to evaluate; the confidence interval is a bootstrap over them", min=1)
     bos: str = field("auto", why="prepend the BOS token: auto follows the tokenizer's own habit",
                      choices=("auto", "always", "never"))
-    budget: int = field(32, why="KV budget B: most keys any query may attend (kept tokens + recent window)")
+    budget: int = field(32, why="KV budget B: most keys any query may attend (kept tokens + recent window)", min=1)
     keep_first: tuple[int, ...] = field((0, 1, 4), why="policies keeping the first k tokens (0 = plain window)")
-    discovered: bool = field(True, why="also evaluate the policy that keeps the discovered sinks instead")
+    discovered: bool = field(True, why="also evaluate the policy that keeps the discovered sinks instead",
+                             off="skip the policy that keeps the discovered sinks")
     positions: tuple[str, ...] = field(("original",), why="original: each token keeps its position (exact mask "
                                        "simulation); cache: positions re-assigned within the cache (StreamingLLM)")
-    batch_size: int = field(8, why="documents per forward pass; lower it if memory runs out")
-    query_chunk: int = field(256, why="queries per chunk in the exact discovery pass; bounds memory to B*H*chunk*T")
+    batch_size: int = field(8, why="documents per forward pass; lower it if memory runs out", min=1)
+    query_chunk: int = field(256, why="queries per chunk in the exact discovery pass; bounds memory to B*H*chunk*T",
+                             min=1)
     seed: int = field(0, why="seed for document sampling and the bootstrap; same seed, same numbers")
     out: str | None = field(None, why="output folder for stream.json")
