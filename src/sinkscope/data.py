@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,31 +9,10 @@ import torch
 
 from .config import DataConfig
 from .errors import SinkscopeError
+from .files import jsonl_records, read_text
 
 PROMPTS_FILE = Path(__file__).parent / "assets" / "prompts.txt"
 TEXT_SUFFIXES = (".txt",)
-
-
-def read_text(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SinkscopeError(f"{path} is not UTF-8 text; convert it or pass a .txt/.jsonl file") from None
-    except OSError as err:
-        raise SinkscopeError(f"cannot read {path}: {err.strerror}") from None
-    return text
-
-
-def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed JSON value) for every non-blank line of a UTF-8 .jsonl file."""
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise SinkscopeError(f"{path} line {n} is not valid JSON; each line must be one object") from None
-        yield n, record
 
 
 def read_documents(source: str) -> list[dict]:

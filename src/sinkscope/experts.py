@@ -8,8 +8,6 @@ Shared experts (every token, no router) are listed with ``expert: "shared"``.
 
 from __future__ import annotations
 
-import torch
-
 from .adapters import blocks
 from .adapters.coverage import blocks_with
 from .capture.experts import ExpertNeuronObserver, expert_down_column

@@ -13,11 +13,11 @@ nothing is silently dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SinkscopeError
+from ..files import read_log
 from ..results import read_json
 
 INTERVENTION_KINDS = ("isolate", "amplify", "ablate", "massive")
@@ -114,22 +114,6 @@ def guess_variant(*texts: str | None) -> str | None:
     return None
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines log; a torn last line (a run still writing) is skipped."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise SinkscopeError(f"{path} line {n} is not valid JSON; re-run the training that wrote it") from None
-    return records
-
-
 def _result_files(root: Path) -> list[Path]:
     names = {"probe.json", "intervene.json", "compare.json", "stream.json", *TRAIN_FILES}
     found = [p for p in sorted(root.rglob("*")) if p.name in names and p.is_file()
@@ -217,8 +201,7 @@ def _training(root: Path, folders: list[Path]) -> list[TrainingRun]:
     runs = []
     for folder in folders:
         summary = read_json(folder / "run.json") if (folder / "run.json").exists() else None
-        metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
-        telemetry = read_jsonl(folder / "telemetry.jsonl") if (folder / "telemetry.jsonl").exists() else []
+        metrics, telemetry = read_log(folder / "metrics.jsonl"), read_log(folder / "telemetry.jsonl")
         rel = folder.relative_to(root)
         label = folder.name if str(rel) != "." else root.name
         variant = (summary or {}).get("variant") or guess_variant(label, root.name)

@@ -5,25 +5,14 @@ Reads only the files a run wrote (run.json, metrics.jsonl, telemetry.jsonl) and 
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import SinkscopeError
+from ..files import read_log
 from ..results import SCHEMA_VERSION, provenance, read_json, write_json
 from .config import CompareConfig
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_step[record["step"]] = record  # a resumed run may repeat steps: the last record wins
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def read_run(folder: str | Path) -> dict:
@@ -33,8 +22,8 @@ def read_run(folder: str | Path) -> dict:
         raise SinkscopeError(f"{folder} is not a finished training run (no run.json): pass the --out folders of "
                              "sinkscope train")
     summary = read_json(folder / "run.json", kind="train")
-    metrics = _jsonl(folder / "metrics.jsonl")
-    telemetry = _jsonl(folder / "telemetry.jsonl")
+    metrics = read_log(folder / "metrics.jsonl")
+    telemetry = read_log(folder / "telemetry.jsonl")
     return {"folder": str(folder), "summary": summary, "val_curve": [m for m in metrics if "val_loss" in m],
             "telemetry": telemetry[-1] if telemetry else None}
 

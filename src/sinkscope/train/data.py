@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import jsonl_records, read_text
+from ..files import jsonl_records, read_text
 from ..errors import SinkscopeError
 from .config import TrainDataConfig
 

@@ -1,0 +1,52 @@
+"""Reading UTF-8 text and JSON-lines files with one-line errors: data files and training logs alike.
+
+The one difference between the two is a torn last line. A data file with one is broken, so it is
+refused; a training log with one was being written when its run stopped (or is still running), so
+that line is dropped and the records before it are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import SinkscopeError
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SinkscopeError(f"{path} is not UTF-8 text; convert it or pass a .txt/.jsonl file") from None
+    except OSError as err:
+        raise SinkscopeError(f"cannot read {path}: {err.strerror}") from None
+
+
+def jsonl_records(path: Path, *, torn_tail_ok: bool = False) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) for every non-blank line; ``torn_tail_ok`` drops a torn last line."""
+    lines = read_text(path).splitlines()
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if torn_tail_ok and n == len(lines):
+                return
+            raise SinkscopeError(f"{path} line {n} is not valid JSON; each line must be one object") from None
+        yield n, record
+
+
+def read_log(path: Path) -> list[dict]:
+    """A training log (metrics.jsonl, telemetry.jsonl) by step; [] when absent.
+
+    A torn last line is dropped, and where a step repeats (a run resumed from a checkpoint older than
+    its last records) the last record wins.
+    """
+    if not path.exists():
+        return []
+    by_step = {}
+    for _, record in jsonl_records(path, torn_tail_ok=True):
+        by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
