@@ -28,13 +28,13 @@ from sinkscope.config import build
 from sinkscope.demo import TRAIN_LOGS
 from sinkscope.results import read_json, write_json
 from sinkscope.train.config import TrainConfig
-from sinkscope.train.data import read_documents, split_documents
+from sinkscope.train.data import split_documents, training_texts
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "sinkscope" / "assets" / "models"
 
 
 def heldout_text(cfg: TrainConfig, path: Path) -> Path:
-    _, val = split_documents(read_documents(cfg.data), cfg.data.val_every_doc)
+    _, val = split_documents(training_texts(cfg.data), cfg.data.val_every_doc)
     path.write_text("\n".join(val))
     return path
 

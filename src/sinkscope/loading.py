@@ -152,14 +152,18 @@ def _supports_sdpa(config, auto) -> bool:
     return model_class is None or bool(getattr(model_class, "_supports_sdpa", True))
 
 
-def load_tokenizer(source: str, cfg: LoadConfig):
-    """The model's tokenizer, or None when the folder has none (random tokens still work)."""
+def load_tokenizer(source: str, cfg: LoadConfig | None = None, *, required: bool = False):
+    """The tokenizer of a (resolved) folder or hub id; None when it has none (random tokens still work),
+    unless ``required`` (training with --tokenizer), which makes that an error naming the source."""
     from transformers import AutoTokenizer
 
+    cfg = cfg or LoadConfig()
     check_folder(source, weights=False)
     try:
         return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError) as err:
+        if required:
+            raise SinkscopeError(f"cannot load tokenizer {source}: {str(err).splitlines()[0]}") from None
         return None
 
 

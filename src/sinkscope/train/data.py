@@ -76,7 +76,8 @@ def file_documents(source: str, text_field: str) -> list[str]:
     return [t for t in texts if t.strip()]
 
 
-def read_documents(cfg: TrainDataConfig) -> list[str]:
+def training_texts(cfg: TrainDataConfig) -> list[str]:
+    """The texts of a training source (stdlib, hf:NAME, a file or folder), blank ones dropped."""
     if cfg.source == "stdlib":
         docs = stdlib_documents()
     elif cfg.source.startswith("hf:"):
@@ -158,19 +159,6 @@ def _sample(docs: list[str]):
         budget -= len(doc)
 
 
-def load_tokenizer(name: str):
-    """A folder, hub id or embedded checkpoint name's tokenizer."""
-    from transformers import AutoTokenizer
-
-    from ..loading import check_folder, resolve_source
-
-    check_folder(resolve_source(name), weights=False)
-    try:
-        return AutoTokenizer.from_pretrained(resolve_source(name))
-    except (OSError, ValueError) as err:
-        raise SinkscopeError(f"cannot load tokenizer {name}: {str(err).splitlines()[0]}") from None
-
-
 def encode(docs: list[str], tokenizer) -> torch.Tensor:
     """One stream: each document's ids followed by EOS, (N,) int32."""
     eos = tokenizer.eos_token_id
@@ -228,10 +216,12 @@ class TokenData:
 
 def prepare_data(cfg: TrainDataConfig, vocab_size: int, cache: Path | None = None):
     """(tokenizer, TokenData) for a run: documents read, split, tokenizer trained or loaded, streams cached."""
-    docs = read_documents(cfg)
+    docs = training_texts(cfg)
     train_docs, val_docs = split_documents(docs, cfg.val_every_doc)
     if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
+        from ..loading import load_tokenizer, resolve_source
+
+        tokenizer = load_tokenizer(resolve_source(cfg.tokenizer), required=True)
         tag = hashlib.sha256(cfg.tokenizer.encode()).hexdigest()[:8]
     else:
         tokenizer = train_tokenizer(train_docs, vocab_size, cache)
