@@ -73,9 +73,13 @@ def _added_by_tokenizer(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _windows(ids: list[int], size: int, prefix: list[int], suffix: list[int]) -> list[list[int]]:
+def windows(ids: list[int], size: int, prefix: list[int], suffix: list[int], *, full_only: bool = False
+            ) -> list[list[int]]:
+    """``ids`` cut into consecutive windows of ``size`` tokens, special tokens included; the last one may be
+    shorter unless ``full_only`` (stream and the demo need every window to reach the same positions)."""
     body = size - len(prefix) - len(suffix)
-    return [prefix + ids[i:i + body] + suffix for i in range(0, len(ids), body) if ids[i:i + body]]
+    stop = len(ids) - body + 1 if full_only else len(ids)
+    return [prefix + ids[i:i + body] + suffix for i in range(0, max(stop, 0), body) if ids[i:i + body]]
 
 
 def load_sequences(cfg: DataConfig, tokenizer, vocab_size: int, bos_token_id: int | None = None) -> list[list[int]]:
@@ -93,24 +97,24 @@ def load_sequences(cfg: DataConfig, tokenizer, vocab_size: int, bos_token_id: in
         ids = torch.randint(0, vocab_size, (cfg.samples, body), generator=generator).tolist()
         return [prefix + row + suffix for row in ids]
     docs = read_documents(cfg.data) if cfg.data else embedded_prompts()
-    windows: list[list[int]] = []
+    found: list[list[int]] = []
     for doc in docs:
         if "input_ids" in doc:  # pre-tokenized: used as given, cut to seq_len
             ids = [int(i) for i in doc["input_ids"]]
             if ids and (min(ids) < 0 or max(ids) >= vocab_size):
                 raise SinkscopeError(f"input_ids must lie in [0, {vocab_size}) for this model")
-            windows += _windows(ids, cfg.seq_len, [], [])
+            found += windows(ids, cfg.seq_len, [], [])
             continue
         if tokenizer is None:
             raise SinkscopeError("this model folder has no tokenizer; pass --random-tokens or .jsonl with input_ids")
         ids = tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
-        windows += _windows(ids, cfg.seq_len, prefix, suffix)
-    if not windows:
+        found += windows(ids, cfg.seq_len, prefix, suffix)
+    if not found:
         raise SinkscopeError("the data produced no tokens; pass a non-empty file")
-    if len(windows) > cfg.samples:
-        order = torch.randperm(len(windows), generator=generator)[: cfg.samples].sort().values
-        windows = [windows[i] for i in order.tolist()]
-    return windows
+    if len(found) > cfg.samples:
+        order = torch.randperm(len(found), generator=generator)[: cfg.samples].sort().values
+        found = [found[i] for i in order.tolist()]
+    return found
 
 
 def batches(sequences: list[list[int]], batch_size: int, pad_id: int, padding_side: str

@@ -267,7 +267,7 @@ def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
     """
     import json
 
-    from .data import embedded_prompts, read_documents, special_tokens
+    from .data import embedded_prompts, read_documents, special_tokens, windows
 
     docs = read_documents(config.data) if config.data else embedded_prompts()
     if config.data and any("input_ids" in d for d in docs):
@@ -279,12 +279,12 @@ def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
     prefix, suffix = special_tokens(tokenizer, config.bos, getattr(loaded.model.config, "bos_token_id", None))
     body = config.seq_len - len(prefix) - len(suffix)
     stream = [i for d in docs for i in tokenizer(d["text"], add_special_tokens=False)["input_ids"]]
-    windows = [prefix + stream[i:i + body] + suffix for i in range(0, len(stream) - body + 1, body)]
-    if not windows:
+    cut = windows(stream, config.seq_len, prefix, suffix, full_only=True)
+    if not cut:
         raise SinkscopeError(f"the natural text has fewer than {body} tokens; lower --seq-len or pass a longer --data")
     path = folder / "natural-text.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in windows[: config.samples]))
+    path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in cut[: config.samples]))
     return str(path)
 
 

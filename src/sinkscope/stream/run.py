@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..adapters import blocks
 from ..capture.attention import BatchInfo, capture_attention
-from ..data import _windows, read_documents, special_tokens
+from ..data import read_documents, special_tokens, windows
 from ..errors import SinkscopeError
 from ..loading import LoadedModel, prepare_model
 from ..results import SCHEMA_VERSION, provenance, write_json
@@ -38,7 +38,7 @@ def documents(cfg: StreamConfig, loaded: LoadedModel) -> list[list[int]]:
         docs = [{"text": t} for t in split_documents(stdlib_documents(), HELD_OUT_EVERY)[1]]
     tokenizer = loaded.tokenizer
     prefix, suffix = special_tokens(tokenizer, cfg.bos, getattr(loaded.model.config, "bos_token_id", None))
-    windows = []
+    found = []
     for doc in docs:
         if "input_ids" in doc:
             ids, pre = [int(i) for i in doc["input_ids"]], []
@@ -46,15 +46,15 @@ def documents(cfg: StreamConfig, loaded: LoadedModel) -> list[list[int]]:
             raise SinkscopeError("this model folder has no tokenizer; pass --data FILE.jsonl with input_ids")
         else:
             ids, pre = tokenizer(doc["text"], add_special_tokens=False)["input_ids"], prefix
-        windows += [w for w in _windows(ids, cfg.seq_len, pre, suffix) if len(w) == cfg.seq_len]
-    if not windows:
+        found += windows(ids, cfg.seq_len, pre, suffix, full_only=True)
+    if not found:
         raise SinkscopeError(f"no document has {cfg.seq_len} tokens; pass longer text with --data or lower --seq-len")
     vocab = loaded.model.config.vocab_size
-    if any(t < 0 or t >= vocab for w in windows for t in w):
+    if any(t < 0 or t >= vocab for w in found for t in w):
         raise SinkscopeError(f"token ids must lie in [0, {vocab}) for this model")
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(windows), generator=generator)[: cfg.samples].sort().values
-    return [windows[i] for i in order.tolist()]
+    order = torch.randperm(len(found), generator=generator)[: cfg.samples].sort().values
+    return [found[i] for i in order.tolist()]
 
 
 def _check(cfg: StreamConfig) -> None:
