@@ -13,12 +13,16 @@ reset (``clear_refs`` 5) after the model and inputs exist; we report the peak ab
 Wall and CPU time are the best of ``--repeats`` runs, (a) and (b) interleaved so that other work on
 the machine disturbs both alike. Targets (issue 2): (b)/(a) <= 1.3 in time and <= 1.2
 in peak memory at T=4096; (b) completes T=16384 on a 24 GiB machine.
+
+``python benchmarks/probe_cost.py chain ...`` measures the whole chain in one sweep instead, every
+mode in one process with its own letters (see ``CHAIN_MODES`` and ``chain_main`` below).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -183,21 +187,26 @@ def main(argv=None) -> int:
 
 
 
-# ---- chain: the variance pass (issue 4) ------------------------------------------------------------
+# ---- chain: the whole chain in one sweep (issues 4 and 12) ------------------------------------------
 # Run from the repository root:
-#   python benchmarks/probe_cost.py chain --samples 500 --seq-len 64
-# Target (issue 4): the variance pass (o_proj input/output tallies by position and dim, plus the
-# effective number of aggregated tokens) over 500 sequences of length 64 on the 12-layer d=768
-# model costs < 2x the plain forward passes over the same data.
+#   python benchmarks/probe_cost.py chain --shape 1x4096 500x64 --threads 1 --profile 20
+# Targets (issue 12): probe with the whole chain (f) <= 1.5x the plain forwards (a) at 1 x 4096 and
+# at 500 x 64; probe --no-chain (p) <= 1.1x; peak memory <= 1.2x (a)'s. All modes run in this one
+# process, interleaved, on the same data; each mode's peak is the resident high-water mark (VmHWM,
+# reset before the mode runs), so it includes the model's weights.
 
-CHAIN_TARGET = 2.0
+CHAIN_TARGET, NO_CHAIN_TARGET = 1.5, 1.1
+CHAIN_MODES = {"a": "plain forwards (no_grad, SDPA, with LM head)", "b": "plain backbone forwards (no LM head)",
+               "v": "variance pass (o_proj tallies + effective tokens)", "p": "sinkscope.probe(chain=False)",
+               "f": "sinkscope.probe(chain=True)"}
 
 
 def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repeats: int = 1,
-               modes: str = "avpf") -> dict:
-    """Seconds for (a) plain forwards, (v) the variance pass, (p) probe(chain=False), (f) probe(chain=True).
+               modes: str = "apf", profile: int = 0) -> dict:
+    """Wall / CPU seconds and peak memory of each mode in ``modes`` (keys of CHAIN_MODES), best of ``repeats``.
 
-    All four run in this process on the same random-token data; each is the best of ``repeats``.
+    With ``profile`` > 0, one more run of (f) under cProfile and the ``profile`` functions that took
+    the most time of their own.
     """
     import torch
 
@@ -205,7 +214,7 @@ def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repe
     from sinkscope.adapters import adapter_for, blocks, head_counts
     from sinkscope.capture.chain import ValueOutputObserver
     from sinkscope.capture.runner import Sweep, run_sweep
-    from sinkscope.capture.sink import KeyStatsObserver
+    from sinkscope.capture.sink import EffectiveTokensObserver
 
     model = _model(seq_len, "sdpa")
     adapter = adapter_for(model)
@@ -213,68 +222,96 @@ def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repe
     seqs = ids.tolist()
     n_layers, (n_heads, _, _) = len(blocks(model, adapter)), head_counts(model.config)
 
-    def plain():
-        with torch.no_grad():
-            for chunk in ids.split(batch_size):
-                model(input_ids=chunk, use_cache=False)
+    def plain(forward):
+        def run():
+            with torch.no_grad():
+                for chunk in ids.split(batch_size):
+                    forward(input_ids=chunk, use_cache=False)
+        return run
 
     def variance():
         values = ValueOutputObserver(n_layers, n_heads, HIDDEN, HIDDEN, seq_len, seq_len)
-        keys = KeyStatsObserver(n_layers, n_heads, seq_len)
+        tokens = EffectiveTokensObserver(n_layers, n_heads, seq_len, seq_len)
         pre, post = values.hooks(model, adapter)
-        sweep = Sweep(attention_observers=[keys], forward_pre_hooks=pre, forward_hooks=post, batch_listeners=[values])
+        sweep = Sweep(attention_observers=[tokens], forward_pre_hooks=pre, forward_hooks=post, batch_listeners=[values])
         run_sweep(model, adapter, None, seqs, sweep, batch_size=batch_size)
 
     def probe(chain: bool):
         return lambda: sinkscope.probe(model, seqs, chain=chain, batch_size=batch_size)
 
-    runs = {name: run for name, run in {"a": plain, "v": variance, "p": probe(False), "f": probe(True)}.items()
-            if name in modes}
-    with torch.no_grad():
-        model(input_ids=ids[:2], use_cache=False)  # warm-up
-    seconds, cpu = {}, {}
+    runs = {"a": plain(model), "b": plain(model.base_model), "v": variance, "p": probe(False), "f": probe(True)}
+    sinkscope.probe(model, seqs[:2], chain=True, batch_size=2)  # warm-up: first calls set up thread pools, kernels
+    seconds, cpu, peak, extra = {}, {}, {}, {}
     for _ in range(repeats):
-        for name, run in runs.items():  # interleaved, so a load change hits every mode alike
+        for name in modes:  # interleaved, so a load change hits every mode alike
+            baseline = _status("VmRSS")
+            _reset_peak()
             start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
-            cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - start_cpu)
-    return {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "seconds": seconds,
-            "cpu_seconds": cpu, "variance_over_plain": seconds["v"] / seconds["a"],
-            "variance_over_plain_cpu": cpu["v"] / cpu["a"], "threads": torch.get_num_threads(),
-            "load": os.getloadavg()[0]}
+            runs[name]()
+            seconds[name] = min(seconds.get(name, math.inf), time.perf_counter() - start)
+            cpu[name] = min(cpu.get(name, math.inf), time.process_time() - start_cpu)
+            peak[name] = max(peak.get(name, 0), _status("VmHWM"))
+            extra[name] = max(extra.get(name, 0), _status("VmHWM") - baseline)
+    out = {"samples": samples, "seq_len": seq_len, "batch_size": batch_size, "seconds": seconds, "cpu_seconds": cpu,
+           "peak_bytes": peak, "extra_bytes": extra, "threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
+    if profile:
+        out["profile"] = _profile(runs["f"], profile)
+    return out
+
+
+def _profile(run, top: int) -> list[dict]:
+    """The ``top`` functions by own time in one run of ``run``, under cProfile."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, own, cumulative, callers)}
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    return [{"function": f"{os.path.basename(f)}:{line}({name})" if line else name, "calls": calls,
+             "own_seconds": own, "cumulative_seconds": cum} for (f, line, name), (calls, _, own, cum, _) in rows]
 
 
 def chain_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="cost of the chain's variance pass against plain forwards")
-    parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser = argparse.ArgumentParser(description="the whole chain in one sweep, against plain forwards")
+    parser.add_argument("--shape", nargs="+", default=["1x4096", "500x64"], help="SAMPLESxSEQ_LEN, one run each")
+    parser.add_argument("--batch-size", type=int, default=50, help="sequences per forward (capped at SAMPLES)")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--modes", default="avpf", help="subset of a, v, p, f to run (a and v give the ratio)")
-    parser.add_argument("--json", help="also write the measurement to this file")
+    parser.add_argument("--modes", default="apf", help="subset of a, b, v, p, f to run; the first is the reference")
+    parser.add_argument("--profile", type=int, default=0, help="also profile one chain run (f): top N functions")
+    parser.add_argument("--json", help="also write the measurements to this file")
     args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    r = chain_cost(args.samples, args.seq_len, args.batch_size, args.repeats, args.modes)
-    names = {"a": "plain forwards (no_grad, SDPA)", "v": "variance pass (o_proj tallies + effective tokens)",
-             "p": "sinkscope.probe(chain=False)", "f": "sinkscope.probe(chain=True)"}
-    for key, name in names.items():
-        if key not in r["seconds"]:
-            continue
-        print(f"({key}) {name:52s} wall {r['seconds'][key]:8.2f} s  x{r['seconds'][key] / r['seconds']['a']:.2f}   "
-              f"cpu {r['cpu_seconds'][key]:8.2f} s  x{r['cpu_seconds'][key] / r['cpu_seconds']['a']:.2f}")
-    ok = r["variance_over_plain"] < CHAIN_TARGET
-    print(f"(v)/(a) = {r['variance_over_plain']:.2f} wall, {r['variance_over_plain_cpu']:.2f} cpu "
-          f"(target < {CHAIN_TARGET}): {'ok' if ok else 'MISSED'}; "
-          f"{r['samples']} x {r['seq_len']} tokens, batch {r['batch_size']}, {r['threads']} threads, "
-          f"load {r['load']:.2f}")
+    print(f"load: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; threads {args.threads or 'default'}", flush=True)
+    results, ok = [], True
+    for shape in args.shape:
+        samples, seq_len = (int(x) for x in shape.lower().split("x"))
+        r = chain_cost(samples, seq_len, min(args.batch_size, samples), args.repeats, args.modes, args.profile)
+        results.append(r)
+        ref = args.modes[0]  # (a) when it runs: every ratio is against the first mode
+        a = r["seconds"][ref], r["cpu_seconds"][ref], r["peak_bytes"][ref]
+        print(f"{samples} x {seq_len}, batch {r['batch_size']}, best of {args.repeats}, load {r['load']:.2f}, "
+              f"ratios against ({ref}):")
+        for key in args.modes:
+            w, c, m = r["seconds"][key], r["cpu_seconds"][key], r["peak_bytes"][key]
+            print(f"  ({key}) {CHAIN_MODES[key]:50s} wall {w:8.2f} s x{w / a[0]:.2f}   cpu {c:8.2f} s "
+                  f"x{c / a[1]:.2f}   peak {_gib(m)} GiB x{m / a[2]:.2f} (extra {_gib(r['extra_bytes'][key])} GiB)")
+        for key, target in (("f", CHAIN_TARGET), ("p", NO_CHAIN_TARGET)):
+            if key in r["seconds"] and ref == "a":
+                ratio = r["seconds"][key] / a[0]
+                ok &= ratio <= target and r["peak_bytes"][key] / a[2] <= TARGET_MEMORY
+                print(f"  ({key})/(a) = {ratio:.2f} wall (target <= {target}), peak "
+                      f"{r['peak_bytes'][key] / a[2]:.2f} (target <= {TARGET_MEMORY})")
+        for row in r.get("profile", []):
+            print(f"    {row['own_seconds']:8.2f} s own {row['cumulative_seconds']:8.2f} s cum "
+                  f"{row['calls']:7d} calls  {row['function']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+            json.dump(results, f, indent=1)
     return 0 if ok else 1
 
 

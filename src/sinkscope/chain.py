@@ -17,22 +17,23 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import block_part, blocks, head_counts, weight_out_in
-from .capture.chain import (DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver, few_threads,
-                            key_weight, mlp_weights, neuron_selectivity)
+from .adapters import block_part, blocks, head_counts, key_weight, mlp_weights, weight_out_in
+from .capture.chain import DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver
+from .capture.reducers import few_threads
+from .capture.selectivity import SelectivityObserver
 from .capture.runner import Sweep
 from .config import ProbeConfig
 from .criteria import Criteria
 from .verdicts import chain_consistent, chain_verdict, first_position
 from .errors import SinkscopeError
-from .metrics.neurons import column_profile, top_rows
+from .metrics.neurons import column_profile, selectivity_by_position, top_rows
 from .metrics.qk import cosine, key_rows, locked, top_principal_direction
 from .metrics.stats import histogram_quantile
 from .metrics.variance import std_across_samples, variance_summary
 
 # Display limits, not decision rules (those are all in sinkscope.criteria.Criteria).
 MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
-MAX_SELECTIVITY_NEURONS = 4  # neurons traced position by position in the selectivity pass
+MAX_SELECTIVITY_NEURONS = 4  # neurons whose selectivity by position is tabled
 
 
 def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
@@ -44,13 +45,16 @@ def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
     hidden = model.config.hidden_size
     width_in = _in_features(block_part(model, adapter, 0, "o_proj"), adapter)
     channels = mlp_weights(model, adapter, 0)["down"].shape[1]
-    return {
+    observers = {
         "values": ValueOutputObserver(n_layers, n_heads, width_in, hidden, max_len, config.variance_positions),
         "neurons": NeuronObserver(n_layers, channels, hidden, c.spike_token_ratio, c.spike_channel_ratio),
         "disparity": DisparityObserver(n_layers, hidden, max_len, c.massive_abs_paper, c.massive_rel_paper,
                                        c.disparity_contrast),
         "queries": QueryObserver(n_layers, n_heads, head_dim),
     }
+    if config.selectivity_positions:  # the MLP input is a normalised residual-stream token: width = hidden
+        observers["selectivity"] = SelectivityObserver(n_layers, hidden, channels, max_len, config.selectivity_positions)
+    return observers
 
 
 def check_chain_config(config: ProbeConfig) -> None:
@@ -59,8 +63,8 @@ def check_chain_config(config: ProbeConfig) -> None:
         raise SinkscopeError("--variance-positions must be at least 1")
     if config.neuron_top_k < 1:
         raise SinkscopeError("--neuron-top-k must be at least 1")
-    if config.selectivity_samples < 0:
-        raise SinkscopeError("--selectivity-samples must be 0 (no trace) or more")
+    if config.selectivity_positions < 0:
+        raise SinkscopeError("--selectivity-positions must be 0 (no trace) or more")
     check_criteria(config.criteria)
 
 
@@ -82,11 +86,12 @@ def _in_features(module, adapter) -> int:
 
 def extend_sweep(sweep: Sweep, observers: dict, model, adapter) -> Sweep:
     """Add the chain observers' hooks to a probe sweep (in place) and return it."""
-    for name in ("values", "neurons"):
-        pre, post = observers[name].hooks(model, adapter)
-        sweep.forward_pre_hooks += pre
-        sweep.forward_hooks += post
-        sweep.batch_listeners.append(observers[name])
+    for name in ("values", "neurons", "selectivity"):
+        if name in observers:  # selectivity is optional (--selectivity-positions 0)
+            pre, post = observers[name].hooks(model, adapter)
+            sweep.forward_pre_hooks += pre
+            sweep.forward_hooks += post
+            sweep.batch_listeners.append(observers[name])
     sweep.forward_hooks += observers["disparity"].hooks(model, adapter)
     sweep.batch_listeners.append(observers["disparity"])
     sweep.attention_observers.append(observers["queries"])
@@ -105,15 +110,16 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     ``sink`` the probe's sink verdict (:func:`sinkscope.verdicts.reduce_sink`)."""
     model, adapter, c = loaded.model, loaded.adapter, config.criteria
     onset = sink["onset_layer"]
-    variance, variance_tables = reduce_variance(observers["values"], observers.get("keys"))
+    tokens = observers.get("keys") or observers["effective_tokens"]  # either observer gives the effective tokens
+    variance, variance_tables = reduce_variance(observers["values"], tokens)
     variance["first_position"] = first_position(sequences)
     disparity = reduce_disparity(observers["disparity"], c)
     neurons = reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k, c)
     massive = disparity["massive_dims"]
     linked = link_neurons(neurons["candidates"], disparity, c.dim_share_min)
     traced = linked or neurons["candidates"][:1]
-    sel_table = neuron_selectivity(loaded, sequences[: config.selectivity_samples],
-                                   [(n["layer"], n["index"]) for n in traced[:MAX_SELECTIVITY_NEURONS]], config)
+    sel_table = selectivity_table(observers.get("selectivity"), model, adapter,
+                                  [(n["layer"], n["index"]) for n in traced[:MAX_SELECTIVITY_NEURONS]])
     qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score, c)
     chain = {
         "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
@@ -136,6 +142,19 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     if sel_table["neuron"]:
         tables["chain_neuron_selectivity"] = sel_table
     return ChainResult(payload, tables)
+
+
+def selectivity_table(obs: SelectivityObserver | None, model, adapter, neurons: list[tuple[int, int]]) -> dict:
+    """Long table of each traced neuron's mean selectivity by position, from the sweep's own tallies."""
+    rows = []
+    for i, (layer, n) in enumerate(neurons if obs is not None else []):
+        t, w, count = obs.tally, mlp_weights(model, adapter, layer), obs.tally["count"][layer]
+        sel = selectivity_by_position(t["x_sum"][layer], t["unit_sum"][layer], t["act_sum"][layer, :, n], count,
+                                      None if w["gate"] is None else w["gate"][n], w["up"][n])
+        rows += [{"neuron": i, "layer": layer, "index": n, "position": p, **{k: float(v[p]) for k, v in sel.items()}}
+                 for p in (count > 0).nonzero()[:, 0].tolist()]
+    names = ("neuron", "layer", "index", "position", "cos_gate", "up_dot", "activation")
+    return {name: [row[name] for row in rows] for name in names}
 
 
 # ---- C1 -----------------------------------------------------------------------------------------
@@ -175,8 +194,8 @@ def _grid_table(index_names: tuple[str, ...], keep: torch.Tensor, columns: dict[
     grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in keep.shape], indexing="ij"), -1).reshape(-1, keep.dim())
     flat = keep.reshape(-1)
     table = {name: grid[flat, i].tolist() for i, name in enumerate(index_names)}
-    for name, values in columns.items():
-        table[name] = [None if math.isnan(v) else v for v in values.reshape(-1)[flat].double().tolist()]
+    for name, values in columns.items():  # v != v: NaN, without a function call per cell
+        table[name] = [None if v != v else v for v in values.reshape(-1)[flat].double().tolist()]
     return table
 
 

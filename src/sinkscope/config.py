@@ -73,6 +73,8 @@ class CaptureConfig:
                                   "chunked T x T pass, O(T) memory; see docs/stream.md)")
     query_chunk: int = field(1024, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T",
                              min=1)
+    block_effective_rank: bool = field(False, why="also each block output's effective rank, averaged over sequences "
+                                       "(training telemetry); one min(T, D)-sized eigvalsh per sequence and layer")
 
 
 @dataclass
@@ -86,9 +88,12 @@ class ProbeConfig:
     chain: bool = field(True, why="also measure the causal chain (variance, super neurons, disparity)",
                         off="skip the causal chain and measure only sink statistics (faster)")
     variance_positions: int = field(256, why="positions (from the first token) with per-dim sums for the across-samples "
-                                    "std; memory is layers x this x hidden x 4 doubles")
+                                    "std and with effective tokens (also the last); memory is layers x this x hidden "
+                                    "x 4 doubles")
     neuron_top_k: int = field(5, why="Li et al. 2026: rows of gate/up ranked by L2 norm, top k per layer", min=1)
-    selectivity_samples: int = field(16, why="sequences re-run to trace each super neuron's selectivity by position")
+    selectivity_positions: int = field(64, why="positions (from the first token) at which super neurons' selectivity "
+                                       "is traced, over all sequences; 0: none; memory is layers x this x "
+                                       "(2 hidden + intermediate) doubles", min=0)
     out: str | None = field(None, why="output folder for probe.json and Parquet tables")
 
 

@@ -300,7 +300,7 @@ def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Step
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config._name_or_path = label  # provenance and the report name the model by its label
     text = natural_data(config, loaded, folder)
-    thresholds = {"criteria": config.criteria, "selectivity_samples": min(8, config.samples)}
+    thresholds = {"criteria": config.criteria}
     probe_config = ProbeConfig(data=_data(config, text), **thresholds)
     natural = steps.run(f"{label}: probe + chain, natural text", probe, model, tokenizer=tokenizer,
                         config=probe_config, out=folder / "probe").to_dict()

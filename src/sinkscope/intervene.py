@@ -6,8 +6,10 @@ sequences and writes ``intervene.json`` (keys documented in docs/results.md).
 
 from __future__ import annotations
 
+
 import math
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -67,13 +69,17 @@ class _Experiment:
         # windows cut from the end of a document can be too short to hold the target and a later query
         self.sequences = [s for s in sequences if len(s) >= config.position + 2]
         self.max_len = max(len(s) for s in self.sequences)
+        self.auto_probe: dict | None = None  # probe.json of the first --neurons/--dims auto
 
-    def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep") -> dict:
+    def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep",
+              collectors=()) -> dict:
+        """One pass; ``collectors`` (pre-hook owners with a ``batch``) gather their own tallies in it too."""
         sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence,
                             gu_eps=self.config.criteria.sink_rate_eps)
         hidden = HiddenObserver(self.n_layers, self.max_len, positions)
         base = Sweep(attention_observers=[sink], forward_hooks=hidden.hooks(self.model, self.adapter),
-                     batch_listeners=[hidden])
+                     forward_pre_hooks=[h for c in collectors for h in c.hooks(self.model, self.adapter)],
+                     batch_listeners=[hidden, *collectors])
         losses: list[torch.Tensor] = []
         if nll:
             base.on_logits = lambda batch, ids, logits: losses.append(sequence_nll(batch.valid, ids, logits))
@@ -231,18 +237,20 @@ def amplify(exp: _Experiment) -> dict:
 
 
 def _resolve_auto(exp: _Experiment, key: str):
+    """``key`` of the chain found on the experiment's data; one probe serves every auto choice."""
     from .probe import probe
 
-    config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
-    result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
-    experts = (result.payload.get("expert_neurons") or {}).get("candidates")
+    if exp.auto_probe is None:  # one probe serves every auto choice
+        config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
+        exp.auto_probe = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config).payload
+    payload = exp.auto_probe
+    experts = (payload.get("expert_neurons") or {}).get("candidates")
     if key == "super_neurons" and experts is not None:  # a mixture of experts: the finder inside experts
         return [{"layer": c["layer"], "expert": c["expert"], "index": c["neuron"]} for c in experts]
-    if "chain_skipped" in result.payload:
-        raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({result['chain_skipped']}); "
+    if "chain_skipped" in payload:
+        raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({payload['chain_skipped']}); "
                              "pass --neurons LAYER:INDEX in a dense layer or --dims C[,C]")
-    chain = result.to_dict().get("chain") or {}
-    return chain.get(key)
+    return (payload.get("chain") or {}).get(key)
 
 
 class _NeuronMeans:
@@ -277,8 +285,10 @@ class _NeuronMeans:
         return {key: total / max(self.count, 1.0) for key, total in self.sums.items()}
 
 
-def _neuron_ablations(exp: _Experiment, neurons: tuple) -> list:
-    """Interventions for dense neurons (LAYER, INDEX) and neurons inside experts (LAYER, EXPERT, INDEX)."""
+def _neuron_ablations(exp: _Experiment, neurons: tuple, collectors: list) -> list:
+    """Interventions for dense neurons (LAYER, INDEX) and neurons inside experts (LAYER, EXPERT, INDEX).
+
+    Mean ablation appends to ``collectors`` what the baseline pass must gather for its means."""
     config = exp.config
     in_experts = tuple(n for n in neurons if len(n) == 3)
     dense = tuple(n for n in neurons if len(n) == 2)
@@ -286,20 +296,15 @@ def _neuron_ablations(exp: _Experiment, neurons: tuple) -> list:
         raise SinkscopeError("neurons inside experts are ablated with --mode zero --target activation only")
     out = [AblateExpertNeurons(neurons=in_experts)] if in_experts else []
     if dense:
-        means = {}
-        if config.mode == "mean":
-            collector = _NeuronMeans(dense)
-            run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, exp.sequences,
-                      Sweep(forward_pre_hooks=collector.hooks(exp.model, exp.adapter), batch_listeners=[collector]),
-                      batch_size=config.data.batch_size)
-            means = collector.means()
-        out.append(AblateNeurons(neurons=dense, mode=config.mode, target=config.target, means=means))
+        if config.mode == "mean":  # the means come from the baseline pass, before the neurons are ablated
+            collectors.append(_NeuronMeans(dense))
+        out.append(AblateNeurons(neurons=dense, mode=config.mode, target=config.target))
     return out
 
 
 def ablate(exp: _Experiment) -> dict:
     config = exp.config
-    interventions = []
+    interventions, collectors = [], []
     neurons: tuple = ()
     if config.neurons != "none":
         if config.neurons == "auto":
@@ -311,7 +316,7 @@ def ablate(exp: _Experiment) -> dict:
                                      "pass --neurons LAYER:INDEX or --neurons none with --dims")
         else:
             neurons = _parse_pairs(config.neurons)
-        interventions += _neuron_ablations(exp, neurons)
+        interventions += _neuron_ablations(exp, neurons, collectors)
     dims: tuple = ()
     if config.dims is not None:
         if config.dims == "auto":
@@ -327,7 +332,10 @@ def ablate(exp: _Experiment) -> dict:
     if not interventions:
         raise SinkscopeError("nothing to ablate: pass --neurons and/or --dims")
     nll = exp.adapter.causal
-    before = exp.sweep(nll=nll, label="baseline")
+    before = exp.sweep(nll=nll, label="baseline", collectors=collectors)
+    if collectors:
+        i = next(i for i, item in enumerate(interventions) if isinstance(item, AblateNeurons))
+        interventions[i] = replace(interventions[i], means=collectors[0].means())
     after = exp.sweep(interventions, nll=nll, label="ablate")
     score_b = before["sink"].sink_score()[:, :, 0].float().mean(1)
     score_a = after["sink"].sink_score()[:, :, 0].float().mean(1)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .adapters import blocks, head_counts
+from .adapters import blocks, head_counts, mlp_weights
 from .adapters.coverage import chain_gaps
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
-from .capture.chain import mlp_weights
 from .capture.hidden import HiddenObserver
 from .capture.learned_sink import LearnedSinkObserver
 from .capture.runner import Sweep, run_sweep
-from .capture.sink import KeyStatsObserver, SinkObserver
+from .capture.sink import EffectiveTokensObserver, KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
@@ -180,10 +179,13 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
     n_heads, _, _ = head_counts(model.config)
     observers = {"sink": SinkObserver(n_layers, n_heads, max_len, positions, gu_eps=config.criteria.sink_rate_eps),
                  "learned_sink": LearnedSinkObserver(n_layers, n_heads),
-                 "hidden": HiddenObserver(n_layers, max_len)}
-    if config.capture.key_importance or config.capture.full_pattern or config.chain:  # chain: effective tokens
+                 "hidden": HiddenObserver(n_layers, max_len, effective_rank=config.capture.block_effective_rank)}
+    if config.capture.key_importance or config.capture.full_pattern:  # the T x S pass; its effective tokens serve the chain
         observers["keys"] = KeyStatsObserver(n_layers, n_heads, max_len, config.capture.query_chunk,
                                              config.capture.full_pattern)
+    elif config.chain:
+        observers["effective_tokens"] = EffectiveTokensObserver(n_layers, n_heads, max_len, config.variance_positions,
+                                                                config.capture.query_chunk)
     if config.capture.secondary_sinks:
         from .stream.discover import SinkKeyObserver
 
@@ -267,6 +269,8 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         "sink_dom_ratio": hidden.sink_dom_ratio().float().tolist(),
         "max_abs_activation": hidden.tally["max_abs"].float().tolist(),
     }
+    if config.capture.block_effective_rank:
+        payload["block_effective_rank"] = hidden.effective_rank().tolist()
     payload["layer_magnitudes"], sun_table = reduce_sun(observers["magnitudes"])
     if "secondary" in observers:
         from .stream.discover import discover_from_observer
@@ -279,7 +283,7 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
         payload["sink"]["verdict"] += " " + payload["learned_sink_verdict"]
     tables = _tables(sink, hidden, observers.get("keys"), positions)
     tables["layer_magnitudes"] = sun_table
-    if config.chain:  # every rank re-runs the same first sequences for the selectivity trace, so no reduce
+    if config.chain:
         chain = reduce_chain(loaded, observers, config, score[:, :, 0], sink_section, sequences or [])
         payload.update(chain.payload)
         tables.update(chain.tables)

@@ -84,7 +84,7 @@ def test_planted_disparity_massive_and_qk(planted):
 @pytest.mark.parametrize("layer,neuron,dim", [(0, 17, 40), (2, 100, 0)])
 def test_planted_chain_elsewhere(layer, neuron, dim):
     model, answer = planted_sink_model(layer=layer, neuron=neuron, dim=dim, seed=3)
-    chain = probe(model, answer.inputs(6, 24), selectivity_samples=0)["chain"]
+    chain = probe(model, answer.inputs(6, 24), selectivity_positions=0)["chain"]
     assert chain["super_neurons"] == [{"layer": layer, "index": neuron, "dims": [dim]}]
     assert (chain["disparity_layer"], chain["onset_layer"], chain["consistent"]) == (layer + 1, layer + 1, True)
 
@@ -114,8 +114,8 @@ def test_batches_merge_exactly(planted):
     model, answer, _ = planted
     seqs = answer.inputs(7, 20, seed=4)
     seqs[2], seqs[5] = seqs[2][:13], seqs[5][:9]  # ragged: padding must not leak into any statistic
-    one = probe(model, seqs, batch_size=7, selectivity_samples=3)
-    many = probe(model, seqs, batch_size=2, selectivity_samples=3)
+    one = probe(model, seqs, batch_size=7)
+    many = probe(model, seqs, batch_size=2)
     for name in ("chain_variance_by_position", "chain_variance_by_head", "chain_qk", "chain_neuron_selectivity"):
         for column, values in one.tables[name].items():
             np.testing.assert_allclose(np.array(values, dtype=float), np.array(many.tables[name][column], dtype=float),
@@ -259,7 +259,7 @@ def test_variance_on_natural_text_and_random_tokens(random_tokens):
         assert all(layer["std_first"] == pytest.approx(0, abs=1e-6) for layer in result["variance"]["layers"])
 
 
-@pytest.mark.parametrize("flag,value", [("variance_positions", 0), ("neuron_top_k", 0), ("selectivity_samples", -1),
+@pytest.mark.parametrize("flag,value", [("variance_positions", 0), ("neuron_top_k", 0), ("selectivity_positions", -1),
                                         ("massive_abs_paper", -1.0), ("spike_persistence", 2.0),
                                         ("sink_confidence", 1.0)])
 def test_bad_chain_settings_are_refused(flag, value):
@@ -267,3 +267,21 @@ def test_bad_chain_settings_are_refused(flag, value):
 
     with pytest.raises(SinkscopeError, match="--" + flag.replace("_", "-")):
         probe(tiny_model("llama"), torch.randint(3, 96, (2, 8)), **{flag: value})
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_effective_tokens_without_the_full_pass_match_it(padding_side):
+    """The chain's O(T) effective tokens (first --variance-positions positions and the last) equal the
+    exact T x S pass of --key-importance, with padding on either side; other positions are left out."""
+    model = tiny_model("llama", seed=4)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(1, 96, (n,), generator=g).tolist() for n in (12, 8, 12, 10)]
+    kwargs = dict(batch_size=3, padding_side=padding_side, variance_positions=5)
+    cheap = probe(model, seqs, **kwargs).tables["chain_variance_by_head"]
+    full = probe(model, seqs, key_importance=True, **kwargs).tables["chain_variance_by_head"]
+    assert cheap["position"] == full["position"]
+    for i, pos in enumerate(cheap["position"]):
+        if pos < 5 or pos == 11:
+            assert cheap["effective_tokens"][i] == pytest.approx(full["effective_tokens"][i], rel=1e-5)
+        else:
+            assert cheap["effective_tokens"][i] is None and full["effective_tokens"][i] is not None

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sinkscope.adapters import adapter_for, block_part, blocks, head_counts
+from sinkscope.adapters import adapter_for, block_part, blocks, head_counts, key_weight, mlp_input_module, mlp_weights
 from sinkscope.adapters.coverage import blocks_with, chain_gaps
 from sinkscope.capture.attention import BatchInfo, capture_attention
-from sinkscope.capture.chain import key_weight, mlp_input_module, mlp_weights
 from sinkscope.metrics.qk import key_rows
 from sinkscope.probe import probe
 from sinkscope.testing import tiny_model
@@ -104,3 +103,48 @@ def test_key_weight_gives_the_key_attention_sees(family):
         rows = key_rows(key_weight(model, adapter, layer, n_heads, n_kv, head_dim), n_kv, head_dim, n_heads)
         expect = torch.einsum("hdD,bD->bhd", rows, inputs[layer])
         torch.testing.assert_close(expect, keys[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_selectivity_from_the_one_sweep_matches_a_plain_forward(family):
+    """Selectivity of any neuron, from the sweep's position sums, equals per-token scores from plain
+    forwards (one unpadded sequence at a time), averaged over sequences; ragged batches, positions past Tp dropped."""
+    from sinkscope.capture.runner import Sweep, run_sweep
+    from sinkscope.capture.selectivity import SelectivityObserver
+    from sinkscope.chain import selectivity_table
+
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (9, 6, 9, 4, 8)]
+    w0 = mlp_weights(model, adapter, 0)
+    L, tracked = len(blocks(model, adapter)), 7
+    obs = SelectivityObserver(L, model.config.hidden_size, w0["down"].shape[1], 9, tracked)
+    run_sweep(model, adapter, None, seqs, Sweep(forward_pre_hooks=obs.hooks(model, adapter)[0], batch_listeners=[obs]),
+              batch_size=3, padding_side="left")
+    neurons = [(0, 3), (L - 1, 10)]
+    table = selectivity_table(obs, model, adapter, neurons)
+    for i, (layer, n) in enumerate(neurons):
+        store = {}
+        handles = [mlp_input_module(model, adapter, layer).register_forward_pre_hook(
+                       lambda m, a: store.__setitem__("x", a[0].reshape(-1, a[0].shape[-1]).double())),
+                   block_part(model, adapter, layer, "mlp_down").register_forward_pre_hook(
+                       lambda m, a: store.__setitem__("a", a[0].reshape(-1, a[0].shape[-1]).double()))]
+        w = mlp_weights(model, adapter, layer)
+        row = (w["gate"] if w["gate"] is not None else w["up"])[n].double()
+        per_token = {"cos_gate": [], "up_dot": [], "activation": []}
+        for seq in seqs:
+            with torch.no_grad():
+                model(torch.tensor([seq]))
+            x, a = store["x"], store["a"]
+            per_token["cos_gate"].append(x @ row / (x.norm(dim=-1) * row.norm()))
+            per_token["up_dot"].append(x @ w["up"][n].double())
+            per_token["activation"].append(a[:, n])
+        for h in handles:
+            h.remove()
+        mine = [j for j in range(len(table["neuron"])) if table["neuron"][j] == i]
+        assert [table["position"][j] for j in mine] == list(range(tracked))
+        for j in mine:
+            t = table["position"][j]
+            for name, values in per_token.items():
+                expect = torch.stack([v[t] for v in values if len(v) > t]).mean()
+                assert table[name][j] == pytest.approx(float(expect), rel=1e-4, abs=1e-6), (family, name, t)

@@ -15,7 +15,7 @@ from sinkscope.probe import probe
 def test_planted_chain_is_found_exactly_at_every_scale(width, massive):
     model, answer = planted_sink_model(layer=1, neuron=5, dim=3, hidden=width, intermediate=2 * width,
                                        massive=massive, seed=width)
-    result = probe(model, answer.inputs(6, 24, seed=1), selectivity_samples=0)
+    result = probe(model, answer.inputs(6, 24, seed=1), selectivity_positions=0)
     chain = result["chain"]
     assert chain["super_neurons"] == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
     assert chain["massive_dims"] == [answer.dim]
@@ -30,7 +30,7 @@ def test_planted_chain_is_found_exactly_at_every_scale(width, massive):
 
 def test_paper_preset_uses_the_absolute_rules():
     model, answer = planted_sink_model(massive=40.0)
-    result = probe(model, answer.inputs(6, 24, seed=1), selectivity_samples=0, rules="paper")
+    result = probe(model, answer.inputs(6, 24, seed=1), selectivity_positions=0, rules="paper")
     chain = result["chain"]
     assert chain["massive_dims"] == [] and chain["super_neurons"] == [] and chain["consistent"] is False
     assert result["sink"]["rules"] == "paper" and result["onset_layer"] == result["onset_layer_paper"] == 2
@@ -40,7 +40,7 @@ def test_paper_preset_uses_the_absolute_rules():
 
 @pytest.fixture(scope="module")
 def organisms():
-    return {name: probe(f"organism-{name}", samples=16, selectivity_samples=0) for name in ("softmax", "headnorm", "nobos")}
+    return {name: probe(f"organism-{name}", samples=16, selectivity_positions=0) for name in ("softmax", "headnorm", "nobos")}
 
 
 def test_organism_softmax_chain_with_defaults(organisms):

@@ -61,3 +61,37 @@ def test_ablating_the_massive_dim_removes_the_sink(planted):
     config = build(InterveneConfig, {"neurons": "none", "dims": str(answer.dim)})
     result = intervene(model, "ablate", config, data=answer.inputs(8, 32))
     assert result["per_layer"][answer.onset_layer]["sink_score_after"] < 0.2
+
+
+def test_mean_ablation_takes_its_means_from_the_baseline_pass():
+    """Mean ablation, whose means are gathered in the baseline sweep, equals ablation with means
+    computed by hand from plain forwards (real tokens other than the first, one sequence at a time)."""
+    import torch
+
+    from sinkscope.interventions import AblateNeurons
+    from sinkscope.intervene import _Experiment
+    from sinkscope.loading import prepare_model
+    from sinkscope.testing import tiny_model
+
+    model = tiny_model("llama", seed=2)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (12, 9, 12, 7)]
+    neurons = ((0, 4), (1, 9), (1, 2))
+    config = build(InterveneConfig, {"neurons": ",".join(f"{a}:{b}" for a, b in neurons), "mode": "mean",
+                                     "position": 2, "data": {"batch_size": 3}})  # position 2: every sequence counts
+    result = intervene(model, "ablate", config, data=seqs)
+    acts = {layer: [] for layer in (0, 1)}
+    handles = [model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
+        lambda m, a, layer=layer: acts[layer].append(a[0][0, 1:].double())) for layer in acts]
+    with torch.no_grad():
+        for seq in seqs:
+            model(torch.tensor([seq]))
+    for h in handles:
+        h.remove()
+    means = {(layer, n): float(torch.cat(acts[layer])[:, n].mean()) for layer, n in neurons}
+    exp = _Experiment(prepare_model(model, None, config.load), config, False, seqs)
+    by_hand = exp.sweep([AblateNeurons(neurons=neurons, mode="mean", target=config.target, means=means)])
+    expect = by_hand["sink"].sink_score()[:, :, 0].float().mean(1)
+    got = [row["sink_score_after"] for row in result["per_layer"]]
+    assert got == pytest.approx(expect.tolist(), rel=1e-5)
+    assert got != pytest.approx([row["sink_score_before"] for row in result["per_layer"]], rel=1e-3)  # it did change

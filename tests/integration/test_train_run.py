@@ -7,7 +7,9 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from sinkscope.cli import main
 from sinkscope.config import build, load_yaml
@@ -83,6 +85,17 @@ def test_telemetry_matches_a_direct_probe(corpus, tmp_path):
     direct = sinkscope.probe(trainer.model, trainer.telemetry_batch, chain=False)
     assert record["sink_score"] == pytest.approx(direct["layer_sink_score"])
     assert record["dom_ratio"] == pytest.approx(direct["sink_dom_ratio"])
+    outputs = {}  # brute force: every block output, then numpy's singular values per sequence
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o[0] if isinstance(o, tuple) else o))
+               for i, block in enumerate(trainer.model.model.layers)]
+    with torch.no_grad():
+        trainer.model(trainer.telemetry_batch)
+    for h in handles:
+        h.remove()
+    for layer, out in outputs.items():
+        s = [np.linalg.svd(x.double().numpy(), compute_uv=False) for x in out]
+        expect = np.mean([np.exp(-(p * np.log(p)).sum()) for p in (v / v.sum() for v in s)])
+        assert record["effective_rank"][layer] == pytest.approx(expect, rel=1e-5)
 
 
 @pytest.mark.parametrize("trainable", [None, "model.layers.1."])

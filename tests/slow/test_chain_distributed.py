@@ -40,7 +40,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     seqs[3] = seqs[3][:17]  # ragged, so padding and uneven shards are both exercised
     data.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
     args = ["probe", str(tmp_path / "model"), "--data", str(data), "--samples", "11", "--seq-len", "24",
-            "--batch-size", "3", "--selectivity-samples", "4"]
+            "--batch-size", "3", "--selectivity-positions", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = subprocess.run([sys.executable, "-m", "sinkscope", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)

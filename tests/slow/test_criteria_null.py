@@ -31,7 +31,7 @@ def wide_model(family: str, width: int, seed: int, init_std: float = INIT_STD):
 def null_probe(family: str, width: int, seed: int, init_std: float, samples: int = 16):
     ids = torch.randint(4, VOCAB, (samples, 32), generator=torch.Generator().manual_seed(seed))
     ids[:, 0] = 1  # the same first token in every sequence (a BOS): the harder null
-    return probe(wide_model(family, width, seed, init_std), ids.tolist(), selectivity_samples=0)
+    return probe(wide_model(family, width, seed, init_std), ids.tolist(), selectivity_positions=0)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The capture function is exact for softmax with a virtual sink key and for sigmoid attention."""
+"""The capture function is exact for softmax with a virtual sink key and for sigmoid attention; so is the
+effective number of aggregated tokens, fused (twice-the-scale log-sum-exp) or chunked."""
 
 import math
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from sinkscope.capture.attention import BatchInfo, _ACTIVE, _Session, sinkscope_attention
 from sinkscope.capture.learned_sink import LearnedSinkObserver
-from sinkscope.capture.sink import SinkObserver
+from sinkscope.capture.sink import EffectiveTokensObserver, SinkObserver
 from sinkscope.errors import SinkscopeError
 
 
@@ -44,7 +45,9 @@ def test_variant_output_and_sink_column_match_brute_force(variant):
     module = nn.Module()
     observer = SinkObserver(n_layers=1, n_heads=H, max_len=T, positions=(0,))
     learned = LearnedSinkObserver(n_layers=1, n_heads=H)
-    session = _Session({id(module): 0}, [observer, learned], [], query_chunk=4)
+    tokens = EffectiveTokensObserver(n_layers=1, n_heads=H, max_len=T, max_positions=T, chunk=4)
+    corner = EffectiveTokensObserver(n_layers=1, n_heads=H, max_len=T, max_positions=4, chunk=4)  # + the last
+    session = _Session({id(module): 0}, [observer, learned, tokens, corner], [], query_chunk=4)
     session.batch = BatchInfo.from_attention_mask(torch.ones(B, T))
     _ACTIVE.append(session)
     try:
@@ -62,6 +65,12 @@ def test_variant_output_and_sink_column_match_brute_force(variant):
     expected_mass = (1 - weights.sum(-1)).mean((0, 2)) if sink is not None else torch.zeros(H)
     torch.testing.assert_close(learned.mass()[0].float(), expected_mass, atol=1e-6, rtol=1e-5)
     assert learned.has_learned_sink() == (sink is not None)
+    expected_tokens = (1 / (weights.double() ** 2).sum(-1)).mean(0)  # (H, T)
+    torch.testing.assert_close(tokens.effective_tokens()[0], expected_tokens, atol=1e-6, rtol=1e-5)
+    got = corner.effective_tokens()[0]
+    torch.testing.assert_close(got[:, :4], expected_tokens[:, :4], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[:, -1], expected_tokens[:, -1], atol=1e-6, rtol=1e-5)
+    assert bool(torch.isnan(got[:, 4:-1]).all())  # positions it does not track
 
 
 def _call(**kwargs):

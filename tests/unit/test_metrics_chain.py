@@ -12,11 +12,11 @@ import torch
 
 from sinkscope.capture.reducers import Tally
 from sinkscope.metrics.disparity import dominance_ratio, log_bins, massive_mask
-from sinkscope.metrics.neurons import column_profile, selectivity, spike_ratios, top_rows
+from sinkscope.metrics.neurons import column_profile, selectivity_by_position, spike_ratios, top_rows
 from sinkscope.metrics.qk import cosine, key_rows, positive_dot_count, top_principal_direction
 from sinkscope.metrics.stats import (excess_kurtosis, first_rest_ratio, fit_inverse_sqrt, histogram_quantile,
                                      kendall_tau, std_from_sums)
-from sinkscope.metrics.variance import effective_tokens, std_across_dims, std_across_samples
+from sinkscope.metrics.variance import effective_tokens, std_across_dims, std_across_dims_and_heads, std_across_samples
 
 
 def test_std_from_sums_merges_batches_exactly():
@@ -43,7 +43,9 @@ def test_std_across_samples_per_position_and_head():
 def test_std_across_dims_matches_numpy():
     x = torch.randn(3, 5, 12)
     np.testing.assert_allclose(std_across_dims(x).numpy(), x.numpy().std(-1), rtol=1e-5)
-    np.testing.assert_allclose(std_across_dims(x, 3).numpy(), x.numpy().reshape(3, 5, 3, 4).std(-1), rtol=1e-5)
+    both, heads = std_across_dims_and_heads(x + 7.0, 3)  # an offset: the combination must not cancel
+    np.testing.assert_allclose(both.numpy(), x.numpy().std(-1), rtol=1e-5)
+    np.testing.assert_allclose(heads.numpy(), x.numpy().reshape(3, 5, 3, 4).std(-1), rtol=1e-5)
 
 
 def _kendall_brute(x, y):  # tau-a = tau-b without ties
@@ -129,17 +131,25 @@ def test_top_rows_and_column_profile():
     assert profile["kurtosis"] == pytest.approx(scipy.stats.kurtosis(column.numpy()), rel=1e-6)
 
 
-def test_selectivity_cosine_and_up_dot():
-    x = torch.randn(5, 8)
-    gate, up = torch.randn(8), torch.randn(8)
-    got = selectivity(x, gate, up)
-    xn, gn = x.numpy(), gate.numpy()
-    cos = xn @ gn / (np.linalg.norm(xn, axis=-1) * np.linalg.norm(gn))
-    np.testing.assert_allclose(got["cos_gate"].numpy(), cos, rtol=1e-5)
-    np.testing.assert_allclose(got["up_dot"].numpy(), xn @ up.numpy(), rtol=1e-5)
-    plain = selectivity(x, None, up)  # plain MLP: cosine with the fc1 row
-    np.testing.assert_allclose(plain["cos_gate"].numpy(), xn @ up.numpy() / (np.linalg.norm(xn, axis=-1)
-                                                                            * np.linalg.norm(up.numpy())), rtol=1e-5)
+def test_selectivity_by_position_is_the_mean_of_per_token_scores():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 8, generator=g)  # (N sequences, T positions, D)
+    act = torch.randn(6, 5, generator=g)
+    gate, up = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    count = torch.tensor([6, 6, 6, 3, 0])  # later positions seen by fewer sequences
+    seen = torch.arange(6)[:, None] < count[None]  # (N, T)
+    unit = x / x.norm(dim=-1, keepdim=True)
+    sums = [(v.double() * seen[..., None]).sum(0) for v in (x, unit)] + [(act.double() * seen).sum(0)]
+    xn, gn, un = x.double().numpy(), gate.double().numpy(), up.double().numpy()
+    for row, name in ((gn, "gated"), (un, "plain")):  # plain MLP: cosine with the fc1 row
+        got = selectivity_by_position(*sums, count, gate if name == "gated" else None, up)
+        cos = xn @ row / (np.linalg.norm(xn, axis=-1) * np.linalg.norm(row))  # (N, T), token by token
+        for t in range(4):
+            n = int(count[t])
+            assert float(got["cos_gate"][t]) == pytest.approx(cos[:n, t].mean(), rel=1e-6), name
+            assert float(got["up_dot"][t]) == pytest.approx((xn[:n, t] @ un).mean(), rel=1e-6)
+            assert float(got["activation"][t]) == pytest.approx(float(act[:n, t].double().mean()), rel=1e-6)
+        assert all(torch.isnan(got[k][4]) for k in got)  # a position no sequence reached
 
 
 def test_top_principal_direction_matches_svd_and_points_with_the_mean():

@@ -16,8 +16,9 @@ from .base import (
     supported_model_types,
     weight_out_in,
 )
+from .weights import key_weight, mlp_input_module, mlp_weights
 
 __all__ = [
     "Adapter", "adapter_for", "base_model", "block_part", "blocks", "get_path", "head_counts",
-    "register_adapter", "supported_model_types", "weight_out_in",
+    "register_adapter", "supported_model_types", "weight_out_in", "key_weight", "mlp_input_module", "mlp_weights",
 ]

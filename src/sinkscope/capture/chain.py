@@ -8,27 +8,23 @@
   that reads it (index k = input of layer k; k = L is the final norm's input).
 - :class:`QueryObserver` (QK locking): per head, second moments of the queries and the sign of
   q . k_sink, from the attention capture.
-- :func:`neuron_selectivity`: a second, short sweep that traces a few found neurons by position.
 
 Positions count from each sequence's first real token. No activation is kept past its hook call.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from ..adapters import Adapter, base_model, block_part, blocks, get_path, weight_out_in
-from ..metrics.disparity import dominance_ratio, dominant_mask, effective_rank_gram, log_bins, massive_mask
-from ..metrics.neurons import selectivity, spike_ratios
+from ..adapters import Adapter, base_model, block_part, blocks, get_path
+from ..metrics.disparity import dominance_ratio, dominant_mask, log_bins, massive_mask
+from ..metrics.neurons import spike_ratios
 from ..metrics.qk import positive_dot_count
-from ..metrics.variance import std_across_dims
+from ..metrics.variance import std_across_dims, std_across_dims_and_heads
 from .attention import AttentionCall, BatchInfo
 from .hooks import block_output_tensor
-from .reducers import Tally, scatter_by_position
-from .runner import Sweep, run_sweep
+from .reducers import Tally, effective_rank_sum, scatter_by_position, sum_rows_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
 RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
@@ -36,21 +32,6 @@ RANK_TOKENS = 512  # effective rank over each sequence's first this-many real to
 
 def _relative(batch: BatchInfo, T: int) -> torch.Tensor:
     return torch.arange(T, device=batch.valid.device)[None] - batch.first[:, None]  # (B, T)
-
-
-@contextmanager
-def few_threads(n: int = 1):
-    """Run small LAPACK calls (eigvalsh of T x T, eigh of Dh x Dh) on ``n`` threads, then restore.
-
-    On a busy CPU, multi-threaded LAPACK on small matrices spins and can be 100x slower than one
-    thread (measured: a 64 x 768 svdvals took 1.6 s on 2 threads under load, 5 ms on 1).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(min(n, previous))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def as_tokens(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
@@ -114,15 +95,15 @@ class ValueOutputObserver(_Hooked):
         valid = batch.valid
         if side == "in":
             t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
-            heads = std_across_dims(x, self.n_heads).permute(2, 0, 1)  # (H, B, T)
-            t.add("in_head_dim_std_sum", (layer,), scatter_by_position(heads, rel, valid, self.max_len))
-        t.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(std_across_dims(x), rel, valid, self.max_len))
-        keep = (valid & (rel < self.tracked)).reshape(-1)
-        rows = x.reshape(-1, x.shape[-1])[keep].double()  # (N, W): one row per tracked real token
-        index = rel.reshape(-1)[keep]
-        zeros = torch.zeros(self.tracked, x.shape[-1], dtype=torch.float64, device=x.device)
-        t.add(f"{side}_sum", (layer,), zeros.index_add(0, index, rows))
-        t.add(f"{side}_sumsq", (layer,), zeros.index_add(0, index, rows * rows))
+            dims, heads = std_across_dims_and_heads(x, self.n_heads)  # (B, T), (B, T, H)
+            t.add("in_head_dim_std_sum", (layer,), scatter_by_position(heads.permute(2, 0, 1), rel, valid, self.max_len))
+        else:
+            dims = std_across_dims(x)
+        t.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(dims, rel, valid, self.max_len))
+        lead = self.tracked + int(batch.first.max())  # token slots that can hold a tracked position
+        rows = x[:, :lead].double()
+        t.add(f"{side}_sum", (layer,), sum_rows_by_position(rows, rel[:, :lead], valid[:, :lead], self.tracked))
+        t.add(f"{side}_sumsq", (layer,), sum_rows_by_position(rows * rows, rel[:, :lead], valid[:, :lead], self.tracked))
 
 
 class NeuronObserver(_Hooked):
@@ -275,9 +256,7 @@ class DisparityObserver(_Hooked):
         t.add("max_sink_abs", (k,), sink.abs().amax(0))
         t.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
         if self.with_rank:
-            with few_threads():
-                ranks = [effective_rank_gram(residual[b, batch.valid[b]][:RANK_TOKENS]) for b in range(B)]
-            t.add("erank_sum", (k,), torch.stack(ranks).double().sum())
+            t.add("erank_sum", (k,), effective_rank_sum(residual, batch.valid, RANK_TOKENS))
 
     def _histogram(self, values: torch.Tensor) -> torch.Tensor:
         edges = self.edges.to(values.device)
@@ -311,97 +290,10 @@ class QueryObserver:
         mask = batch.valid & (rel != 0) & sees_sink  # real queries that see the sink and another key
         q = call.query.float()
         sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
-        qm = q * mask[:, None, :, None]
+        qm = (q * mask[:, None, :, None]).double().transpose(0, 1).reshape(H, B * T, -1)  # (H, B*T, Dh)
         t.add("q_count", (layer,), mask.sum().double())
-        t.add("q_sum", (layer,), qm.double().sum((0, 2)))
-        t.add("q_outer_sum", (layer,), torch.einsum("bhtd,bhte->hde", qm.double(), qm.double()))
+        t.add("q_sum", (layer,), qm.sum(1))
+        t.add("q_outer_sum", (layer,), qm.mT @ qm)  # (H, Dh, Dh): one batched product
         t.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
         t.add("sink_key_sum", (layer,), sink_key.double().sum(0))
         t.add("sequences", (layer,), torch.tensor(float(B)))
-
-
-# ---- where the weights the chain reads live (adapter data + the family's storage convention) ----
-
-def mlp_weights(model: nn.Module, adapter: Adapter, layer: int) -> dict[str, torch.Tensor | None]:
-    """{"gate": (I, D) or None, "up": (I, D), "down": (D, I)} of one layer's MLP, detached."""
-    up = weight_out_in(block_part(model, adapter, layer, "mlp_up"), adapter).detach()
-    gate = None
-    if adapter.mlp_gate_up_fused:  # phi3: rows are [gate | up]
-        gate, up = up.chunk(2, dim=0)
-    elif adapter.mlp_gate is not None:
-        gate = weight_out_in(block_part(model, adapter, layer, "mlp_gate"), adapter).detach()
-    down = weight_out_in(block_part(model, adapter, layer, "mlp_down"), adapter).detach()
-    return {"gate": gate, "up": up, "down": down}
-
-
-def mlp_input_module(model: nn.Module, adapter: Adapter, layer: int) -> nn.Module:
-    """The first MLP projection; its input is the (normalised) MLP input x."""
-    part = "mlp_gate" if adapter.mlp_gate is not None else "mlp_up"
-    return block_part(model, adapter, layer, part)
-
-
-def key_weight(model: nn.Module, adapter: Adapter, layer: int, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
-    """One layer's key projection as (n_kv * Dh, D), split out of a fused qkv where needed."""
-    if adapter.k_proj is not None:
-        return weight_out_in(block_part(model, adapter, layer, "k_proj"), adapter).detach()
-    qkv = weight_out_in(block_part(model, adapter, layer, "qkv_proj"), adapter).detach()
-    D = qkv.shape[-1]
-    if adapter.qkv_layout == "per_head":  # neox: per head [q | k | v], each Dh rows
-        return qkv.reshape(n_heads, 3, head_dim, D)[:, 1].reshape(n_heads * head_dim, D)
-    q_rows, k_rows = n_heads * head_dim, n_kv * head_dim
-    return qkv[q_rows:q_rows + k_rows]
-
-
-def neuron_selectivity(loaded, sequences, neurons: list[tuple[int, int]], config) -> dict:
-    """Per position: cos(x, w_gate[n]), x . w_up[n] and the activation of each neuron (re-run sweep)."""
-    table = {"neuron": [], "layer": [], "index": [], "position": [], "cos_gate": [], "up_dot": [], "activation": []}
-    if not neurons or not sequences:
-        return table
-    model, adapter = loaded.model, loaded.adapter
-    T = max(len(s) for s in sequences)
-    tally = Tally()
-    for name in ("cos_gate", "up_dot", "activation"):
-        tally.zeros(name, len(neurons), T)
-    tally.zeros("count", T)
-
-    class Listener:
-        batch = None
-
-    listener = Listener()
-    pre = []
-    for i, (layer, n) in enumerate(neurons):
-        w = mlp_weights(model, adapter, layer)
-        gate_row, up_row = (w["gate"][n] if w["gate"] is not None else None), w["up"][n]
-
-        def on_input(module, args, i=i, gate_row=gate_row, up_row=up_row):
-            batch = listener.batch
-            x = as_tokens(args[0], batch)
-            rel = torch.arange(x.shape[1], device=x.device)[None] - batch.first[:, None]
-            for name, value in selectivity(x, gate_row, up_row).items():
-                tally.add(name, (i,), scatter_by_position(value, rel, batch.valid, T))
-            if i == 0:
-                tally.add("count", (), scatter_by_position(batch.valid.double(), rel, batch.valid, T))
-
-        def on_down(module, args, i=i, n=n):
-            batch = listener.batch
-            a = as_tokens(args[0], batch)
-            rel = torch.arange(a.shape[1], device=a.device)[None] - batch.first[:, None]
-            tally.add("activation", (i,), scatter_by_position(a[..., n].float(), rel, batch.valid, T))
-
-        pre += [(mlp_input_module(model, adapter, layer), on_input),
-                (block_part(model, adapter, layer, "mlp_down"), on_down)]
-    run_sweep(model, adapter, loaded.tokenizer, sequences, Sweep(forward_pre_hooks=pre, batch_listeners=[listener]),
-              batch_size=config.data.batch_size, padding_side=config.data.padding_side,
-              query_chunk=config.capture.query_chunk)
-    count = tally["count"]
-    for i, (layer, n) in enumerate(neurons):
-        for pos in range(T):
-            if count[pos] == 0:
-                continue
-            table["neuron"].append(i)
-            table["layer"].append(layer)
-            table["index"].append(n)
-            table["position"].append(pos)
-            for name in ("cos_gate", "up_dot", "activation"):
-                table[name].append(float(tally[name][i, pos] / count[pos]))
-    return table

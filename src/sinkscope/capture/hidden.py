@@ -13,19 +13,21 @@ from ..metrics.disparity import dominance_ratio
 from ..metrics.norms import token_norms
 from .attention import BatchInfo
 from .hooks import block_output_tensor
-from .reducers import Tally, scatter_by_position
+from .reducers import Tally, effective_rank_sum, scatter_by_position
 
 
 class HiddenObserver:
     """Per layer (block output) and position: L2 norm; per layer: tracked tokens' DomRatio and max |x|.
 
     Tallies: norm_sum (L, T) / count (L, T); dom_ratio_sum (L, P) / dom_count (L) for the tracked
-    positions (counted from the first real token; the first is the sink); max_abs (L) over real tokens.
+    positions (counted from the first real token; the first is the sink); max_abs (L) over real tokens;
+    with ``effective_rank``, erank_sum (L): each sequence's effective rank of its (T, D) block output.
     """
 
-    def __init__(self, n_layers: int, max_len: int, positions: tuple[int, ...] = (0,)):
+    def __init__(self, n_layers: int, max_len: int, positions: tuple[int, ...] = (0,), effective_rank: bool = False):
         self.max_len = max_len
         self.positions = positions
+        self.with_rank = effective_rank
         self.batch: BatchInfo | None = None
         self.tally = Tally()
         t = self.tally
@@ -34,6 +36,7 @@ class HiddenObserver:
         t.zeros("dom_ratio_sum", n_layers, len(positions))
         t.zeros("dom_count", n_layers)
         t.zeros("max_abs", n_layers)
+        t.zeros("erank_sum", n_layers)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> list[tuple[nn.Module, object]]:
         return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
@@ -65,6 +68,8 @@ class HiddenObserver:
         t.add("dom_count", (layer,), torch.tensor(float(hidden.shape[0])))
         max_abs = torch.linalg.vector_norm(hidden, ord=math.inf, dim=-1, dtype=torch.float32)  # (B, T), one pass
         t.add("max_abs", (layer,), max_abs.masked_fill(~valid, 0).amax())
+        if self.with_rank:
+            t.add("erank_sum", (layer,), effective_rank_sum(hidden, valid))
 
     def norm_by_position(self) -> torch.Tensor:
         """(L, T) mean L2 norm of the block output by position (NaN where no token was seen)."""
@@ -74,6 +79,10 @@ class HiddenObserver:
     def dom_ratio(self) -> torch.Tensor:
         """(L, P) mean DomRatio of each tracked token's hidden state."""
         return self.tally["dom_ratio_sum"] / self.tally["dom_count"].clamp(min=1)[:, None]
+
+    def effective_rank(self) -> torch.Tensor:
+        """(L,) mean effective rank of the sequences' block outputs (zeros unless ``effective_rank``)."""
+        return self.tally["erank_sum"] / self.tally["dom_count"].clamp(min=1)
 
     def sink_dom_ratio(self) -> torch.Tensor:
         """(L,) mean DomRatio of the first tracked token (the sink) hidden state."""

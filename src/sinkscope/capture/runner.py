@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..adapters import base_model
 from ..data import batches
 from .attention import BatchInfo, capture_attention
 from .hooks import scoped_hooks
@@ -55,7 +56,10 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
     device = next(model.parameters()).device
     modes = [(module, module.training) for module in model.modules()]  # restored one by one: flags may be mixed
     model.eval()
-    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    # Without a logits reader, run the backbone only: the LM head (V x D per token, ~15-20 % of a small
+    # model's forward, and a (B, T, V) tensor) feeds no statistic. Every hooked module lies inside it.
+    forward = model if sweep.on_logits is not None else base_model(model)
+    takes_positions = "position_ids" in inspect.signature(forward.forward).parameters
     pad = pad_id(tokenizer, model.config)
     n_batches = (len(sequences) + batch_size - 1) // batch_size
     try:
@@ -72,7 +76,7 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
                 inputs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 if takes_positions:  # count from the first real token, so left padding shifts nothing
                     inputs["position_ids"] = (attention_mask.cumsum(1) - 1).clamp(min=0)
-                output = model(**inputs)
+                output = forward(**inputs)
                 if sweep.on_logits is not None:
                     sweep.on_logits(session.batch, input_ids, output.logits)
     finally:

@@ -247,3 +247,39 @@ class KeyStatsObserver:
         """(L, H, T, T) mean attention pattern over samples, aligned at the first real token."""
         count = self.tally["pattern_count"][:, None]
         return self.tally["pattern_sum"] / count.where(count > 0, torch.nan)
+
+
+class EffectiveTokensObserver:
+    """The effective number of aggregated tokens, 1 / sum_j a_tj^2, by query position, in O(B*H*T).
+
+    For the first ``max_positions`` positions (those of the chain's per-position variance) and the
+    last position of the longest sequences, without the T x S pass of
+    :class:`KeyStatsObserver`, which gives every position (see
+    :meth:`~sinkscope.capture.attention.AttentionCall.squared_weight_sum`). Tallies:
+    eff_tokens_sum (L, H, T) / eff_tokens_count (L, T), as in :class:`KeyStatsObserver`.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, max_positions: int, chunk: int = 1024):
+        self.chunk, self.max_len, self.tracked = chunk, max_len, max_positions
+        self.tally = t = Tally()
+        t.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
+        t.zeros("eff_tokens_count", n_layers, max_len)
+
+    def observe(self, call: AttentionCall) -> None:
+        valid, rel, T = call.batch.valid, relative_positions(call), call.query.shape[2]
+        lead = call.squared_weight_sum(self.tracked + int(call.batch.first.max()), self.chunk)  # (B, H, R)
+        R = lead.shape[-1]
+        self._add(call.layer, lead, rel[:, :R], valid[:, :R] & (rel[:, :R] < self.tracked))  # no partial positions
+        last = valid[:, T - 1:] & (rel[:, T - 1:] == self.max_len - 1)  # (B, 1): sequences of the longest length
+        if R < T and bool(last.any()):
+            self._add(call.layer, call.probs_block(T - 1, T).square().sum(-1), rel[:, T - 1:], last)
+
+    def _add(self, layer: int, sumsq: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor) -> None:
+        eff = torch.where(valid[:, None], 1.0 / sumsq.clamp_min(1e-30), 0.0)  # (B, H, R)
+        self.tally.add("eff_tokens_sum", (layer,), scatter_by_position(eff.transpose(0, 1), rel, valid, self.max_len))
+        self.tally.add("eff_tokens_count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+
+    def effective_tokens(self) -> torch.Tensor:
+        """(L, H, T) mean effective number of aggregated tokens by query position (NaN where not computed)."""
+        count = self.tally["eff_tokens_count"][:, None]
+        return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)

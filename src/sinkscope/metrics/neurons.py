@@ -64,14 +64,18 @@ def column_profile(column: torch.Tensor, top: int = 5) -> dict:
             "dims": [{"dim": int(d), "share": float(s), "weight": float(w[d])} for s, d in zip(values, index)]}
 
 
-def selectivity(x: torch.Tensor, gate_row: torch.Tensor | None, up_row: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-token selectivity of one neuron: cos(x, w_gate) and x . w_up (method.md section 3).
+def selectivity_by_position(x_sum: torch.Tensor, unit_sum: torch.Tensor, act_sum: torch.Tensor, count: torch.Tensor,
+                            gate_row: torch.Tensor | None, up_row: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean selectivity of one neuron by position: cos(x, w_gate), x . w_up and its activation (method.md section 3).
 
-    x: (..., D) the MLP input (after its norm); gate_row, up_row: (D,). For a plain fc1/act/fc2
-    MLP pass gate_row=None: the cosine then uses the fc1 row. Returns {"cos_gate", "up_dot"}, (...).
+    x_sum, unit_sum: (T, D) sums over sequences of the MLP input x (after its norm) and of x / |x|;
+    act_sum: (T,) sums of the neuron's activation; count: (T,) tokens summed; gate_row, up_row: (D,).
+    Both scores are linear in those sums, so the means are exact. For a plain fc1/act/fc2 MLP pass
+    gate_row=None: the cosine then uses the fc1 row. Returns {"cos_gate", "up_dot", "activation"},
+    (T,) float64, NaN where count is 0.
     """
-    x = x.float()
-    row = (gate_row if gate_row is not None else up_row).float()
-    tiny = torch.finfo(torch.float32).tiny
-    cos = (x @ row) / (torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(row)).clamp_min(tiny)
-    return {"cos_gate": cos, "up_dot": x @ up_row.float()}
+    row = (gate_row if gate_row is not None else up_row).double()
+    seen = count.double().where(count > 0, torch.nan)
+    cos = unit_sum.double() @ row / torch.linalg.vector_norm(row).clamp_min(torch.finfo(torch.float32).tiny)
+    return {"cos_gate": cos / seen, "up_dot": x_sum.double() @ up_row.double() / seen,
+            "activation": act_sum.double() / seen}

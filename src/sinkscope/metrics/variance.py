@@ -12,15 +12,21 @@ import torch
 from .stats import first_rest_ratio, fit_inverse_sqrt, kendall_tau, std_from_sums
 
 
-def std_across_dims(x: torch.Tensor, n_heads: int | None = None) -> torch.Tensor:
-    """Population std over hidden dims of every token, in float32.
+def std_across_dims(x: torch.Tensor) -> torch.Tensor:
+    """Population std over hidden dims of every token, in float32. x: (B, T, D) -> (B, T)."""
+    return x.float().std(-1, unbiased=False)
 
-    x: (B, T, D) -> (B, T); with ``n_heads``, D splits into (H, D / H) and the result is (B, T, H).
+
+def std_across_dims_and_heads(x: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both :func:`std_across_dims` results from one pass: over all dims (B, T) and per head (B, T, H).
+
+    x: (B, T, H * Dh). The heads have equal sizes, so the variance over all dims is the mean of the
+    heads' variances plus the variance of their means (no cancellation: both terms are >= 0).
     """
-    x = x.float()
-    if n_heads is not None:
-        x = x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
-    return x.std(-1, unbiased=False)
+    x = x.float().reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+    var, mean = torch.var_mean(x, dim=-1, correction=0)  # (B, T, H) each
+    total = var.mean(-1) + mean.var(-1, correction=0)
+    return total.sqrt(), var.sqrt()
 
 
 def std_across_samples(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor,

@@ -1,7 +1,7 @@
 """Sink telemetry during training: the probe's own measurements on one fixed held-out batch.
 
-Nothing is re-implemented here: sink score, norm ratio, DomRatio and max activation come from
-:func:`sinkscope.probe`, effective rank from :func:`sinkscope.metrics.disparity.effective_rank`.
+Nothing is re-implemented here: sink score, norm ratio, DomRatio, max activation and every block
+output's effective rank come from one sweep of :func:`sinkscope.probe`.
 """
 
 from __future__ import annotations
@@ -9,27 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import adapter_for, blocks
-from ..capture.hooks import block_output_tensor, scoped_hooks
-from ..config import DataConfig, ProbeConfig
+from ..config import CaptureConfig, DataConfig, ProbeConfig
 from ..criteria import Criteria
-from ..metrics.disparity import effective_rank
-
-
-@torch.no_grad()
-def layer_effective_rank(model: nn.Module, ids: torch.Tensor) -> list[float]:
-    """(L,) effective rank of each block's (T, C) output, averaged over the sequences of ``ids`` (B, T)."""
-    ranks: dict[int, float] = {}
-
-    def hook(layer):
-        def record(module, args, output):
-            ranks[layer] = effective_rank(block_output_tensor(output)).mean().item()  # (B,) -> mean
-        return record
-
-    layers = blocks(model, adapter_for(model))
-    with scoped_hooks(forward=[(block, hook(i)) for i, block in enumerate(layers)]):
-        model(input_ids=ids)
-    return [ranks[i] for i in range(len(layers))]
 
 
 @torch.no_grad()
@@ -48,8 +29,8 @@ def sink_telemetry(model: nn.Module, ids: torch.Tensor, criteria: Criteria | Non
     try:
         ids = ids.to(next(model.parameters()).device)
         result = probe(model, ids, config=ProbeConfig(chain=False, criteria=criteria or Criteria(),
-                                                data=DataConfig(batch_size=len(ids))))
-        ranks = layer_effective_rank(model, ids)
+                                                data=DataConfig(batch_size=len(ids)),
+                                                capture=CaptureConfig(block_effective_rank=True)))
     finally:
         model.train(was_training)
     return {
@@ -57,7 +38,7 @@ def sink_telemetry(model: nn.Module, ids: torch.Tensor, criteria: Criteria | Non
         "norm_ratio": result["norm_ratio"],
         "dom_ratio": result["sink_dom_ratio"],
         "max_activation": result["max_abs_activation"],
-        "effective_rank": ranks,
+        "effective_rank": result["block_effective_rank"],
         "sink_ratio": result["sink"]["ratio"],
         "sink_present": result["sink"]["present"],
         "onset_layer": result["onset_layer"],
