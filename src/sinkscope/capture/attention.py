@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -152,27 +152,6 @@ class AttentionCall:
             return torch.sigmoid(logits + self.sigmoid_bias)
         return torch.nan_to_num(torch.exp(logits - self.lse[:, :, t0:t1, None]), nan=0.0)
 
-    def squared_weight_sum(self, rows: int, chunk: int = 1024) -> torch.Tensor:
-        """sum_j a_tj^2 of the queries t < rows over the keys each attends: (B, H, R) float32.
-
-        Causal queries t < rows see only keys < rows, so only that corner is read (R = rows);
-        otherwise R = T. Softmax attention that a fused kernel runs (no cap, bias or isolated row)
-        gives exp(lse2 - 2 lse) with lse2 = log sum_j exp(2 s_tj), the fused kernel's log-sum-exp at
-        twice the logit scale: O(B*H*R) memory. Else the exact weights, ``chunk`` queries at a time.
-        """
-        T, S = self.query.shape[2], self.key.shape[2]
-        corner = self
-        if rows < T and self.causal and S == T:
-            cut = lambda x: None if x is None else x[:, :, :rows, :rows]  # noqa: E731
-            corner = replace(self, query=self.query[:, :, :rows], key=self.key[:, :, :rows],
-                             value=self.value[:, :, :rows], visible=cut(self.visible), bias=cut(self.bias),
-                             lse=self.lse[:, :, :rows])
-        fused = None if corner.isolated is not None else _fused_attention(corner, 2 * corner.scale)
-        if fused is not None:
-            return torch.exp(fused[1] - 2 * corner.lse)
-        R = corner.query.shape[2]
-        return torch.cat([corner.probs_block(t0, min(R, t0 + chunk)).square().sum(-1) for t0 in range(0, R, chunk)], 2)
-
     def visible_counts(self) -> torch.Tensor:
         """Number of keys each query may attend: (B, 1|H, T) long."""
         counts = self._mask_counts()
@@ -230,7 +209,7 @@ def _split_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.T
 def _fused_attention(call: AttentionCall, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Output (B, H, T, Dv) and float32 lse (B, H, T) from a fused SDPA kernel, or None if none applies.
 
-    ``scale`` replaces the call's own logit scale (see :meth:`AttentionCall.squared_weight_sum`).
+    ``scale`` replaces the call's own logit scale (see :func:`sinkscope.capture.sink.squared_weight_sum`).
     """
     scale = call.scale if scale is None else scale
     if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
 from ..criteria import Criteria
 from ..errors import SinkscopeError
 from ..metrics.sink import attention_to_keys, gu_importance, uniform_score_per_sequence
-from .attention import AttentionCall
+from .attention import AttentionCall, _fused_attention
 from .reducers import Tally, scatter_by_position
 
 
@@ -255,7 +256,7 @@ class EffectiveTokensObserver:
     For the first ``max_positions`` positions (those of the chain's per-position variance) and the
     last position of the longest sequences, without the T x S pass of
     :class:`KeyStatsObserver`, which gives every position (see
-    :meth:`~sinkscope.capture.attention.AttentionCall.squared_weight_sum`). Tallies:
+    :func:`squared_weight_sum`). Tallies:
     eff_tokens_sum (L, H, T) / eff_tokens_count (L, T), as in :class:`KeyStatsObserver`.
     """
 
@@ -267,7 +268,7 @@ class EffectiveTokensObserver:
 
     def observe(self, call: AttentionCall) -> None:
         valid, rel, T = call.batch.valid, relative_positions(call), call.query.shape[2]
-        lead = call.squared_weight_sum(self.tracked + int(call.batch.first.max()), self.chunk)  # (B, H, R)
+        lead = squared_weight_sum(call, self.tracked + int(call.batch.first.max()), self.chunk)  # (B, H, R)
         R = lead.shape[-1]
         self._add(call.layer, lead, rel[:, :R], valid[:, :R] & (rel[:, :R] < self.tracked))  # no partial positions
         last = valid[:, T - 1:] & (rel[:, T - 1:] == self.max_len - 1)  # (B, 1): sequences of the longest length
@@ -283,3 +284,23 @@ class EffectiveTokensObserver:
         """(L, H, T) mean effective number of aggregated tokens by query position (NaN where not computed)."""
         count = self.tally["eff_tokens_count"][:, None]
         return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)
+
+
+def squared_weight_sum(call: AttentionCall, rows: int, chunk: int = 1024) -> torch.Tensor:
+    """sum_j a_tj^2 of the queries t < rows over the keys each attends: (B, H, R) float32.
+
+    Causal queries t < rows see only keys < rows, so only that corner is read (R = rows); otherwise
+    R = T. Softmax attention that a fused kernel runs (no cap, bias or isolated row) gives
+    exp(lse2 - 2 lse) with lse2 = log sum_j exp(2 s_tj), the fused kernel's log-sum-exp at twice the
+    logit scale: O(B*H*R) memory. Else the exact weights, ``chunk`` queries at a time.
+    """
+    T, S = call.query.shape[2], call.key.shape[2]
+    if rows < T and call.causal and S == T:
+        cut = lambda x: None if x is None else x[:, :, :rows, :rows]  # noqa: E731
+        call = replace(call, query=call.query[:, :, :rows], key=call.key[:, :, :rows], value=call.value[:, :, :rows],
+                       visible=cut(call.visible), bias=cut(call.bias), lse=call.lse[:, :, :rows])
+    fused = None if call.isolated is not None else _fused_attention(call, 2 * call.scale)
+    if fused is not None:
+        return torch.exp(fused[1] - 2 * call.lse)
+    R = call.query.shape[2]
+    return torch.cat([call.probs_block(t0, min(R, t0 + chunk)).square().sum(-1) for t0 in range(0, R, chunk)], 2)
