@@ -225,3 +225,15 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise SinkscopeError(f"config file {path} must hold a mapping of keys to values")
     return values
+
+
+def parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``--layers``: None -> ``default``; "all" -> None (every layer); "0,1" -> (0, 1)."""
+    if text is None:
+        return default
+    if text == "all":
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SinkscopeError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from None

@@ -6,8 +6,6 @@ sequences and writes ``intervene.json`` (keys documented in docs/results.md).
 
 from __future__ import annotations
 
-
-import math
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -18,28 +16,15 @@ from .adapters import block_part, blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
-from .config import InterveneConfig, ProbeConfig  # InterveneConfig lives in config.py: `intervene --help` needs no torch
+from .config import InterveneConfig, ProbeConfig, parse_layers  # InterveneConfig lives in config.py: `intervene --help` needs no torch
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .interventions.ablate_experts import SHARED, AblateExpertNeurons
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
+from .metrics.perplexity import mean_with_ci, perplexity_with_ci, sequence_nll
 from .results import SCHEMA_VERSION, provenance, write_json
 from .verdicts import reduce_sink
-
-Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
-
-def _parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[int, ...] | None:
-    if text is None:
-        return default
-    if text == "all":
-        return None
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise SinkscopeError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from None
-
 
 def _parse_pairs(text: str) -> tuple[tuple, ...]:
     """LAYER:INDEX (a dense FFN) or LAYER:EXPERT:INDEX (an expert; EXPERT may be "shared") items."""
@@ -98,29 +83,6 @@ class _Experiment:
                 "data": {"sequences": len(self.sequences), "max_len": self.max_len}, **body}
 
 
-def sequence_nll(valid: torch.Tensor, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """(B, 2) per-sequence summed next-token negative log-likelihood and number of predicted tokens."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    target = input_ids[:, 1:]
-    nll = -logp.gather(-1, target[..., None])[..., 0]  # (B, T-1)
-    pairs = valid[:, 1:] & valid[:, :-1]
-    return torch.stack([(nll * pairs).sum(1), pairs.sum(1).float()], dim=1).double().cpu()
-
-
-def perplexity_with_ci(per_sequence: torch.Tensor) -> dict:
-    """Perplexity exp(mean NLL per token) with a 95 % CI from the spread of per-sequence mean NLL."""
-    total = per_sequence[:, 0].sum() / per_sequence[:, 1].sum()
-    means = per_sequence[:, 0] / per_sequence[:, 1].clamp(min=1)
-    half = Z95 * means.std() / math.sqrt(len(means)) if len(means) > 1 else torch.tensor(math.nan)
-    return {"perplexity": math.exp(total), "ci": [math.exp(total - half), math.exp(total + half)]}
-
-
-def mean_with_ci(values: torch.Tensor) -> tuple[float, list[float]]:
-    mean = values.mean().item()
-    half = Z95 * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return mean, [mean - half, mean + half]
-
-
 def _target_scores(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(L,) head-mean score of the target (tracked key 1) and of the original sink (key 0), queries after each."""
     after = result["sink"].score_after().float().mean(1)  # (L, P)
@@ -135,7 +97,7 @@ def _norm_ratio_at(hidden: HiddenObserver, position: int) -> torch.Tensor:
 
 def isolate(exp: _Experiment) -> dict:
     config = exp.config
-    layers = _parse_layers(config.layers, None)
+    layers = parse_layers(config.layers, None)
     p = config.position
     before = exp.sweep(positions=(0, p), label="baseline")
     after = exp.sweep([Isolate(position=p, layers=layers)], positions=(0, p), label="isolate")
@@ -199,7 +161,7 @@ def value_mean(exp: _Experiment) -> torch.Tensor:
 
 def amplify(exp: _Experiment) -> dict:
     config = exp.config
-    layers = _parse_layers(config.layers, (0, 1))
+    layers = parse_layers(config.layers, (0, 1))
     layers = tuple(range(exp.n_layers)) if layers is None else layers
     if any(lam <= 0 for lam in config.lambdas):
         raise SinkscopeError(f"--lambdas must all be positive, got {','.join(map(str, config.lambdas))}")
@@ -328,7 +290,7 @@ def ablate(exp: _Experiment) -> dict:
                 dims = tuple(int(x) for x in config.dims.split(","))
             except ValueError:
                 raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {config.dims!r}") from None
-        interventions.append(AblateDims(dims=dims, layers=_parse_layers(config.layers, None), mode=config.mode))
+        interventions.append(AblateDims(dims=dims, layers=parse_layers(config.layers, None), mode=config.mode))
     if not interventions:
         raise SinkscopeError("nothing to ablate: pass --neurons and/or --dims")
     nll = exp.adapter.causal

@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 
 from .capture.runner import Sweep, run_sweep
+from .config import parse_layers
 from .errors import SinkscopeError
 from .interventions.massive import MassiveMeans, ResetMassive
+from .metrics.perplexity import perplexity_with_ci
 
 
 def _targets(exp) -> tuple[int, tuple[int, ...]]:
-    from .intervene import _parse_layers
-
     config = exp.config
-    layers = _parse_layers(config.layers, None)
+    layers = parse_layers(config.layers, None)
     auto_dims = config.dims in (None, "auto")
     chain = _chain(exp) if auto_dims or layers is None else {}
     if auto_dims:
@@ -55,8 +55,6 @@ def _chain(exp) -> dict:
 
 
 def massive(exp) -> dict:
-    from .intervene import perplexity_with_ci
-
     layer, dims = _targets(exp)
     nll = exp.adapter.causal
     means = MassiveMeans(dims)
