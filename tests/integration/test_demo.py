@@ -8,7 +8,8 @@ import re
 import pytest
 
 from sinkscope.cli import main
-from sinkscope.demo import DEFAULT_STRUCTURAL, ModelResults, amplify_plan, chain_summary
+from sinkscope.demo import DEFAULT_STRUCTURAL, amplify_plan
+from sinkscope.demo_summary import ModelResults, chain_summary
 from sinkscope.fixtures import planted_sink_model
 from sinkscope.models import embedded_path
 from sinkscope.testing import save_tiny

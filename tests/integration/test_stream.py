@@ -4,7 +4,6 @@ import pytest
 import torch
 import transformers
 
-from sinkscope.adapters import adapter_for
 from sinkscope.errors import SinkscopeError
 from sinkscope.loading import prepare_model
 from sinkscope.config import LoadConfig
