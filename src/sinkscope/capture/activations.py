@@ -20,7 +20,7 @@ from ..adapters import Adapter, block_part, blocks
 from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
 from .attention import BatchInfo
 from .chain import as_tokens
-from .hooks import block_output_tensor
+from .hooks import BlockOutputObserver, block_output_tensor
 from .reducers import Tally
 
 
@@ -29,7 +29,7 @@ def real_tokens(x: torch.Tensor, batch: BatchInfo, row: int) -> torch.Tensor:
     return x[row, int(batch.first[row]):int(batch.last[row]) + 1]
 
 
-class LayerMagnitudeObserver:
+class LayerMagnitudeObserver(BlockOutputObserver):
     """Tallies (N sequences, L layers, D dims, T positions): per_sequence (N, L, 4), each sequence's
     four Sun stats in its global slot (so shards of a torchrun job fill disjoint rows and a summed
     reduce gathers them exactly); top1_dim_hits (L, D) and top1_position_hits (L, T): how often the
@@ -46,14 +46,6 @@ class LayerMagnitudeObserver:
         t.zeros("per_sequence", n_sequences, n_layers, len(SUN_STATS))
         t.zeros("top1_dim_hits", n_layers, hidden, dtype=torch.int64)
         t.zeros("top1_position_hits", n_layers, max_len, dtype=torch.int64)
-
-    def hooks(self, model: nn.Module, adapter: Adapter) -> list:
-        return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
-
-    def _hook(self, layer: int):
-        def hook(module, args, output):
-            self.observe(layer, block_output_tensor(output))
-        return hook
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
         batch, t = self.batch.to(hidden.device), self.tally

@@ -5,18 +5,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from ..adapters import Adapter, blocks
 from ..errors import SinkscopeError
 from ..metrics.disparity import dominance_ratio
 from ..metrics.norms import token_norms
 from .attention import BatchInfo
-from .hooks import block_output_tensor
+from .hooks import BlockOutputObserver
 from .reducers import Tally, effective_rank_sum, scatter_by_position
 
 
-class HiddenObserver:
+class HiddenObserver(BlockOutputObserver):
     """Per layer (block output) and position: L2 norm; per layer: tracked tokens' DomRatio and max |x|.
 
     Tallies: norm_sum (L, T) / count (L, T); dom_ratio_sum (L, P) / dom_count (L) for the tracked
@@ -37,14 +35,6 @@ class HiddenObserver:
         t.zeros("dom_count", n_layers)
         t.zeros("max_abs", n_layers)
         t.zeros("erank_sum", n_layers)
-
-    def hooks(self, model: nn.Module, adapter: Adapter) -> list[tuple[nn.Module, object]]:
-        return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
-
-    def _hook(self, layer: int):
-        def hook(module, args, output):
-            self.observe(layer, block_output_tensor(output))
-        return hook
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
         batch = self.batch.to(hidden.device)

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from ..adapters import blocks
+
 
 @contextmanager
 def scoped_hooks(forward: Iterable[tuple[nn.Module, Callable]] = (),
@@ -31,3 +33,18 @@ def scoped_hooks(forward: Iterable[tuple[nn.Module, Callable]] = (),
 def block_output_tensor(output):
     """A decoder block returns a tensor or a tuple whose first item is the hidden state."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class BlockOutputObserver:
+    """Base of the observers that read every block's output: subclasses define ``observe(layer, hidden)``,
+    hidden (B, T, D) as the block returned it; the runner sets ``batch`` before every forward."""
+
+    batch = None
+
+    def hooks(self, model: nn.Module, adapter) -> list[tuple[nn.Module, Callable]]:
+        return [(block, self._hook(layer)) for layer, block in enumerate(blocks(model, adapter))]
+
+    def _hook(self, layer: int) -> Callable:
+        def hook(module, args, output):
+            self.observe(layer, block_output_tensor(output))
+        return hook
