@@ -231,23 +231,11 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     score = sink.sink_score().float()  # (L, H, P)
     importance = sink.importance().float()
     layer_score = score[:, :, 0].mean(1)
-    model_config = loaded.model.config
-    n_heads, n_kv, head_dim = head_counts(model_config)
     norms = hidden.norm_by_position().float()  # (L, T)
     criteria = config.criteria
     sink_section = reduce_sink(sink, layer_score, criteria)
     payload = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "probe",
-        "provenance": provenance(model=loaded.name, revision=loaded.revision, config=config,
-                                 seed=config.data.seed, dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
-                                 device=str(next(loaded.model.parameters()).device),
-                                 model_config=model_config.to_dict()),
-        "model": {"model_type": model_config.model_type, "n_layers": score.shape[0], "n_heads": n_heads,
-                  "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal,
-                  "learned_sink": observers["learned_sink"].has_learned_sink()},
-        "data": {"sequences": n_sequences, "max_len": max_len,
-                 "source": "random-tokens" if config.data.random_tokens else (config.data.data or "embedded-prompts")},
+        **_header(loaded, config, observers["learned_sink"].has_learned_sink(), n_sequences, max_len),
         "sink_positions": list(positions),
         "sink_score": score[:, :, 0].tolist(),
         "sink_score_by_key": {str(p): score[:, :, i].tolist() for i, p in enumerate(positions)},
@@ -272,26 +260,51 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     if config.capture.block_effective_rank:
         payload["block_effective_rank"] = hidden.effective_rank().tolist()
     payload["layer_magnitudes"], sun_table = reduce_sun(observers["magnitudes"])
+    tables = _tables(sink, hidden, observers.get("keys"), positions)
+    tables["layer_magnitudes"] = sun_table
+    _add_sections(payload, tables, loaded, observers, config, score[:, :, 0], sequences or [])
+    return ProbeResult(payload=payload, tables=tables)
+
+
+def _header(loaded: LoadedModel, config: ProbeConfig, learned_sink: bool, n_sequences: int, max_len: int) -> dict:
+    """Schema, provenance, the model's shape and the data: what every probe.json starts with."""
+    model_config = loaded.model.config
+    n_heads, n_kv, head_dim = head_counts(model_config)
+    parameter = next(loaded.model.parameters())
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "probe",
+        "provenance": provenance(model=loaded.name, revision=loaded.revision, config=config, seed=config.data.seed,
+                                 dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
+                                 model_config=model_config.to_dict()),
+        "model": {"model_type": model_config.model_type, "n_layers": len(blocks(loaded.model, loaded.adapter)),
+                  "n_heads": n_heads, "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal,
+                  "learned_sink": learned_sink},
+        "data": {"sequences": n_sequences, "max_len": max_len,
+                 "source": "random-tokens" if config.data.random_tokens else (config.data.data or "embedded-prompts")},
+    }
+
+
+def _add_sections(payload: dict, tables: dict, loaded: LoadedModel, observers: dict, config: ProbeConfig,
+                  first_score: torch.Tensor, sequences: list[list[int]]) -> None:
+    """The optional sections: secondary sinks, the learned-sink verdict, the chain and the peers' coordinates."""
     if "secondary" in observers:
         from .stream.discover import discover_from_observer
 
-        payload["secondary_sinks"] = discover_from_observer(observers["secondary"], sequences or [], loaded.tokenizer)
+        payload["secondary_sinks"] = discover_from_observer(observers["secondary"], sequences, loaded.tokenizer)
     learned = observers["learned_sink"]
-    payload["learned_sink_verdict"] = (learned_sink_verdict(learned.mass().float(), score[:, :, 0])
+    payload["learned_sink_verdict"] = (learned_sink_verdict(learned.mass().float(), first_score)
                                        if learned.has_learned_sink() else None)
     if payload["learned_sink_verdict"]:  # the sink verdict names both sinks
         payload["sink"]["verdict"] += " " + payload["learned_sink_verdict"]
-    tables = _tables(sink, hidden, observers.get("keys"), positions)
-    tables["layer_magnitudes"] = sun_table
     if config.chain:
-        chain = reduce_chain(loaded, observers, config, score[:, :, 0], sink_section, sequences or [])
+        chain = reduce_chain(loaded, observers, config, first_score, payload["sink"], sequences)
         payload.update(chain.payload)
         tables.update(chain.tables)
         payload["super_weights"] = super_weight_triples(payload["chain"]["super_neurons"])
         payload["yu_super_weights"] = reduce_yu(observers["yu"])
         found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
         payload["published_super_weights"] = compare_published(loaded.name, found)
-    return ProbeResult(payload=payload, tables=tables)
 
 
 def learned_sink_verdict(mass: torch.Tensor, first: torch.Tensor) -> str:
