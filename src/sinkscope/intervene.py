@@ -234,8 +234,7 @@ class _NeuronMeans:
     def _hook(self, layer, indices):
         def pre_hook(module, args):
             x = args[0]  # (B, T, I)
-            others = self.batch.valid.clone()
-            others[torch.arange(len(others)), self.batch.first] = False
+            others = self.batch.others()
             values = x[..., indices][others].double().sum(0).cpu()  # (k,)
             for i, v in zip(indices, values):
                 self.sums[(layer, i)] = self.sums.get((layer, i), 0.0) + float(v)

@@ -64,6 +64,16 @@ class BatchInfo:
             return self
         return BatchInfo(valid=self.valid.to(device), first=self.first.to(device), last=self.last.to(device))
 
+    def relative(self) -> torch.Tensor:
+        """(B, T) position of every token counted from its sequence's first real token (pads: negative or past it)."""
+        return torch.arange(self.valid.shape[1], device=self.valid.device)[None] - self.first[:, None]
+
+    def others(self) -> torch.Tensor:
+        """(B, T) bool: the real tokens other than each sequence's first, the reference of every first-token rule."""
+        others = self.valid.clone()
+        others[torch.arange(len(others), device=others.device), self.first] = False
+        return others
+
     def absolute(self, relative: Sequence[int]) -> torch.Tensor:
         """(B, P) key indices: p >= 0 counts from the first real token, p < 0 back from the last."""
         cols = [self.first + p if p >= 0 else self.last + 1 + p for p in relative]

@@ -30,10 +30,6 @@ DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of t
 RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
 
 
-def _relative(batch: BatchInfo, T: int) -> torch.Tensor:
-    return torch.arange(T, device=batch.valid.device)[None] - batch.first[:, None]  # (B, T)
-
-
 def as_tokens(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
     """(B, T, W) view of a hooked activation; some families (OPT) flatten tokens to (B*T, W) in the MLP."""
     return x.view(*batch.valid.shape, -1) if x.dim() == 2 else x
@@ -91,7 +87,7 @@ class ValueOutputObserver(_Hooked):
 
     def observe(self, layer: int, side: str, x: torch.Tensor) -> None:
         batch, t = self.batch, self.tally
-        rel = _relative(batch, x.shape[1])
+        rel = batch.relative()
         valid = batch.valid
         if side == "in":
             t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
@@ -151,8 +147,7 @@ class NeuronObserver(_Hooked):
         batch, t = self.batch, self.tally
         B, T, _ = act.shape
         sink = _sink_rows(act, batch).float()  # (B, I)
-        others = batch.valid.clone()
-        others[torch.arange(B, device=act.device), batch.first] = False
+        others = batch.others()
         mags = act.float().abs().masked_fill(~others[..., None], 0)
         other_sum = mags.double().sum(1)  # (B, I)
         token, channel, channel_mean = spike_ratios(sink, other_sum, others.sum(1))
@@ -232,8 +227,7 @@ class DisparityObserver(_Hooked):
         batch, t = self.batch, self.tally
         B, T, _ = residual.shape
         rows = torch.arange(B, device=residual.device)
-        others = batch.valid.clone()
-        others[rows, batch.first] = False
+        others = batch.others()
         dom, dom_norm = dominance_ratio(residual), dominance_ratio(normed)  # (B, T)
         t.add("sink_count", (k,), torch.tensor(float(B)))
         t.add("sink_dom_sum", (k,), dom[rows, batch.first].double().sum())
@@ -245,7 +239,7 @@ class DisparityObserver(_Hooked):
             t.add("max_other_dom_norm", (k,), dom_norm[others].amax())
         t.add("other_dom_hist", (k,), self._histogram(dom[others]))
         t.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
-        rel = _relative(batch, T)
+        rel = batch.relative()
         paper = massive_mask(residual, self.massive_abs, self.massive_rel)
         for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
             mask = mask & batch.valid[..., None]  # (B, T, D)
@@ -285,7 +279,7 @@ class QueryObserver:
         batch, layer, t = call.batch, call.layer, self.tally
         B, H, T, _ = call.query.shape
         rows = torch.arange(B, device=call.query.device)
-        rel = _relative(batch, T)
+        rel = batch.relative()
         sees_sink = call.visible_block(0, T, batch.first[:, None])[:, 0, :, 0]  # (B, T): causal, windows, edits
         mask = batch.valid & (rel != 0) & sees_sink  # real queries that see the sink and another key
         q = call.query.float()

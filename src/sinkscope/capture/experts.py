@@ -124,8 +124,7 @@ class ExpertNeuronObserver:
         act = expert_activations(experts, x.repeat_interleave(k, 0), index.reshape(-1)).float().view(B, T, k, -1)
         rows = torch.arange(B, device=x.device)
         sink_act, sink_experts = act[rows, batch.first], index.view(B, T, k)[rows, batch.first]  # (B, k, I), (B, k)
-        others = batch.valid.clone()
-        others[rows, batch.first] = False
+        others = batch.others()
         routed = index.view(B, T, k)
         other_mean, has_other = [], []
         for slot in range(k):  # the same expert's neuron at the sequence's other tokens routed to it
@@ -159,8 +158,7 @@ class ExpertNeuronObserver:
         B = act.shape[0]
         rows = torch.arange(B, device=act.device)
         sink = act[rows, batch.first].float()  # (B, I_s)
-        others = batch.valid.clone()
-        others[rows, batch.first] = False
+        others = batch.others()
         other_sum = (act.float().abs() * others[..., None]).double().sum(1)  # (B, I_s)
         token, channel, _ = spike_ratios(sink, other_sum, others.sum(1))
         t.add("shared_sequences", (layer,), torch.tensor(float(B)))

@@ -47,8 +47,7 @@ class HiddenObserver(BlockOutputObserver):
             b, pos = (int(i) for i in (~finite).nonzero()[0])
             raise SinkscopeError(f"non-finite hidden state after layer {layer} (sequence {b}, position {pos}); "
                                  "try --dtype float32 or check the model's weights")
-        T = hidden.shape[1]
-        rel = torch.arange(T, device=hidden.device)[None] - batch.first[:, None]
+        rel = batch.relative()
         t = self.tally
         t.add("norm_sum", (layer,), scatter_by_position(norms, rel, valid, self.max_len))
         t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))

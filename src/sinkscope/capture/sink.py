@@ -14,12 +14,6 @@ from .attention import AttentionCall, _fused_attention
 from .reducers import Tally, scatter_by_position
 
 
-def relative_positions(call: AttentionCall) -> torch.Tensor:
-    """(B, T) position of each query counted from its sequence's first real token."""
-    T = call.query.shape[2]
-    return torch.arange(T, device=call.query.device)[None] - call.batch.first[:, None]
-
-
 def check_finite(call: AttentionCall) -> None:
     """Raise naming the layer and head if any real query got a non-finite output or lse."""
     valid = call.batch.valid[:, None, :]  # (B, 1, T)
@@ -113,7 +107,7 @@ class SinkObserver:
         if self.per_sequence is not None:
             per_seq = after_attn.mean(1).sum(1) / after[:, 0].sum(1).clamp(min=1)  # (B, P) head-mean
             self.per_sequence[layer].append(per_seq.double().cpu())
-        rel = relative_positions(call)
+        rel = call.batch.relative()
         valid = batch.valid
         per_pos = attn.permute(1, 3, 0, 2)  # (H, P, B, T)
         t.add("by_position_sum", (layer,), scatter_by_position(per_pos, rel, valid, self.max_len))
@@ -202,7 +196,7 @@ class KeyStatsObserver:
     def observe(self, call: AttentionCall) -> None:
         batch, layer = call.batch, call.layer
         T = call.query.shape[2]
-        rel = relative_positions(call)  # (B, T)
+        rel = call.batch.relative()  # (B, T)
         valid = batch.valid
         t = self.tally
         for t0 in range(0, T, self.chunk):
@@ -267,7 +261,7 @@ class EffectiveTokensObserver:
         t.zeros("eff_tokens_count", n_layers, max_len)
 
     def observe(self, call: AttentionCall) -> None:
-        valid, rel, T = call.batch.valid, relative_positions(call), call.query.shape[2]
+        valid, rel, T = call.batch.valid, call.batch.relative(), call.query.shape[2]
         lead = squared_weight_sum(call, self.tracked + int(call.batch.first.max()), self.chunk)  # (B, H, R)
         R = lead.shape[-1]
         self._add(call.layer, lead, rel[:, :R], valid[:, :R] & (rel[:, :R] < self.tracked))  # no partial positions
