@@ -64,15 +64,11 @@ class BatchInfo:
             return self
         return BatchInfo(valid=self.valid.to(device), first=self.first.to(device), last=self.last.to(device))
 
-    def relative(self) -> torch.Tensor:
-        """(B, T) position of every token counted from its sequence's first real token (pads: negative or past it)."""
+    def relative(self) -> torch.Tensor:  # (B, T): positions from each sequence's first real token
         return torch.arange(self.valid.shape[1], device=self.valid.device)[None] - self.first[:, None]
 
-    def others(self) -> torch.Tensor:
-        """(B, T) bool: the real tokens other than each sequence's first, the reference of every first-token rule."""
-        others = self.valid.clone()
-        others[torch.arange(len(others), device=others.device), self.first] = False
-        return others
+    def others(self) -> torch.Tensor:  # (B, T) bool: real tokens but the first, every first-token rule's reference
+        return self.valid & (self.relative() != 0)
 
     def absolute(self, relative: Sequence[int]) -> torch.Tensor:
         """(B, P) key indices: p >= 0 counts from the first real token, p < 0 back from the last."""
