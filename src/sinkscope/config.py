@@ -237,3 +237,11 @@ def parse_layers(text: str | None, default: tuple[int, ...] | None) -> tuple[int
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise SinkscopeError(f"--layers must be 'all' or comma-separated integers, got {text!r}") from None
+
+
+def parse_dims(text: str) -> tuple[int, ...]:
+    """``--dims`` given by hand: "112" or "112,1415"."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {text!r}") from None

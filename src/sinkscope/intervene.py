@@ -16,7 +16,7 @@ from .adapters import block_part, blocks, head_counts
 from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
-from .config import InterveneConfig, ProbeConfig, parse_layers  # InterveneConfig lives in config.py: `intervene --help` needs no torch
+from .config import InterveneConfig, ProbeConfig, parse_dims, parse_layers  # InterveneConfig lives in config.py: `intervene --help` needs no torch
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .interventions.ablate_experts import SHARED, AblateExpertNeurons
@@ -285,10 +285,7 @@ def ablate(exp: _Experiment) -> dict:
             if not dims:
                 raise SinkscopeError("the chain finder found no massive dim; pass --dims C[,C]")
         else:
-            try:
-                dims = tuple(int(x) for x in config.dims.split(","))
-            except ValueError:
-                raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {config.dims!r}") from None
+            dims = parse_dims(config.dims)
         interventions.append(AblateDims(dims=dims, layers=parse_layers(config.layers, None), mode=config.mode))
     if not interventions:
         raise SinkscopeError("nothing to ablate: pass --neurons and/or --dims")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .capture.runner import Sweep, run_sweep
-from .config import parse_layers
+from .config import parse_dims, parse_layers
 from .errors import SinkscopeError
 from .interventions.massive import MassiveMeans, ResetMassive
 from .metrics.perplexity import perplexity_with_ci
@@ -27,10 +27,7 @@ def _targets(exp) -> tuple[int, tuple[int, ...]]:
         if not dims:
             raise SinkscopeError("the chain finder found no massive dim; pass --dims C[,C] and --layers L")
     else:
-        try:
-            dims = tuple(int(x) for x in config.dims.split(","))
-        except ValueError:
-            raise SinkscopeError(f"--dims must be auto or comma-separated integers, got {config.dims!r}") from None
+        dims = parse_dims(config.dims)
     if layers is None:
         jump = chain.get("disparity_layer")
         if jump is None or jump < 1:
