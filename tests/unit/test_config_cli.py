@@ -114,3 +114,18 @@ def test_choices_are_checked_by_the_parser(capsys):
         make_parser().parse_args(["probe", "m", "--padding-side", "middle"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dims_and_layers_parse_or_name_the_flag():
+    import pytest
+
+    from sinkscope.config import parse_dims, parse_layers
+    from sinkscope.errors import SinkscopeError
+
+    assert parse_dims("112,1415") == (112, 1415)
+    assert parse_layers("all", (0, 1)) is None and parse_layers(None, (0, 1)) == (0, 1)
+    assert parse_layers("2,3", None) == (2, 3)
+    with pytest.raises(SinkscopeError, match="--dims must be auto or comma-separated integers"):
+        parse_dims("112,x")
+    with pytest.raises(SinkscopeError, match="--layers must be 'all'"):
+        parse_layers("0;1", None)
