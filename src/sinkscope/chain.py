@@ -24,6 +24,7 @@ from .capture.selectivity import SelectivityObserver
 from .capture.runner import Sweep
 from .config import ProbeConfig
 from .criteria import Criteria
+from .tables import long_table
 from .verdicts import chain_consistent, chain_verdict, first_position
 from .errors import SinkscopeError
 from .metrics.neurons import column_profile, selectivity_by_position, top_rows
@@ -179,24 +180,14 @@ def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
               for layer in range(L)]
     pad = lambda x: torch.cat([x, torch.full((*x.shape[:-1], T - x.shape[-1]), torch.nan, dtype=x.dtype)], -1)  # noqa: E731
     keep = count > 0  # (L, T)
-    per_pos = _grid_table(("layer", "position"), keep, {
+    per_pos = long_table(("layer", "position"), keep, {
         "std_across_samples": pad(samples_in), "std_across_dims": dims_in, "std_across_samples_after": pad(samples_out),
         "std_across_dims_after": dims_out, "effective_tokens": mean_eff})
-    per_head = _grid_table(("layer", "head", "position"), keep[:, None].expand(-1, H, -1), {
+    per_head = long_table(("layer", "head", "position"), keep[:, None].expand(-1, H, -1), {
         "std_across_samples": pad(samples_heads), "std_across_dims": dims_heads, "effective_tokens": eff})
     section = {"positions_tracked": Tv, "layers": layers,
                "tables": ["chain_variance_by_position", "chain_variance_by_head"]}
     return section, {"chain_variance_by_position": per_pos, "chain_variance_by_head": per_head}
-
-
-def _grid_table(index_names: tuple[str, ...], keep: torch.Tensor, columns: dict[str, torch.Tensor]) -> dict:
-    """Long-format table of the cells where ``keep`` (shape S) is true; every column has shape S."""
-    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in keep.shape], indexing="ij"), -1).reshape(-1, keep.dim())
-    flat = keep.reshape(-1)
-    table = {name: grid[flat, i].tolist() for i, name in enumerate(index_names)}
-    for name, values in columns.items():  # v != v: NaN, without a function call per cell
-        table[name] = [None if v != v else v for v in values.reshape(-1)[flat].double().tolist()]
-    return table
 
 
 def _last(count_row: torch.Tensor) -> int:

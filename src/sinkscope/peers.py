@@ -16,6 +16,7 @@ import torch
 
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .metrics.magnitudes import SUN_STATS
+from .tables import long_table
 
 # share of prompts on which a layer's down projection must spike on both sides (Yu's per-prompt
 # reading) before the probe lists its coordinate; a majority, so one odd prompt does not decide
@@ -40,9 +41,8 @@ def reduce_sun(obs: LayerMagnitudeObserver) -> tuple[dict, dict]:
         "top1_dim": dim_hits.argmax(1).tolist(), "top1_dim_share": (dim_hits.amax(1) / n).tolist(),
         "top1_position": pos_hits.argmax(1).tolist(), "top1_position_share": (pos_hits.amax(1) / n).tolist(),
     }
-    N, L, _ = per_seq.shape
-    table = {"sequence": [i for i in range(N) for _ in range(L)], "layer": list(range(L)) * N,
-             **{name: per_seq[:, :, k].reshape(-1).tolist() for k, name in enumerate(SUN_STATS)}}
+    every = torch.ones(per_seq.shape[:2], dtype=torch.bool)
+    table = long_table(("sequence", "layer"), every, {name: per_seq[:, :, k] for k, name in enumerate(SUN_STATS)})
     return section, table
 
 

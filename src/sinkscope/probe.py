@@ -31,6 +31,7 @@ from .metrics.norms import norm_ratio
 from .metrics.sink import sink_rate, uniform_attention_baseline
 from .peers import compare_published, reduce_sun, reduce_yu, super_weight_triples
 from .results import SCHEMA_VERSION, provenance, write_json, write_parquet
+from .tables import long_table
 from .verdicts import reduce_sink
 
 FULL_PATTERN_MAX_LEN = 512  # beyond this a (L, H, T, T) table is too large to be useful in a results file
@@ -323,39 +324,22 @@ def _seen_len(norm_by_position: torch.Tensor) -> int:
 
 
 def _tables(sink: SinkObserver, hidden: HiddenObserver, keys: KeyStatsObserver | None, positions) -> dict:
+    """The per-position tables; a cell never observed (NaN) has no row."""
     by_pos = sink.by_position()  # (L, H, P, T)
-    L, H, P, T = by_pos.shape
-    grid = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(P), torch.arange(T),
-                                      indexing="ij"), -1).reshape(-1, 4)
-    keep = ~torch.isnan(by_pos.reshape(-1))
-    tables = {"attention_by_position": {
-        "layer": grid[keep, 0].tolist(), "head": grid[keep, 1].tolist(),
-        "key": [positions[i] for i in grid[keep, 2].tolist()], "query_position": grid[keep, 3].tolist(),
-        "attention": by_pos.reshape(-1)[keep].tolist(),
-    }}
     lse = sink.lse_by_position()  # (L, H, T)
     norms = hidden.norm_by_position()  # (L, T)
-    lh = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(T), indexing="ij"), -1).reshape(-1, 3)
-    keep_lse = ~torch.isnan(lse.reshape(-1))
-    tables["lse_by_position"] = {"layer": lh[keep_lse, 0].tolist(), "head": lh[keep_lse, 1].tolist(),
-                                 "position": lh[keep_lse, 2].tolist(), "lse": lse.reshape(-1)[keep_lse].tolist()}
-    lt = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(T), indexing="ij"), -1).reshape(-1, 2)
-    keep_norm = ~torch.isnan(norms.reshape(-1))
-    tables["hidden_by_position"] = {"layer": lt[keep_norm, 0].tolist(), "position": lt[keep_norm, 1].tolist(),
-                                    "norm": norms.reshape(-1)[keep_norm].tolist()}
+    tables = {
+        "attention_by_position": long_table(("layer", "head", "key", "query_position"), ~by_pos.isnan(),
+                                            {"attention": by_pos}, {"key": list(positions)}),
+        "lse_by_position": long_table(("layer", "head", "position"), ~lse.isnan(), {"lse": lse}),
+        "hidden_by_position": long_table(("layer", "position"), ~norms.isnan(), {"norm": norms}),
+    }
     if keys is not None:
-        imp, eff = keys.key_importance(), keys.effective_tokens()
-        keep_k = ~torch.isnan(imp.reshape(-1))
-        tables["key_importance"] = {"layer": lh[keep_k, 0].tolist(), "head": lh[keep_k, 1].tolist(),
-                                    "key_position": lh[keep_k, 2].tolist(), "importance": imp.reshape(-1)[keep_k].tolist(),
-                                    "effective_tokens": eff.reshape(-1)[keep_k].tolist()}
+        importance = keys.key_importance()  # (L, H, T)
+        tables["key_importance"] = long_table(("layer", "head", "key_position"), ~importance.isnan(),
+                                              {"importance": importance, "effective_tokens": keys.effective_tokens()})
         if keys.full_pattern:
-            pattern = keys.pattern()
-            grid4 = torch.stack(torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(T), torch.arange(T),
-                                               indexing="ij"), -1).reshape(-1, 4)
-            keep_p = ~torch.isnan(pattern.reshape(-1))
-            tables["attention_pattern"] = {"layer": grid4[keep_p, 0].tolist(), "head": grid4[keep_p, 1].tolist(),
-                                           "query_position": grid4[keep_p, 2].tolist(),
-                                           "key_position": grid4[keep_p, 3].tolist(),
-                                           "attention": pattern.reshape(-1)[keep_p].tolist()}
+            pattern = keys.pattern()  # (L, H, T, T)
+            tables["attention_pattern"] = long_table(("layer", "head", "query_position", "key_position"),
+                                                     ~pattern.isnan(), {"attention": pattern})
     return tables
