@@ -16,6 +16,10 @@ from typing import Any
 from .criteria import Criteria
 from .errors import SinkscopeError
 
+# Queries per chunk in the exact chunked attention passes (the default of every --query-chunk): their extra
+# memory is B*H*chunk*T, and at T up to this every sequence runs in one chunk. Here, not in capture/, because
+# the configs may not import torch.
+QUERY_CHUNK = 1024
 
 def field(default: Any = dataclasses.MISSING, *, why: str, choices: tuple | None = None,
           default_factory: Any = dataclasses.MISSING, cli: bool = True, off: str | None = None,
@@ -71,7 +75,7 @@ class CaptureConfig:
     full_pattern: bool = field(False, why="also store the mean T x T attention pattern (short sequences only)")
     secondary_sinks: bool = field(False, why="find every key that acts as a sink, per layer, pooled by token (one more "
                                   "chunked T x T pass, O(T) memory; see docs/stream.md)")
-    query_chunk: int = field(1024, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T",
+    query_chunk: int = field(QUERY_CHUNK, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T",
                              min=1)
     block_effective_rank: bool = field(False, why="also each block output's effective rank, averaged over sequences "
                                        "(training telemetry); one min(T, D)-sized eigvalsh per sequence and layer")
@@ -121,7 +125,7 @@ class InterveneConfig:
     mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))
     target: str = field("activation", why="ablate the neuron's activation or its down-projection column",
                         choices=("activation", "column"))
-    query_chunk: int = field(1024, why="queries per chunk in exact chunked attention passes", min=1)
+    query_chunk: int = field(QUERY_CHUNK, why="queries per chunk in exact chunked attention passes", min=1)
     criteria: Criteria = field(default_factory=Criteria, why="the rules of the chain verdict that --neurons auto "
                                "and --dims auto use, and of the sink rate")
     out: str | None = field(None, why="output folder for intervene.json")

@@ -26,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from ..adapters import Adapter, blocks, get_path
+from ..config import QUERY_CHUNK
 from ..errors import SinkscopeError
 from ..metrics.sink import softcap_logits
 
@@ -186,10 +187,8 @@ MaskEditor = Callable[[AttentionCall], None]  # edits call.visible / call.isolat
 
 class _Session:
     def __init__(self, layer_of: dict[int, int], observers, mask_editors, query_chunk: int):
-        self.layer_of = layer_of
-        self.observers = list(observers)
-        self.mask_editors = list(mask_editors)
-        self.query_chunk = query_chunk
+        self.layer_of, self.query_chunk = layer_of, query_chunk
+        self.observers, self.mask_editors = list(observers), list(mask_editors)
         self.batch: BatchInfo | None = None
 
 
@@ -335,7 +334,7 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     fused = _fused_attention(call)
     if fused is not None and call.isolated is not None:
         fused = _isolate_rows(call, *fused)
-    chunk = session.query_chunk if session else 1024
+    chunk = session.query_chunk if session else QUERY_CHUNK
     call.output, call.lse = fused if fused is not None else _chunked_attention(call, chunk)
     if call.sink_logit is not None and call.sigmoid_bias is None:
         call.output, call.lse = _add_virtual_sink(call.output, call.lse, call.sink_logit)
@@ -355,7 +354,7 @@ def attention_modules(model: nn.Module, adapter: Adapter) -> list[nn.Module]:
 
 @contextmanager
 def capture_attention(model: nn.Module, adapter: Adapter, observers: Sequence[AttentionObserver] = (),
-                      mask_editors: Sequence[MaskEditor] = (), query_chunk: int = 1024) -> Iterator[_Session]:
+                      mask_editors: Sequence[MaskEditor] = (), query_chunk: int = QUERY_CHUNK) -> Iterator[_Session]:
     """Route every attention layer of ``model`` through sinkscope while the block runs.
 
     >>> import torch, transformers, sinkscope

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..adapters import base_model
+from ..config import QUERY_CHUNK
 from ..data import batches
 from .attention import BatchInfo, capture_attention
 from .hooks import scoped_hooks
@@ -51,7 +52,7 @@ def _progress(iterable, total: int, enabled: bool, label: str):
 
 
 def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Sweep, *, batch_size: int = 8,
-              padding_side: str = "right", query_chunk: int = 1024, progress: bool = False,
+              padding_side: str = "right", query_chunk: int = QUERY_CHUNK, progress: bool = False,
               label: str = "probing") -> None:
     device = next(model.parameters()).device
     modes = [(module, module.training) for module in model.modules()]  # restored one by one: flags may be mixed

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 
+from ..config import QUERY_CHUNK
 from ..criteria import Criteria
 from ..errors import SinkscopeError
 from ..metrics.sink import attention_to_keys, gu_importance, uniform_score_per_sequence
@@ -179,7 +180,7 @@ class KeyStatsObserver:
     number of aggregated tokens); with ``full_pattern``, pattern_sum (L, H, T, T) / pattern_count (T, T).
     """
 
-    def __init__(self, n_layers: int, n_heads: int, max_len: int, chunk: int = 1024, full_pattern: bool = False):
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, chunk: int = QUERY_CHUNK, full_pattern: bool = False):
         self.chunk = chunk
         self.full_pattern = full_pattern
         self.max_len = max_len
@@ -254,7 +255,7 @@ class EffectiveTokensObserver:
     eff_tokens_sum (L, H, T) / eff_tokens_count (L, T), as in :class:`KeyStatsObserver`.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, max_len: int, max_positions: int, chunk: int = 1024):
+    def __init__(self, n_layers: int, n_heads: int, max_len: int, max_positions: int, chunk: int = QUERY_CHUNK):
         self.chunk, self.max_len, self.tracked = chunk, max_len, max_positions
         self.tally = t = Tally()
         t.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
@@ -280,7 +281,7 @@ class EffectiveTokensObserver:
         return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)
 
 
-def squared_weight_sum(call: AttentionCall, rows: int, chunk: int = 1024) -> torch.Tensor:
+def squared_weight_sum(call: AttentionCall, rows: int, chunk: int = QUERY_CHUNK) -> torch.Tensor:
     """sum_j a_tj^2 of the queries t < rows over the keys each attends: (B, H, R) float32.
 
     Causal queries t < rows see only keys < rows, so only that corner is read (R = rows); otherwise

@@ -33,10 +33,11 @@ class SinkKeyObserver:
       received / uniform: sum over queries i >= j of the head-mean a_ij and of 1 / n_i (their ratio is
       Gu et al.'s importance over its uniform baseline).
     Padded batches are fine: only real queries vote, and each row is stored from its first real token,
-    padded with zeros to ``max_len`` (default: the first batch's width).
+    padded with zeros to ``max_len`` (default: the first batch's width). ``chunk``: queries per exact pass,
+    the caller's --query-chunk.
     """
 
-    def __init__(self, n_layers: int, criteria: Criteria, chunk: int = 256, max_len: int | None = None):
+    def __init__(self, n_layers: int, criteria: Criteria, chunk: int, max_len: int | None = None):
         self.criteria, self.chunk, self.max_len = criteria, chunk, max_len
         self.ratio, self.local_span = criteria.secondary_ratio, criteria.secondary_local_span
         self.stats = {name: [[] for _ in range(n_layers)] for name in ("votes", "far", "received", "uniform")}
