@@ -149,9 +149,10 @@ def selectivity_table(obs: SelectivityObserver | None, model, adapter, neurons: 
     """Long table of each traced neuron's mean selectivity by position, from the sweep's own tallies."""
     rows = []
     for i, (layer, n) in enumerate(neurons if obs is not None else []):
-        t, w, count = obs.tally, mlp_weights(model, adapter, layer), obs.tally["count"][layer]
-        sel = selectivity_by_position(t["x_sum"][layer], t["unit_sum"][layer], t["act_sum"][layer, :, n], count,
-                                      None if w["gate"] is None else w["gate"][n], w["up"][n])
+        tally, w = obs.tally, mlp_weights(model, adapter, layer)
+        count = tally["count"][layer]
+        sel = selectivity_by_position(tally["x_sum"][layer], tally["unit_sum"][layer], tally["act_sum"][layer, :, n],
+                                      count, None if w["gate"] is None else w["gate"][n], w["up"][n])
         rows += [{"neuron": i, "layer": layer, "index": n, "position": p, **{k: float(v[p]) for k, v in sel.items()}}
                  for p in (count > 0).nonzero()[:, 0].tolist()]
     names = ("neuron", "layer", "index", "position", "cos_gate", "up_dot", "activation")
@@ -161,16 +162,16 @@ def selectivity_table(obs: SelectivityObserver | None, model, adapter, neurons: 
 # ---- C1 -----------------------------------------------------------------------------------------
 
 def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
-    t = values.tally
-    L, T = t["count"].shape
+    tally = values.tally
+    L, T = tally["count"].shape
     Tv, H = values.tracked, values.n_heads
-    count = t["count"]
+    count = tally["count"]
     seen = count.where(count > 0, torch.nan)
-    samples_in = std_across_samples(t["in_sum"], t["in_sumsq"], count[:, :Tv])  # (L, Tv)
-    samples_heads = std_across_samples(t["in_sum"], t["in_sumsq"], count[:, :Tv], H)  # (L, H, Tv)
-    samples_out = std_across_samples(t["out_sum"], t["out_sumsq"], count[:, :Tv])
-    dims_in, dims_out = t["in_dim_std_sum"] / seen, t["out_dim_std_sum"] / seen  # (L, T)
-    dims_heads = t["in_head_dim_std_sum"] / seen[:, None]  # (L, H, T)
+    samples_in = std_across_samples(tally["in_sum"], tally["in_sumsq"], count[:, :Tv])  # (L, Tv)
+    samples_heads = std_across_samples(tally["in_sum"], tally["in_sumsq"], count[:, :Tv], H)  # (L, H, Tv)
+    samples_out = std_across_samples(tally["out_sum"], tally["out_sumsq"], count[:, :Tv])
+    dims_in, dims_out = tally["in_dim_std_sum"] / seen, tally["out_dim_std_sum"] / seen  # (L, T)
+    dims_heads = tally["in_head_dim_std_sum"] / seen[:, None]  # (L, H, T)
     eff = keys.effective_tokens().double() if keys is not None else torch.full((L, H, T), torch.nan)
     mean_eff = eff.nanmean(1)  # (L, T) over heads
     layers = [{"layer": layer, "std_first": _num(samples_in[layer, 0]),
@@ -203,12 +204,12 @@ def _num(x) -> float | None:
 # ---- C2 -----------------------------------------------------------------------------------------
 
 def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Criteria) -> dict:
-    t = neurons.tally
-    sequences = t["sequences"].clamp(min=1)[:, None]  # (L, 1)
-    persistence = t["extreme_count"] / sequences  # (L, I)
-    sink_mean_abs = t["sink_abs_sum"] / sequences
-    other_mean_abs = t["other_abs_sum"] / t["other_tokens"].clamp(min=1)[:, None]
-    channel_mean = t["sink_channel_mean_sum"] / sequences[:, 0]  # (L,)
+    tally = neurons.tally
+    sequences = tally["sequences"].clamp(min=1)[:, None]  # (L, 1)
+    persistence = tally["extreme_count"] / sequences  # (L, I)
+    sink_mean_abs = tally["sink_abs_sum"] / sequences
+    other_mean_abs = tally["other_abs_sum"] / tally["other_tokens"].clamp(min=1)[:, None]
+    channel_mean = tally["sink_channel_mean_sum"] / sequences[:, 0]  # (L,)
     weight = weight_finder(model, adapter, top_k, c.weight_outlier)
     layers, index = (persistence >= c.spike_persistence).nonzero(as_tuple=True)
     order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
@@ -219,16 +220,16 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Crite
         outliers = {row["index"] for row in weight[layer]["outliers"]}
         candidates.append({
             "layer": layer, "index": n, "persistence": float(persistence[layer, n]),
-            "sink_activation": float(t["sink_sum"][layer, n] / sequences[layer, 0]),
+            "sink_activation": float(tally["sink_sum"][layer, n] / sequences[layer, 0]),
             "sink_abs_mean": float(sink_mean_abs[layer, n]),
             "other_abs_mean": float(other_mean_abs[layer, n]),
-            "other_abs_max": float(t["max_other_abs"][layer, n]),
+            "other_abs_max": float(tally["max_other_abs"][layer, n]),
             "token_ratio": _ratio(sink_mean_abs[layer, n], other_mean_abs[layer, n]),
             "channel_ratio": _ratio(sink_mean_abs[layer, n], channel_mean[layer]),
             "down_column": column_profile(down[:, n]),
             "weight_outlier": n in outliers,
         })
-    out = t["down_out_sink_abs_sum"] / sequences  # (L, D): what each MLP writes at the first token
+    out = tally["down_out_sink_abs_sum"] / sequences  # (L, D): what each MLP writes at the first token
     values, dims = out.topk(min(3, out.shape[-1]), dim=-1)
     spikes = [{"layer": layer, "dims": dims[layer].tolist(), "mean_abs": values[layer].tolist()} for layer in range(len(out))]
     return {"candidates": candidates, "weight_finder": weight, "down_output_at_sink": spikes,
@@ -277,26 +278,26 @@ def link_neurons(candidates: list[dict], disparity: dict, share_min: float) -> l
 
 def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
     """Disparity layer and massive dims by the scale-free rules; Sun et al.'s criteria under ``*_paper``."""
-    t = obs.tally
-    n_seq = t["sink_count"].where(t["sink_count"] > 0, torch.nan)  # NaN: a layer input never observed
-    sink_dom = t["sink_dom_sum"] / n_seq
-    other_median = histogram_quantile(t["other_dom_hist"], obs.edges, 0.5)
-    other_median_norm = histogram_quantile(t["other_dom_norm_hist"], obs.edges, 0.5)
+    tally = obs.tally
+    n_seq = tally["sink_count"].where(tally["sink_count"] > 0, torch.nan)  # NaN: a layer input never observed
+    sink_dom = tally["sink_dom_sum"] / n_seq
+    other_median = histogram_quantile(tally["other_dom_hist"], obs.edges, 0.5)
+    other_median_norm = histogram_quantile(tally["other_dom_norm_hist"], obs.edges, 0.5)
     contrast = sink_dom / other_median.clamp_min(1.0)
-    seen = t["sink_count"] > 0
+    seen = tally["sink_count"] > 0
     jumps = ((contrast >= c.disparity_contrast) & seen).nonzero()
-    paper = _massive(t, "massive", c.massive_persistence)
-    chosen = paper if c.rules == "paper" else _massive(t, "dominant", c.massive_persistence)
-    other_count = t["other_count"].clamp(min=1)
+    paper = _massive(tally, "massive", c.massive_persistence)
+    chosen = paper if c.rules == "paper" else _massive(tally, "dominant", c.massive_persistence)
+    other_count = tally["other_count"].clamp(min=1)
     return {
         "index": "layer input: k is the residual stream entering layer k; k = n_layers is the final norm's input",
         "sink_dom_ratio": _list(sink_dom),
-        "sink_dom_ratio_norm": _list(t["sink_dom_norm_sum"] / n_seq),
+        "sink_dom_ratio_norm": _list(tally["sink_dom_norm_sum"] / n_seq),
         "other_dom_ratio_median": _list(other_median),
         "other_dom_ratio_norm_median": _list(other_median_norm),
-        "other_dom_ratio_mean": _list(t["other_dom_sum"] / other_count),
-        "other_dom_ratio_max": _list(t["max_other_dom"].where(t["other_count"] > 0, torch.nan)),
-        "other_dom_ratio_norm_max": _list(t["max_other_dom_norm"].where(t["other_count"] > 0, torch.nan)),
+        "other_dom_ratio_mean": _list(tally["other_dom_sum"] / other_count),
+        "other_dom_ratio_max": _list(tally["max_other_dom"].where(tally["other_count"] > 0, torch.nan)),
+        "other_dom_ratio_norm_max": _list(tally["max_other_dom_norm"].where(tally["other_count"] > 0, torch.nan)),
         "contrast": _list(contrast),
         "contrast_threshold": c.disparity_contrast,
         "disparity_layer": int(jumps[0, 0]) if len(jumps) else None,
@@ -307,34 +308,35 @@ def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
                               "tokens", "contrast": c.disparity_contrast, "persistence": c.massive_persistence}),
         "massive_at_sink": chosen["at_sink"],
         "massive_dims": chosen["dims"],
-        "massive_tokens_by_position": t["massive_by_position" if c.rules == "paper" else "dominant_by_position"].tolist(),
+        "massive_tokens_by_position":
+            tally["massive_by_position" if c.rules == "paper" else "dominant_by_position"].tolist(),
         "massive_paper": paper["entries"],
         "massive_criteria_paper": {"abs": c.massive_abs_paper, "rel": c.massive_rel_paper,
                                    "persistence": c.massive_persistence},
         "massive_at_sink_paper": paper["at_sink"],
         "massive_dims_paper": paper["dims"],
-        "massive_tokens_by_position_paper": t["massive_by_position"].tolist(),
-        "effective_rank": _list(t["erank_sum"] / n_seq),
-        "sink_normed_mean": (t["sink_normed_sum"] / n_seq[:, None]),  # (K, D) tensor, dropped before JSON
+        "massive_tokens_by_position_paper": tally["massive_by_position"].tolist(),
+        "effective_rank": _list(tally["erank_sum"] / n_seq),
+        "sink_normed_mean": (tally["sink_normed_sum"] / n_seq[:, None]),  # (K, D) tensor, dropped before JSON
     }
 
 
-def _massive(t, prefix: str, persistence: float) -> dict:
+def _massive(tally, prefix: str, persistence: float) -> dict:
     """Massive dims from the ``{prefix}_sink`` / ``{prefix}_other`` tallies: at the first token in at least
     ``persistence`` of the sequences, strongest first; ``dims`` ordered by the layer input they appear at."""
-    share = t[f"{prefix}_sink"] / t["sink_count"].clamp(min=1)[:, None]  # (K, D)
+    share = tally[f"{prefix}_sink"] / tally["sink_count"].clamp(min=1)[:, None]  # (K, D)
     at_sink, entries, first_seen = {}, [], {}
     for k in range(share.shape[0]):
         dims = (share[k] >= persistence).nonzero()[:, 0].tolist()
-        dims.sort(key=lambda d: -float(t["max_sink_abs"][k, d]))
+        dims.sort(key=lambda d: -float(tally["max_sink_abs"][k, d]))
         if dims:
             at_sink[k] = dims
         for d in dims:
-            first_seen.setdefault(d, (k, -float(t["max_sink_abs"][k, d])))
+            first_seen.setdefault(d, (k, -float(tally["max_sink_abs"][k, d])))
             entries.append({"layer": k, "token": "first", "dim": d, "share": float(share[k, d]),
-                            "max_abs": float(t["max_sink_abs"][k, d])})
-        for d in (t[f"{prefix}_other"][k] > 0).nonzero()[:, 0].tolist():
-            entries.append({"layer": k, "token": "other", "dim": d, "count": int(t[f"{prefix}_other"][k, d])})
+                            "max_abs": float(tally["max_sink_abs"][k, d])})
+        for d in (tally[f"{prefix}_other"][k] > 0).nonzero()[:, 0].tolist():
+            entries.append({"layer": k, "token": "other", "dim": d, "count": int(tally[f"{prefix}_other"][k, d])})
     return {"entries": entries, "at_sink": at_sink, "dims": sorted(first_seen, key=lambda d: first_seen[d])}
 
 
@@ -346,14 +348,14 @@ def _list(x: torch.Tensor) -> list:
 
 def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: torch.Tensor, c: Criteria
               ) -> tuple[dict, dict]:
-    t = obs.tally
+    tally = obs.tally
     n_heads, n_kv, head_dim = head_counts(model.config)
-    count = t["q_count"].clamp(min=1)  # (L,)
-    mean = t["q_sum"] / count[:, None, None]
+    count = tally["q_count"].clamp(min=1)  # (L,)
+    mean = tally["q_sum"] / count[:, None, None]
     with few_threads():
-        top = top_principal_direction(t["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
-    sink_key = t["sink_key_sum"] / t["sequences"].clamp(min=1)[:, None, None]  # mean key at the first token
-    share = t["positive_count"] / count[:, None]  # (L, H)
+        top = top_principal_direction(tally["q_outer_sum"] / count[:, None, None, None], mean)  # (L, H, Dh)
+    sink_key = tally["sink_key_sum"] / tally["sequences"].clamp(min=1)[:, None, None]  # mean key at the first token
+    share = tally["positive_count"] / count[:, None]  # (L, H)
     observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen
     normed = disparity.pop("sink_normed_mean")
     start = disparity["disparity_layer"]

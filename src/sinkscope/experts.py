@@ -24,14 +24,14 @@ def expert_observer(model, adapter, criteria) -> ExpertNeuronObserver | None:
 
 def reduce_experts(observer: ExpertNeuronObserver, model, adapter, criteria) -> dict:
     """``criteria``: the probe's :class:`~sinkscope.criteria.Criteria` (the dense finder's spike rule)."""
-    t = observer.tally
+    tally = observer.tally
     layers = blocks(model, adapter)
-    sequences = t["sequences"].clamp(min=1)  # (L,)
-    persistence = t["extreme_count"] / sequences[:, None, None]  # (L, E, I)
-    sink_mean = t["sink_abs_sum"] / t["sink_routed"].clamp(min=1)[..., None]
-    other_mean = t["other_abs_sum"] / t["other_routed"].clamp(min=1)[..., None]
-    weight_sink = t["sink_weight_sum"] / sequences[:, None]  # (L, E)
-    weight_other = t["other_weight_sum"] / t["other_tokens"].clamp(min=1)[:, None]
+    sequences = tally["sequences"].clamp(min=1)  # (L,)
+    persistence = tally["extreme_count"] / sequences[:, None, None]  # (L, E, I)
+    sink_mean = tally["sink_abs_sum"] / tally["sink_routed"].clamp(min=1)[..., None]
+    other_mean = tally["other_abs_sum"] / tally["other_routed"].clamp(min=1)[..., None]
+    weight_sink = tally["sink_weight_sum"] / sequences[:, None]  # (L, E)
+    weight_other = tally["other_weight_sum"] / tally["other_tokens"].clamp(min=1)[:, None]
     candidates = []
     for layer, expert, neuron in (persistence >= criteria.spike_persistence).nonzero().tolist():
         experts = layers[layer].get_submodule(adapter.experts)
@@ -40,7 +40,7 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter, criteria) -> 
             "persistence": float(persistence[layer, expert, neuron]),
             "sink_abs_mean": float(sink_mean[layer, expert, neuron]),
             "other_abs_mean": float(other_mean[layer, expert, neuron]),
-            "sink_routed_share": float(t["sink_routed"][layer, expert] / sequences[layer]),
+            "sink_routed_share": float(tally["sink_routed"][layer, expert] / sequences[layer]),
             "router_weight_sink": float(weight_sink[layer, expert]),
             "router_weight_other": float(weight_other[layer, expert]),
             "down_column": column_profile(expert_down_column(experts, expert, neuron)),
@@ -55,11 +55,11 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter, criteria) -> 
 
 
 def _shared_candidates(observer: ExpertNeuronObserver, model, adapter, min_persistence: float) -> list[dict]:
-    t = observer.tally
-    sequences = t["shared_sequences"].clamp(min=1)[:, None]
-    persistence = t["shared_extreme_count"] / sequences  # (L, I_s)
-    sink_mean = t["shared_sink_abs_sum"] / sequences
-    other_mean = t["shared_other_abs_sum"] / t["shared_other_tokens"].clamp(min=1)[:, None]
+    tally = observer.tally
+    sequences = tally["shared_sequences"].clamp(min=1)[:, None]
+    persistence = tally["shared_extreme_count"] / sequences  # (L, I_s)
+    sink_mean = tally["shared_sink_abs_sum"] / sequences
+    other_mean = tally["shared_other_abs_sum"] / tally["shared_other_tokens"].clamp(min=1)[:, None]
     layers = blocks(model, adapter)
     out = []
     for layer, neuron in (persistence >= min_persistence).nonzero().tolist():

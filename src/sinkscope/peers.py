@@ -30,10 +30,10 @@ def _floats(x: torch.Tensor) -> list:
 def reduce_sun(obs: LayerMagnitudeObserver) -> tuple[dict, dict]:
     """``layer_magnitudes`` (Sun et al.'s per-layer top-1/2/3 and median |x|, mean and spread over
     sequences) and the ``layer_magnitudes`` table (one row per sequence and layer)."""
-    t = obs.tally
-    per_seq = t["per_sequence"]  # (N, L, 4)
+    tally = obs.tally
+    per_seq = tally["per_sequence"]  # (N, L, 4)
     n = max(len(per_seq), 1)
-    dim_hits, pos_hits = t["top1_dim_hits"], t["top1_position_hits"]
+    dim_hits, pos_hits = tally["top1_dim_hits"], tally["top1_position_hits"]
     section = {
         "stats": list(SUN_STATS), "sequences": len(per_seq),
         "mean": _floats(obs.mean()), "std": _floats(obs.std()),
@@ -52,19 +52,20 @@ def reduce_yu(obs: DownProjSpikeObserver) -> dict:
     A layer's coordinate is (layer, most frequent output channel, most frequent input channel); it is
     listed in ``coordinates`` when the majority of prompts spike above the threshold on both sides.
     """
-    t = obs.tally
-    n = t["sequences"].clamp(min=1)
+    tally = obs.tally
+    n = tally["sequences"].clamp(min=1)
     layers, coordinates = [], []
     for layer in range(len(n)):
-        row, col = int(t["out_hits"][layer].argmax()), int(t["in_hits"][layer].argmax())
-        share = float(t["both_spike"][layer] / n[layer])
+        row, col = int(tally["out_hits"][layer].argmax()), int(tally["in_hits"][layer].argmax())
+        share = float(tally["both_spike"][layer] / n[layer])
         layers.append({
             "layer": layer, "row": row, "column": col,
-            "row_share": float(t["out_hits"][layer, row] / n[layer]),
-            "column_share": float(t["in_hits"][layer, col] / n[layer]),
-            "input_abs_mean": float(t["in_abs_sum"][layer] / n[layer]), "input_abs_max": float(t["max_in_abs"][layer]),
-            "output_abs_mean": float(t["out_abs_sum"][layer] / n[layer]),
-            "output_abs_max": float(t["max_out_abs"][layer]),
+            "row_share": float(tally["out_hits"][layer, row] / n[layer]),
+            "column_share": float(tally["in_hits"][layer, col] / n[layer]),
+            "input_abs_mean": float(tally["in_abs_sum"][layer] / n[layer]),
+            "input_abs_max": float(tally["max_in_abs"][layer]),
+            "output_abs_mean": float(tally["out_abs_sum"][layer] / n[layer]),
+            "output_abs_max": float(tally["max_out_abs"][layer]),
             "spike_share": share,
         })
         if share > MAJORITY:

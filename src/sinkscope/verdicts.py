@@ -22,9 +22,9 @@ from .metrics.sink import onset_layer, ratio_interval, relative_onset
 
 def reduce_sink(sink: SinkObserver, layer_score: torch.Tensor, c: Criteria) -> dict:
     """The ``sink`` section of probe.json; ``layer_score`` is the (L,) head-mean first-token score."""
-    t = sink.tally
-    ratio, low, high = ratio_interval(t["ratio_sum"], t["ratio_sumsq"], t["ratio_count"], c.sink_confidence)
-    uniform = t["uniform_sum"] / t["ratio_count"].clamp(min=1)  # (L,) mean uniform score per sequence
+    tally = sink.tally
+    ratio, low, high = ratio_interval(tally["ratio_sum"], tally["ratio_sumsq"], tally["ratio_count"], c.sink_confidence)
+    uniform = tally["uniform_sum"] / tally["ratio_count"].clamp(min=1)  # (L,) mean uniform score per sequence
     excess = layer_score.double() - uniform
     onset_paper = onset_layer(layer_score, c.onset_threshold_paper)
     if c.rules == "paper":
@@ -43,7 +43,7 @@ def reduce_sink(sink: SinkObserver, layer_score: torch.Tensor, c: Criteria) -> d
         "ratio_ci": [[_num(lo), _num(hi)] for lo, hi in zip(low.tolist(), high.tolist())],
         "excess": _list(excess),
         "uniform_baseline": _list(uniform),
-        "sequences": int(t["ratio_count"].max()) if len(ratio) else 0,
+        "sequences": int(tally["ratio_count"].max()) if len(ratio) else 0,
         "confidence": c.sink_confidence,
         "ratio_min": c.sink_ratio_min,
         "onset_fraction": c.onset_fraction,

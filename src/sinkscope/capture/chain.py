@@ -58,13 +58,13 @@ class ValueOutputObserver(_Hooked):
         self.n_heads = n_heads
         self.max_len = max_len
         self.tracked = min(max_len, max_positions)
-        self.tally = t = Tally()
-        t.zeros("count", n_layers, max_len)
+        self.tally = tally = Tally()
+        tally.zeros("count", n_layers, max_len)
         for side, width in (("in", width_in), ("out", width_out)):
-            t.zeros(f"{side}_sum", n_layers, self.tracked, width)
-            t.zeros(f"{side}_sumsq", n_layers, self.tracked, width)
-            t.zeros(f"{side}_dim_std_sum", n_layers, max_len)
-        t.zeros("in_head_dim_std_sum", n_layers, n_heads, max_len)
+            tally.zeros(f"{side}_sum", n_layers, self.tracked, width)
+            tally.zeros(f"{side}_sumsq", n_layers, self.tracked, width)
+            tally.zeros(f"{side}_dim_std_sum", n_layers, max_len)
+        tally.zeros("in_head_dim_std_sum", n_layers, n_heads, max_len)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
         """(forward pre-hooks, forward hooks) on every layer's o_proj."""
@@ -86,20 +86,22 @@ class ValueOutputObserver(_Hooked):
         return hook
 
     def observe(self, layer: int, side: str, x: torch.Tensor) -> None:
-        batch, t = self.batch, self.tally
+        batch, tally = self.batch, self.tally
         rel = batch.relative()
         valid = batch.valid
         if side == "in":
-            t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+            tally.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
             dims, heads = std_across_dims_and_heads(x, self.n_heads)  # (B, T), (B, T, H)
-            t.add("in_head_dim_std_sum", (layer,), scatter_by_position(heads.permute(2, 0, 1), rel, valid, self.max_len))
+            tally.add("in_head_dim_std_sum", (layer,),
+                      scatter_by_position(heads.permute(2, 0, 1), rel, valid, self.max_len))
         else:
             dims = std_across_dims(x)
-        t.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(dims, rel, valid, self.max_len))
+        tally.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(dims, rel, valid, self.max_len))
         lead = self.tracked + int(batch.first.max())  # token slots that can hold a tracked position
         rows = x[:, :lead].double()
-        t.add(f"{side}_sum", (layer,), sum_rows_by_position(rows, rel[:, :lead], valid[:, :lead], self.tracked))
-        t.add(f"{side}_sumsq", (layer,), sum_rows_by_position(rows * rows, rel[:, :lead], valid[:, :lead], self.tracked))
+        tally.add(f"{side}_sum", (layer,), sum_rows_by_position(rows, rel[:, :lead], valid[:, :lead], self.tracked))
+        tally.add(f"{side}_sumsq", (layer,),
+                  sum_rows_by_position(rows * rows, rel[:, :lead], valid[:, :lead], self.tracked))
 
 
 class NeuronObserver(_Hooked):
@@ -116,13 +118,13 @@ class NeuronObserver(_Hooked):
 
     def __init__(self, n_layers: int, n_channels: int, hidden: int, token_ratio: float, channel_ratio: float):
         self.token_ratio, self.channel_ratio = token_ratio, channel_ratio
-        self.tally = t = Tally()
-        t.zeros("sequences", n_layers)
-        t.zeros("other_tokens", n_layers)
-        t.zeros("sink_channel_mean_sum", n_layers)
+        self.tally = tally = Tally()
+        tally.zeros("sequences", n_layers)
+        tally.zeros("other_tokens", n_layers)
+        tally.zeros("sink_channel_mean_sum", n_layers)
         for name in ("sink_abs_sum", "sink_sum", "max_sink_abs", "extreme_count", "other_abs_sum", "max_other_abs"):
-            t.zeros(name, n_layers, n_channels)
-        t.zeros("down_out_sink_abs_sum", n_layers, hidden)
+            tally.zeros(name, n_layers, n_channels)
+        tally.zeros("down_out_sink_abs_sum", n_layers, hidden)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
         pre, post = [], []
@@ -144,23 +146,23 @@ class NeuronObserver(_Hooked):
         return hook
 
     def observe(self, layer: int, act: torch.Tensor) -> None:
-        batch, t = self.batch, self.tally
+        batch, tally = self.batch, self.tally
         B, T, _ = act.shape
         sink = _sink_rows(act, batch).float()  # (B, I)
         others = batch.others()
         mags = act.float().abs().masked_fill(~others[..., None], 0)
         other_sum = mags.double().sum(1)  # (B, I)
         token, channel, channel_mean = spike_ratios(sink, other_sum, others.sum(1))
-        t.add("sequences", (layer,), torch.tensor(float(B)))
-        t.add("other_tokens", (layer,), others.sum().double())
-        t.add("sink_channel_mean_sum", (layer,), channel_mean.double().sum())
-        t.add("sink_abs_sum", (layer,), sink.abs().double().sum(0))
-        t.add("sink_sum", (layer,), sink.double().sum(0))
-        t.add("max_sink_abs", (layer,), sink.abs().amax(0))
+        tally.add("sequences", (layer,), torch.tensor(float(B)))
+        tally.add("other_tokens", (layer,), others.sum().double())
+        tally.add("sink_channel_mean_sum", (layer,), channel_mean.double().sum())
+        tally.add("sink_abs_sum", (layer,), sink.abs().double().sum(0))
+        tally.add("sink_sum", (layer,), sink.double().sum(0))
+        tally.add("max_sink_abs", (layer,), sink.abs().amax(0))
         spikes = (token >= self.token_ratio) & (channel >= self.channel_ratio)
-        t.add("extreme_count", (layer,), spikes.double().sum(0))
-        t.add("other_abs_sum", (layer,), other_sum.sum(0))
-        t.add("max_other_abs", (layer,), mags.flatten(0, 1).amax(0))
+        tally.add("extreme_count", (layer,), spikes.double().sum(0))
+        tally.add("other_abs_sum", (layer,), other_sum.sum(0))
+        tally.add("max_other_abs", (layer,), mags.flatten(0, 1).amax(0))
 
 
 class DisparityObserver(_Hooked):
@@ -188,18 +190,18 @@ class DisparityObserver(_Hooked):
         self.with_rank = effective_rank
         self.edges = log_bins(hidden, DOM_RATIO_BINS)
         K = n_layers + 1
-        self.tally = t = Tally()
+        self.tally = tally = Tally()
         for name in ("sink_count", "sink_dom_sum", "sink_dom_norm_sum", "other_count", "other_dom_sum", "erank_sum"):
-            t.zeros(name, K)
-        t.zeros("max_other_dom", K)
-        t.zeros("max_other_dom_norm", K)
-        t.zeros("other_dom_hist", K, DOM_RATIO_BINS)
-        t.zeros("other_dom_norm_hist", K, DOM_RATIO_BINS)
+            tally.zeros(name, K)
+        tally.zeros("max_other_dom", K)
+        tally.zeros("max_other_dom_norm", K)
+        tally.zeros("other_dom_hist", K, DOM_RATIO_BINS)
+        tally.zeros("other_dom_norm_hist", K, DOM_RATIO_BINS)
         for name in ("massive_sink", "massive_other", "dominant_sink", "dominant_other", "max_sink_abs",
                      "sink_normed_sum"):
-            t.zeros(name, K, hidden)
-        t.zeros("massive_by_position", K, max_len)
-        t.zeros("dominant_by_position", K, max_len)
+            tally.zeros(name, K, hidden)
+        tally.zeros("massive_by_position", K, max_len)
+        tally.zeros("dominant_by_position", K, max_len)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> list:
         """Forward hooks (module, hook)."""
@@ -224,33 +226,34 @@ class DisparityObserver(_Hooked):
         return hook
 
     def observe(self, k: int, residual: torch.Tensor, normed: torch.Tensor) -> None:
-        batch, t = self.batch, self.tally
+        batch, tally = self.batch, self.tally
         B, T, _ = residual.shape
         rows = torch.arange(B, device=residual.device)
         others = batch.others()
         dom, dom_norm = dominance_ratio(residual), dominance_ratio(normed)  # (B, T)
-        t.add("sink_count", (k,), torch.tensor(float(B)))
-        t.add("sink_dom_sum", (k,), dom[rows, batch.first].double().sum())
-        t.add("sink_dom_norm_sum", (k,), dom_norm[rows, batch.first].double().sum())
-        t.add("other_count", (k,), others.sum().double())
-        t.add("other_dom_sum", (k,), dom[others].double().sum())
+        tally.add("sink_count", (k,), torch.tensor(float(B)))
+        tally.add("sink_dom_sum", (k,), dom[rows, batch.first].double().sum())
+        tally.add("sink_dom_norm_sum", (k,), dom_norm[rows, batch.first].double().sum())
+        tally.add("other_count", (k,), others.sum().double())
+        tally.add("other_dom_sum", (k,), dom[others].double().sum())
         if bool(others.any()):
-            t.add("max_other_dom", (k,), dom[others].amax())
-            t.add("max_other_dom_norm", (k,), dom_norm[others].amax())
-        t.add("other_dom_hist", (k,), self._histogram(dom[others]))
-        t.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
+            tally.add("max_other_dom", (k,), dom[others].amax())
+            tally.add("max_other_dom_norm", (k,), dom_norm[others].amax())
+        tally.add("other_dom_hist", (k,), self._histogram(dom[others]))
+        tally.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
         rel = batch.relative()
         paper = massive_mask(residual, self.massive_abs, self.massive_rel)
         for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
             mask = mask & batch.valid[..., None]  # (B, T, D)
-            t.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
-            t.add(f"{prefix}_other", (k,), (mask & others[..., None]).double().sum((0, 1)))
-            t.add(f"{prefix}_by_position", (k,), scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
+            tally.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
+            tally.add(f"{prefix}_other", (k,), (mask & others[..., None]).double().sum((0, 1)))
+            tally.add(f"{prefix}_by_position", (k,),
+                      scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
         sink = _sink_rows(residual, batch).float()
-        t.add("max_sink_abs", (k,), sink.abs().amax(0))
-        t.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
+        tally.add("max_sink_abs", (k,), sink.abs().amax(0))
+        tally.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
         if self.with_rank:
-            t.add("erank_sum", (k,), effective_rank_sum(residual, batch.valid, RANK_TOKENS))
+            tally.add("erank_sum", (k,), effective_rank_sum(residual, batch.valid, RANK_TOKENS))
 
     def _histogram(self, values: torch.Tensor) -> torch.Tensor:
         edges = self.edges.to(values.device)
@@ -267,16 +270,16 @@ class QueryObserver:
     """
 
     def __init__(self, n_layers: int, n_heads: int, head_dim: int):
-        self.tally = t = Tally()
-        t.zeros("q_count", n_layers)
-        t.zeros("sequences", n_layers)
-        t.zeros("q_sum", n_layers, n_heads, head_dim)
-        t.zeros("q_outer_sum", n_layers, n_heads, head_dim, head_dim)
-        t.zeros("positive_count", n_layers, n_heads)
-        t.zeros("sink_key_sum", n_layers, n_heads, head_dim)
+        self.tally = tally = Tally()
+        tally.zeros("q_count", n_layers)
+        tally.zeros("sequences", n_layers)
+        tally.zeros("q_sum", n_layers, n_heads, head_dim)
+        tally.zeros("q_outer_sum", n_layers, n_heads, head_dim, head_dim)
+        tally.zeros("positive_count", n_layers, n_heads)
+        tally.zeros("sink_key_sum", n_layers, n_heads, head_dim)
 
     def observe(self, call: AttentionCall) -> None:
-        batch, layer, t = call.batch, call.layer, self.tally
+        batch, layer, tally = call.batch, call.layer, self.tally
         B, H, T, _ = call.query.shape
         rows = torch.arange(B, device=call.query.device)
         rel = batch.relative()
@@ -285,9 +288,9 @@ class QueryObserver:
         q = call.query.float()
         sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
         qm = (q * mask[:, None, :, None]).double().transpose(0, 1).reshape(H, B * T, -1)  # (H, B*T, Dh)
-        t.add("q_count", (layer,), mask.sum().double())
-        t.add("q_sum", (layer,), qm.sum(1))
-        t.add("q_outer_sum", (layer,), qm.mT @ qm)  # (H, Dh, Dh): one batched product
-        t.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
-        t.add("sink_key_sum", (layer,), sink_key.double().sum(0))
-        t.add("sequences", (layer,), torch.tensor(float(B)))
+        tally.add("q_count", (layer,), mask.sum().double())
+        tally.add("q_sum", (layer,), qm.sum(1))
+        tally.add("q_outer_sum", (layer,), qm.mT @ qm)  # (H, Dh, Dh): one batched product
+        tally.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
+        tally.add("sink_key_sum", (layer,), sink_key.double().sum(0))
+        tally.add("sequences", (layer,), torch.tensor(float(B)))

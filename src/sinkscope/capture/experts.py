@@ -75,16 +75,16 @@ class ExpertNeuronObserver:
                  n_shared_neurons: int = 0):
         self.token_ratio, self.channel_ratio = token_ratio, channel_ratio
         self.batch: BatchInfo | None = None
-        self.tally = t = Tally()
+        self.tally = tally = Tally()
         for name in ("sequences", "other_tokens"):
-            t.zeros(name, n_layers)
+            tally.zeros(name, n_layers)
         for name in ("sink_routed", "other_routed", "sink_weight_sum", "other_weight_sum"):
-            t.zeros(name, n_layers, n_experts)
+            tally.zeros(name, n_layers, n_experts)
         for name in ("sink_abs_sum", "extreme_count", "other_abs_sum"):
-            t.zeros(name, n_layers, n_experts, n_neurons)
-            t.zeros(f"shared_{name}", n_layers, n_shared_neurons)  # every token's shared experts (DeepSeek)
-        t.zeros("shared_sequences", n_layers)
-        t.zeros("shared_other_tokens", n_layers)
+            tally.zeros(name, n_layers, n_experts, n_neurons)
+            tally.zeros(f"shared_{name}", n_layers, n_shared_neurons)  # every token's shared experts (DeepSeek)
+        tally.zeros("shared_sequences", n_layers)
+        tally.zeros("shared_other_tokens", n_layers)
 
     @classmethod
     def for_model(cls, model: nn.Module, adapter: Adapter, token_ratio: float,
@@ -117,10 +117,10 @@ class ExpertNeuronObserver:
 
     def observe(self, layer: int, experts: nn.Module, x: torch.Tensor, index: torch.Tensor,
                 weights: torch.Tensor) -> None:
-        batch, t = self.batch.to(x.device), self.tally  # a --device-map layer may sit on another device
+        batch, tally = self.batch.to(x.device), self.tally  # a --device-map layer may sit on another device
         B, T = batch.valid.shape
         N, k = index.shape
-        E = t["sink_routed"].shape[1]
+        E = tally["sink_routed"].shape[1]
         act = expert_activations(experts, x.repeat_interleave(k, 0), index.reshape(-1)).float().view(B, T, k, -1)
         rows = torch.arange(B, device=x.device)
         sink_act, sink_experts = act[rows, batch.first], index.view(B, T, k)[rows, batch.first]  # (B, k, I), (B, k)
@@ -138,32 +138,33 @@ class ExpertNeuronObserver:
         token = token.view(B, k, -1) * torch.stack(has_other, 1)[..., None]
         spikes = ((token >= self.token_ratio) & (channel.view(B, k, -1) >= self.channel_ratio)).double()
         flat_sink = sink_experts.reshape(-1).cpu()
-        t.add("sequences", (layer,), torch.tensor(float(B)))
-        t.add("other_tokens", (layer,), others.sum().double())
-        t.tensors["sink_routed"][layer].index_add_(0, flat_sink, torch.ones(B * k, dtype=torch.float64))
-        t.tensors["sink_abs_sum"][layer].index_add_(0, flat_sink, sink_act.abs().flatten(0, 1).double().cpu())
-        t.tensors["extreme_count"][layer].index_add_(0, flat_sink, spikes.flatten(0, 1).cpu())
+        tally.add("sequences", (layer,), torch.tensor(float(B)))
+        tally.add("other_tokens", (layer,), others.sum().double())
+        tally.tensors["sink_routed"][layer].index_add_(0, flat_sink, torch.ones(B * k, dtype=torch.float64))
+        tally.tensors["sink_abs_sum"][layer].index_add_(0, flat_sink, sink_act.abs().flatten(0, 1).double().cpu())
+        tally.tensors["extreme_count"][layer].index_add_(0, flat_sink, spikes.flatten(0, 1).cpu())
         other_slots = others.reshape(-1, 1).expand(-1, k).reshape(-1)  # (N*k,)
         other_ids = index.reshape(-1)[other_slots].cpu()
-        t.tensors["other_routed"][layer].index_add_(0, other_ids, torch.ones(len(other_ids), dtype=torch.float64))
-        t.tensors["other_abs_sum"][layer].index_add_(0, other_ids, act.abs().flatten(0, 2)[other_slots].double().cpu())
+        tally.tensors["other_routed"][layer].index_add_(0, other_ids, torch.ones(len(other_ids), dtype=torch.float64))
+        tally.tensors["other_abs_sum"][layer].index_add_(0, other_ids,
+                                                         act.abs().flatten(0, 2)[other_slots].double().cpu())
         dense = torch.zeros(N, E, dtype=torch.float64, device=x.device).scatter_(1, index, weights.double())
         dense = dense.view(B, T, E)
-        t.add("sink_weight_sum", (layer,), dense[rows, batch.first].sum(0))
-        t.add("other_weight_sum", (layer,), (dense * others[..., None]).sum((0, 1)))
+        tally.add("sink_weight_sum", (layer,), dense[rows, batch.first].sum(0))
+        tally.add("other_weight_sum", (layer,), (dense * others[..., None]).sum((0, 1)))
 
     def observe_shared(self, layer: int, act: torch.Tensor) -> None:
         """The shared experts' down-projection input (B, T, I_s): the dense finder's rule, every token routed."""
-        batch, t = self.batch.to(act.device), self.tally
+        batch, tally = self.batch.to(act.device), self.tally
         B = act.shape[0]
         rows = torch.arange(B, device=act.device)
         sink = act[rows, batch.first].float()  # (B, I_s)
         others = batch.others()
         other_sum = (act.float().abs() * others[..., None]).double().sum(1)  # (B, I_s)
         token, channel, _ = spike_ratios(sink, other_sum, others.sum(1))
-        t.add("shared_sequences", (layer,), torch.tensor(float(B)))
-        t.add("shared_other_tokens", (layer,), others.sum().double())
-        t.add("shared_sink_abs_sum", (layer,), sink.abs().double().sum(0))
-        t.add("shared_extreme_count", (layer,),
+        tally.add("shared_sequences", (layer,), torch.tensor(float(B)))
+        tally.add("shared_other_tokens", (layer,), others.sum().double())
+        tally.add("shared_sink_abs_sum", (layer,), sink.abs().double().sum(0))
+        tally.add("shared_extreme_count", (layer,),
               ((token >= self.token_ratio) & (channel >= self.channel_ratio)).double().sum(0))
-        t.add("shared_other_abs_sum", (layer,), other_sum.sum(0))
+        tally.add("shared_other_abs_sum", (layer,), other_sum.sum(0))

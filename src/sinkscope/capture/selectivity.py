@@ -30,11 +30,11 @@ class SelectivityObserver:
 
     def __init__(self, n_layers: int, width: int, n_channels: int, max_len: int, max_positions: int):
         self.tracked = min(max_len, max_positions)
-        self.tally = t = Tally()
-        t.zeros("count", n_layers, self.tracked)
-        t.zeros("x_sum", n_layers, self.tracked, width)
-        t.zeros("unit_sum", n_layers, self.tracked, width)
-        t.zeros("act_sum", n_layers, self.tracked, n_channels)
+        self.tally = tally = Tally()
+        tally.zeros("count", n_layers, self.tracked)
+        tally.zeros("x_sum", n_layers, self.tracked, width)
+        tally.zeros("unit_sum", n_layers, self.tracked, width)
+        tally.zeros("act_sum", n_layers, self.tracked, n_channels)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
         """(forward pre-hooks, no forward hooks) on every layer's first MLP projection and down projection."""
@@ -49,10 +49,11 @@ class SelectivityObserver:
             x = as_tokens(args[0], self.batch)[:, : self.tracked + int(self.batch.first.max())].float()
             rel, valid = self._where(x)
             unit = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            t = self.tally
-            t.add("count", (layer,), sum_rows_by_position(valid[..., None].double(), rel, valid, self.tracked)[:, 0])
-            t.add("x_sum", (layer,), sum_rows_by_position(x, rel, valid, self.tracked))
-            t.add("unit_sum", (layer,), sum_rows_by_position(unit, rel, valid, self.tracked))
+            tally = self.tally
+            tally.add("count", (layer,),
+                      sum_rows_by_position(valid[..., None].double(), rel, valid, self.tracked)[:, 0])
+            tally.add("x_sum", (layer,), sum_rows_by_position(x, rel, valid, self.tracked))
+            tally.add("unit_sum", (layer,), sum_rows_by_position(unit, rel, valid, self.tracked))
         return hook
 
     def _activation_hook(self, layer: int):

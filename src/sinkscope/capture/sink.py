@@ -58,22 +58,22 @@ class SinkObserver:
         self.per_sequence: list[list[torch.Tensor]] | None = [[] for _ in range(n_layers)] if per_sequence else None
         P = len(self.positions)
         self.tally = Tally()
-        t = self.tally
-        t.zeros("score_sum", n_layers, n_heads, P)
-        t.zeros("score_count", n_layers, P, dtype=torch.int64)
-        t.zeros("importance_sum", n_layers, n_heads, P)
-        t.zeros("importance_count", n_layers, P, dtype=torch.int64)
-        t.zeros("by_position_sum", n_layers, n_heads, P, max_len)
-        t.zeros("by_position_count", n_layers, P, max_len)
-        t.zeros("lse_sum", n_layers, n_heads, max_len)
-        t.zeros("position_count", n_layers, max_len)
-        t.zeros("after_sum", n_layers, n_heads, P)
-        t.zeros("after_count", n_layers, P, dtype=torch.int64)
-        t.zeros("gu_above", n_layers, n_heads, P, dtype=torch.int64)
-        t.zeros("gu_sequences", n_layers, dtype=torch.int64)
-        t.zeros("gu_importance_sum", n_layers, n_heads, P)
+        tally = self.tally
+        tally.zeros("score_sum", n_layers, n_heads, P)
+        tally.zeros("score_count", n_layers, P, dtype=torch.int64)
+        tally.zeros("importance_sum", n_layers, n_heads, P)
+        tally.zeros("importance_count", n_layers, P, dtype=torch.int64)
+        tally.zeros("by_position_sum", n_layers, n_heads, P, max_len)
+        tally.zeros("by_position_count", n_layers, P, max_len)
+        tally.zeros("lse_sum", n_layers, n_heads, max_len)
+        tally.zeros("position_count", n_layers, max_len)
+        tally.zeros("after_sum", n_layers, n_heads, P)
+        tally.zeros("after_count", n_layers, P, dtype=torch.int64)
+        tally.zeros("gu_above", n_layers, n_heads, P, dtype=torch.int64)
+        tally.zeros("gu_sequences", n_layers, dtype=torch.int64)
+        tally.zeros("gu_importance_sum", n_layers, n_heads, P)
         for name in ("ratio_sum", "ratio_sumsq", "ratio_count", "uniform_sum"):
-            t.zeros(name, n_layers)
+            tally.zeros(name, n_layers)
         self.max_len = max_len
 
     def observe(self, call: AttentionCall) -> None:
@@ -89,21 +89,21 @@ class SinkObserver:
                                  call.bias_block(0, T, cols), call.sigmoid_bias)  # (B, H, T, P)
         not_alone = (call.visible_counts() > 1)[..., None]  # (B, 1|H, T, 1)
         scored = visible & not_alone
-        t = self.tally
-        t.add("score_sum", (layer,), (attn * scored).sum((0, 2)))
-        t.add("score_count", (layer,), scored[:, 0].sum((0, 1)))
-        t.add("importance_sum", (layer,), attn.sum((0, 2)))
-        t.add("importance_count", (layer,), visible[:, 0].sum((0, 1)))
+        tally = self.tally
+        tally.add("score_sum", (layer,), (attn * scored).sum((0, 2)))
+        tally.add("score_count", (layer,), scored[:, 0].sum((0, 1)))
+        tally.add("importance_sum", (layer,), attn.sum((0, 2)))
+        tally.add("importance_count", (layer,), visible[:, 0].sum((0, 1)))
         # Gu et al. divide by the number of queries at or after the key (T - k), whatever the mask
         at_or_after = (torch.arange(T, device=cols.device)[None, :, None] >= cols[:, None, :]) & batch.valid[:, :, None]
         per_seq = gu_importance(attn, at_or_after.sum(1))  # (B, H, P); attn is already zero on padding
-        t.add("gu_above", (layer,), (per_seq > self.gu_eps).sum(0))
-        t.add("gu_sequences", (layer,), torch.tensor(per_seq.shape[0]))
-        t.add("gu_importance_sum", (layer,), per_seq.sum(0))
+        tally.add("gu_above", (layer,), (per_seq > self.gu_eps).sum(0))
+        tally.add("gu_sequences", (layer,), torch.tensor(per_seq.shape[0]))
+        tally.add("gu_importance_sum", (layer,), per_seq.sum(0))
         after = visible & (torch.arange(T, device=cols.device)[None, None, :, None] > cols[:, None, None, :])
         after_attn = attn * after  # (B, H, T, P)
-        t.add("after_sum", (layer,), after_attn.sum((0, 2)))
-        t.add("after_count", (layer,), after[:, 0].sum((0, 1)))
+        tally.add("after_sum", (layer,), after_attn.sum((0, 2)))
+        tally.add("after_count", (layer,), after[:, 0].sum((0, 1)))
         self._add_ratio(call, attn[..., 0], scored[..., 0])
         if self.per_sequence is not None:
             per_seq = after_attn.mean(1).sum(1) / after[:, 0].sum(1).clamp(min=1)  # (B, P) head-mean
@@ -111,11 +111,11 @@ class SinkObserver:
         rel = call.batch.relative()
         valid = batch.valid
         per_pos = attn.permute(1, 3, 0, 2)  # (H, P, B, T)
-        t.add("by_position_sum", (layer,), scatter_by_position(per_pos, rel, valid, self.max_len))
-        t.add("by_position_count", (layer,),
+        tally.add("by_position_sum", (layer,), scatter_by_position(per_pos, rel, valid, self.max_len))
+        tally.add("by_position_count", (layer,),
               scatter_by_position(visible[:, 0].permute(2, 0, 1).double(), rel, valid, self.max_len))
-        t.add("lse_sum", (layer,), scatter_by_position(call.lse.transpose(0, 1), rel, valid, self.max_len))
-        t.add("position_count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+        tally.add("lse_sum", (layer,), scatter_by_position(call.lse.transpose(0, 1), rel, valid, self.max_len))
+        tally.add("position_count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
 
     def _add_ratio(self, call: AttentionCall, attn: torch.Tensor, scored: torch.Tensor) -> None:
         """attn: (B, H, T) attention to the first tracked key; scored: (B, 1|H, T) the queries that count."""
@@ -126,11 +126,11 @@ class SinkObserver:
         score = ((attn * scored).sum(-1) / scored.sum(-1).clamp(min=1)).mean(1).double()  # (B,) head mean
         uniform = uniform_score_per_sequence(rows, call.visible_counts()[:, 0])  # (B,)
         ratio = (score / uniform)[seen]
-        t, layer = self.tally, call.layer
-        t.add("ratio_sum", (layer,), ratio.sum())
-        t.add("ratio_sumsq", (layer,), (ratio * ratio).sum())
-        t.add("ratio_count", (layer,), seen.double().sum())
-        t.add("uniform_sum", (layer,), uniform[seen].sum())
+        tally, layer = self.tally, call.layer
+        tally.add("ratio_sum", (layer,), ratio.sum())
+        tally.add("ratio_sumsq", (layer,), (ratio * ratio).sum())
+        tally.add("ratio_count", (layer,), seen.double().sum())
+        tally.add("uniform_sum", (layer,), uniform[seen].sum())
 
     # ---- reductions (pure arithmetic on the tallies) ----
     def sink_score(self) -> torch.Tensor:
@@ -185,35 +185,36 @@ class KeyStatsObserver:
         self.full_pattern = full_pattern
         self.max_len = max_len
         self.tally = Tally()
-        t = self.tally
-        t.zeros("key_importance_sum", n_layers, n_heads, max_len)
-        t.zeros("key_seen_count", n_layers, max_len)
-        t.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
-        t.zeros("eff_tokens_count", n_layers, max_len)
+        tally = self.tally
+        tally.zeros("key_importance_sum", n_layers, n_heads, max_len)
+        tally.zeros("key_seen_count", n_layers, max_len)
+        tally.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
+        tally.zeros("eff_tokens_count", n_layers, max_len)
         if full_pattern:
-            t.zeros("pattern_sum", n_layers, n_heads, max_len, max_len)
-            t.zeros("pattern_count", n_layers, max_len, max_len)
+            tally.zeros("pattern_sum", n_layers, n_heads, max_len, max_len)
+            tally.zeros("pattern_count", n_layers, max_len, max_len)
 
     def observe(self, call: AttentionCall) -> None:
         batch, layer = call.batch, call.layer
         T = call.query.shape[2]
         rel = call.batch.relative()  # (B, T)
         valid = batch.valid
-        t = self.tally
+        tally = self.tally
         for t0 in range(0, T, self.chunk):
             t1 = min(T, t0 + self.chunk)
             q_valid = valid[:, t0:t1]  # (B, C)
             probs = call.probs_block(t0, t1) * q_valid[:, None, :, None]  # (B, H, C, S)
             seen = call.visible_block(t0, t1)[:, 0] & q_valid[:, :, None] & valid[:, None, :]  # (B, C, S)
             # importance: sum over queries into key bins
-            t.add("key_importance_sum", (layer,),
+            tally.add("key_importance_sum", (layer,),
                   scatter_by_position(probs.sum(2).transpose(0, 1), rel, valid, self.max_len))
-            t.add("key_seen_count", (layer,), scatter_by_position(seen.sum(1).double(), rel, valid, self.max_len))
+            tally.add("key_seen_count", (layer,), scatter_by_position(seen.sum(1).double(), rel, valid, self.max_len))
             sumsq = (probs * probs).sum(-1)  # (B, H, C)
             eff = torch.where(q_valid[:, None], 1.0 / sumsq.clamp_min(1e-30), 0.0)
             rel_q = rel[:, t0:t1]
-            t.add("eff_tokens_sum", (layer,), scatter_by_position(eff.transpose(0, 1), rel_q, q_valid, self.max_len))
-            t.add("eff_tokens_count", (layer,), scatter_by_position(q_valid.double(), rel_q, q_valid, self.max_len))
+            tally.add("eff_tokens_sum", (layer,),
+                      scatter_by_position(eff.transpose(0, 1), rel_q, q_valid, self.max_len))
+            tally.add("eff_tokens_count", (layer,), scatter_by_position(q_valid.double(), rel_q, q_valid, self.max_len))
             if self.full_pattern:
                 self._add_pattern(layer, probs, seen, rel, t0, t1)
 
@@ -257,9 +258,9 @@ class EffectiveTokensObserver:
 
     def __init__(self, n_layers: int, n_heads: int, max_len: int, max_positions: int, chunk: int = QUERY_CHUNK):
         self.chunk, self.max_len, self.tracked = chunk, max_len, max_positions
-        self.tally = t = Tally()
-        t.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
-        t.zeros("eff_tokens_count", n_layers, max_len)
+        self.tally = tally = Tally()
+        tally.zeros("eff_tokens_sum", n_layers, n_heads, max_len)
+        tally.zeros("eff_tokens_count", n_layers, max_len)
 
     def observe(self, call: AttentionCall) -> None:
         valid, rel, T = call.batch.valid, call.batch.relative(), call.query.shape[2]

@@ -80,7 +80,7 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
     sections = [_summary(results), _sink(results, draw), _variance(results, draw), _neurons(results, draw),
                 _disparity(results, draw), _qk(results, draw), _chain(results, draw), _interventions(results, draw),
                 _training(results, draw), _stream(results, draw), _files(results)]
-    names = ", ".join(s.label for s in results.series) or ", ".join(t.label for t in results.training)
+    names = ", ".join(s.label for s in results.series) or ", ".join(run.label for run in results.training)
     text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
                 f"under {', '.join(str(r) for r in results.runs)}", sections)
     _write(output, text.encode("utf-8"))
@@ -282,8 +282,8 @@ def _need_file(payload: dict | None, kind: str) -> dict:
 
 
 def _training(results: Results, draw: _Drawer) -> Section:
-    runs = [{"label": t.label, "colour": t.colour, "variant": t.variant, "summary": t.summary, "metrics": t.metrics,
-             "telemetry": t.telemetry} for t in results.training]
+    runs = [{"label": run.label, "colour": run.colour, "variant": run.variant, "summary": run.summary,
+             "metrics": run.metrics, "telemetry": run.telemetry} for run in results.training]
     parts = [draw.slot("training", "", "loss and sink telemetry against step, all runs",
                        lambda: effect_fig.training_curves(runs))]
     rows = effect_fig.compare_rows(runs)

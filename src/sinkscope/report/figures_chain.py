@@ -52,7 +52,7 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
     token in every sample, which the panel says); bottom row: std over hidden dims per token.
     """
     runs = [(key, p, tables.get(key)) for key, p in (("natural", natural), ("random", random)) if p is not None]
-    runs = [(key, p, t) for key, p, t in runs if t and p.get("variance")]
+    runs = [(key, p, table) for key, p, table in runs if table and p.get("variance")]
     if not runs:
         raise MissingData("no variance section (probe --chain) with chain_variance_by_position.parquet")
     reference = runs[0][1]

@@ -147,9 +147,10 @@ def load_results(runs: list[str | Path]) -> Results:
         stream += [(p, read_json(p, "stream")) for p in found if p.name == "stream.json"]
     _name_series(series, roots)
     series.sort(key=lambda s: _variant_rank(s.variant))  # stable: the baseline first, then the fixes
-    training.sort(key=lambda t: _variant_rank(t.variant))
+    training.sort(key=lambda run: _variant_rank(run.variant))
     _colour(series, training)
-    provenance |= {t.path / "run.json": (t.summary or {}).get("provenance") or {} for t in training if t.summary}
+    provenance |= {run.path / "run.json": (run.summary or {}).get("provenance") or {}
+                   for run in training if run.summary}
     provenance |= {path: payload.get("provenance") or {} for path, payload in [*compare, *stream]}
     return Results(runs=roots, series=series, training=training, compare=compare, files=files,
                    provenance=provenance, stream=stream)
