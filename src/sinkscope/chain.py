@@ -125,7 +125,7 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     chain = {
         "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
         "massive_dims": massive,
-        "disparity_layer": disparity["disparity_layer"],
+        "disparity_layer_input": disparity["disparity_layer_input"],
         "onset_layer": onset,
     }
     chain["consistent"] = chain_consistent(chain)
@@ -300,7 +300,7 @@ def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
         "other_dom_ratio_norm_max": _list(tally["max_other_dom_norm"].where(tally["other_count"] > 0, torch.nan)),
         "contrast": _list(contrast),
         "contrast_threshold": c.disparity_contrast,
-        "disparity_layer": int(jumps[0, 0]) if len(jumps) else None,
+        "disparity_layer_input": int(jumps[0, 0]) if len(jumps) else None,
         "massive": chosen["entries"],
         "massive_criteria": ({"rule": "paper: Sun et al. 2024's absolute criteria (massive_criteria_paper)"}
                              if c.rules == "paper" else
@@ -358,7 +358,7 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
     share = tally["positive_count"] / count[:, None]  # (L, H)
     observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen
     normed = disparity.pop("sink_normed_mean")
-    start = disparity["disparity_layer"]
+    start = disparity["disparity_layer_input"]
     L = share.shape[0]
     table = {"layer": [], "head": [], "massive_dim": [], "alignment": [], "alignment_sink_key": [],
              "positive_share": [], "sink_score": []}

@@ -1,6 +1,6 @@
 """Every decision rule of the sink and chain verdicts, in one frozen dataclass.
 
-A verdict ("sink", "super neuron", "massive dim", "disparity layer", "QK-locked head", "consistent
+A verdict ("sink", "super neuron", "massive dim", "disparity layer input", "QK-locked head", "consistent
 chain") is a claim a researcher will quote, so each rule compares a statistic with the model's own
 reference (the uniform baseline, the other tokens at the same layer, the other channels of the same
 layer, or a null), never with a magnitude only one model has. The paper's absolute criteria (the

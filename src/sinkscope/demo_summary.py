@@ -99,7 +99,7 @@ def _variance_line(main: ModelResults) -> str:
 
 def _disparity_line(p: dict) -> str:
     chain, disparity = p.get("chain") or {}, p.get("disparity") or {}
-    jump = chain.get("disparity_layer")
+    jump = chain.get("disparity_layer_input")
     if jump is None:
         return "C3 disparity: none (the first token's DomRatio never stands out)"
     dims = ", ".join(map(str, chain.get("massive_dims") or [])) or "none"

@@ -16,12 +16,12 @@ initialises them) and then sets a few weights by hand:
   barely rotates over a few hundred positions), so q . k_first is large and positive for every
   query: the heads lock onto the first token and the sink sets in at layer l + 1.
 
-So the finders must return super neuron (l, n) writing c, disparity layer l + 1 (the input of
-layer l + 1) and onset layer l + 1.
+So the finders must return super neuron (l, n) writing c, disparity layer input l + 1 (the
+residual stream entering layer l + 1) and onset layer l + 1.
 
 >>> from sinkscope.fixtures import planted_sink_model
 >>> model, answer = planted_sink_model(layer=1, neuron=5, dim=3)
->>> answer.layer, answer.neuron, answer.dim, answer.disparity_layer, answer.onset_layer
+>>> answer.layer, answer.neuron, answer.dim, answer.disparity_layer_input, answer.onset_layer
 (1, 5, 3, 2, 2)
 >>> len(answer.inputs(2, 16)[0]), answer.inputs(2, 16)[0][0] == answer.bos_token_id
 (16, True)
@@ -47,7 +47,7 @@ class PlantedAnswer:
     layer: int  # l: the super neuron's layer
     neuron: int  # n: its index among the MLP's intermediate channels
     dim: int  # c: the only hidden dim its down-projection column writes (the massive dim)
-    disparity_layer: int  # l + 1: the first layer whose input shows the dimension disparity
+    disparity_layer_input: int  # l + 1: the first layer whose input shows the dimension disparity
     onset_layer: int  # l + 1: the first layer whose heads lock onto the first token
     bos_token_id: int
     flag_dim: int
@@ -91,7 +91,7 @@ def planted_sink_model(layer: int = 1, neuron: int = 5, dim: int = 3, *, n_layer
         generator = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
             _plant(model, config, layer, neuron, dim, flag_dim, constant_dim, lock_logit, massive, generator)
-    answer = PlantedAnswer(layer=layer, neuron=neuron, dim=dim, disparity_layer=layer + 1, onset_layer=layer + 1,
+    answer = PlantedAnswer(layer=layer, neuron=neuron, dim=dim, disparity_layer_input=layer + 1, onset_layer=layer + 1,
                            bos_token_id=1, flag_dim=flag_dim, constant_dim=constant_dim, vocab_size=vocab_size)
     return model, answer
 

@@ -29,10 +29,10 @@ def _targets(exp) -> tuple[int, tuple[int, ...]]:
     else:
         dims = parse_dims(config.dims)
     if layers is None:
-        jump = chain.get("disparity_layer")
+        jump = chain.get("disparity_layer_input")
         if jump is None or jump < 1:
             raise SinkscopeError("the chain finder found no layer where the massive dims appear; pass --layers L")
-        layers = (jump - 1,)  # the disparity layer's input is the output of the block before it
+        layers = (jump - 1,)  # layer input k is the output of block k - 1
     if len(layers) != 1:
         raise SinkscopeError(f"massive resets one block's output, as Sun et al. do; pass a single --layers, got {layers}")
     return layers[0], dims

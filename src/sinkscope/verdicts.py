@@ -90,10 +90,17 @@ def _list(x: torch.Tensor) -> list:
 # ---- the chain ----------------------------------------------------------------------------------
 
 def chain_consistent(chain: dict) -> bool:
-    if not chain["super_neurons"] or chain["disparity_layer"] is None or chain["onset_layer"] is None:
+    """Super neuron layer < disparity layer input <= onset layer: the order in which the chain can happen.
+
+    The disparity counts layer *inputs* and the other two count layers, and input k is what layer k reads:
+    a neuron in layer l writes the residual stream entering layer l + 1, so its dim can first stand out at
+    input l + 1 (hence the strict <), and layer k's attention is the first that can lock onto a dim seen
+    at input k (hence <=).
+    """
+    if not chain["super_neurons"] or chain["disparity_layer_input"] is None or chain["onset_layer"] is None:
         return False
     first = min(n["layer"] for n in chain["super_neurons"])
-    return first < chain["disparity_layer"] <= chain["onset_layer"]
+    return first < chain["disparity_layer_input"] <= chain["onset_layer"]
 
 
 def first_position(sequences: list[list[int]]) -> dict:
@@ -121,7 +128,7 @@ def _variance_sentence(variance: dict) -> str:
 
 
 def chain_verdict(chain: dict, neurons: dict, disparity: dict, sink: dict, variance: dict, c: Criteria) -> str:
-    jump, found = chain["disparity_layer"], chain["super_neurons"]
+    jump, found = chain["disparity_layer_input"], chain["super_neurons"]
     parts = [sink["verdict"]]
     if jump is None:
         parts.append("The first token's DomRatio never reaches "
@@ -141,9 +148,9 @@ def chain_verdict(chain: dict, neurons: dict, disparity: dict, sink: dict, varia
     else:
         parts.append("No neuron spikes at the first token: no super neuron.")
     if chain["consistent"]:
-        parts.append("They line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
+        parts.append("They line up as the paper predicts (neuron layer < disparity layer input <= onset layer).")
     elif found and jump is not None and chain["onset_layer"] is not None:
-        parts.append("They do not line up as the paper predicts (neuron layer < disparity layer <= onset layer).")
+        parts.append("They do not line up as the paper predicts (neuron layer < disparity layer input <= onset layer).")
     else:
         parts.append("The chain is not established.")
     sentence = _variance_sentence(variance)

@@ -13,7 +13,8 @@ from sinkscope.fixtures import planted_sink_model
 from sinkscope.probe import probe
 from sinkscope.testing import tiny_model, twin
 
-CHAIN_KEYS = {"super_neurons", "massive_dims", "disparity_layer", "onset_layer", "consistent", "verdict", "evidence"}
+CHAIN_KEYS = {"super_neurons", "massive_dims", "disparity_layer_input", "onset_layer", "consistent", "verdict",
+              "evidence"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_planted_chain_is_found_exactly(planted):
     assert set(chain) == CHAIN_KEYS
     assert chain["super_neurons"] == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
     assert chain["massive_dims"] == [answer.dim]
-    assert chain["disparity_layer"] == answer.disparity_layer
+    assert chain["disparity_layer_input"] == answer.disparity_layer_input
     assert chain["onset_layer"] == answer.onset_layer == result["onset_layer"]
     assert chain["consistent"] is True
     assert "neuron 5 of layer 1 writes dim(s) 3" in chain["verdict"]
@@ -68,7 +69,7 @@ def test_planted_finders_and_profiles(planted):
 def test_planted_disparity_massive_and_qk(planted):
     _, answer, result = planted
     disp = result["disparity"]
-    k = answer.disparity_layer
+    k = answer.disparity_layer_input
     assert disp["contrast"][k] > 10 and all(c < 2 for c in disp["contrast"][:k])
     first = [(m["layer"], m["dim"]) for m in disp["massive"] if m["token"] == "first"]
     assert first == [(layer, answer.dim) for layer in range(k, len(disp["contrast"]))]
@@ -86,14 +87,14 @@ def test_planted_chain_elsewhere(layer, neuron, dim):
     model, answer = planted_sink_model(layer=layer, neuron=neuron, dim=dim, seed=3)
     chain = probe(model, answer.inputs(6, 24), selectivity_positions=0)["chain"]
     assert chain["super_neurons"] == [{"layer": layer, "index": neuron, "dims": [dim]}]
-    assert (chain["disparity_layer"], chain["onset_layer"], chain["consistent"]) == (layer + 1, layer + 1, True)
+    assert (chain["disparity_layer_input"], chain["onset_layer"], chain["consistent"]) == (layer + 1, layer + 1, True)
 
 
 def test_random_weights_produce_no_chain():
     for seed in range(3):
         model = tiny_model("llama", seed=seed)
         chain = probe(model, torch.randint(0, 96, (10, 24), generator=torch.Generator().manual_seed(seed)))["chain"]
-        assert chain["super_neurons"] == [] and chain["massive_dims"] == [] and chain["disparity_layer"] is None
+        assert chain["super_neurons"] == [] and chain["massive_dims"] == [] and chain["disparity_layer_input"] is None
         assert chain["onset_layer"] is None and chain["verdict"].startswith("No attention sink")
         assert chain["consistent"] is False and "not established" in chain["verdict"]
 
@@ -101,7 +102,7 @@ def test_random_weights_produce_no_chain():
 def test_planted_model_without_bos_has_no_chain():
     model, _ = planted_sink_model()
     chain = probe(model, torch.randint(2, 64, (8, 24)))["chain"]
-    assert chain["super_neurons"] == [] and chain["onset_layer"] is None and chain["disparity_layer"] is None
+    assert chain["super_neurons"] == [] and chain["onset_layer"] is None and chain["disparity_layer_input"] is None
     assert chain["verdict"].startswith("No attention sink")
 
 

@@ -25,7 +25,8 @@ def test_chain_sections_on_every_family(family):
         return
     assert "chain_skipped" not in result.payload
     chain = result["chain"]
-    assert {"super_neurons", "massive_dims", "disparity_layer", "onset_layer", "consistent", "verdict"} <= set(chain)
+    assert {"super_neurons", "massive_dims", "disparity_layer_input", "onset_layer", "consistent",
+            "verdict"} <= set(chain)
     assert isinstance(chain["consistent"], bool) and chain["verdict"]
     assert len(result["variance"]["layers"]) == n_layers
     assert len(result["disparity"]["sink_dom_ratio"]) == n_layers + 1

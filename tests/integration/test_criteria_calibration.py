@@ -19,7 +19,7 @@ def test_planted_chain_is_found_exactly_at_every_scale(width, massive):
     chain = result["chain"]
     assert chain["super_neurons"] == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
     assert chain["massive_dims"] == [answer.dim]
-    assert chain["disparity_layer"] == answer.disparity_layer
+    assert chain["disparity_layer_input"] == answer.disparity_layer_input
     assert chain["onset_layer"] == result["onset_layer"] == answer.onset_layer
     assert chain["consistent"] is True
     sink = result["sink"]
@@ -47,7 +47,7 @@ def test_organism_softmax_chain_with_defaults(organisms):
     result = organisms["softmax"]
     chain = result["chain"]
     assert chain["super_neurons"] == [{"layer": 0, "index": 202, "dims": [112]}]  # README / docs/training.md
-    assert (chain["disparity_layer"], chain["onset_layer"], chain["consistent"]) == (1, 3, True)
+    assert (chain["disparity_layer_input"], chain["onset_layer"], chain["consistent"]) == (1, 3, True)
     assert result["sink"]["peak_layer"] == 3 and result["onset_layer_paper"] is None
     assert result["variance"]["first_position"]["same_token_every_sample"] is True
     assert "0 by construction" in chain["verdict"]
@@ -59,7 +59,7 @@ def test_organism_headnorm_and_nobos_as_they_are(organisms):
     weaker = headnorm["sink"]["ratio"][3] < organisms["softmax"]["sink"]["ratio"][3]
     assert headnorm["sink"]["present"] and weaker
     assert nobos["sink"]["present"] and nobos["onset_layer"] == 3  # the structural first-position sink
-    assert nobos["chain"]["super_neurons"] == [] and nobos["chain"]["disparity_layer"] is None
+    assert nobos["chain"]["super_neurons"] == [] and nobos["chain"]["disparity_layer_input"] is None
     assert nobos["variance"]["first_position"]["same_token_every_sample"] is False
 
 

@@ -47,4 +47,4 @@ def test_random_weights_give_no_verdict(family, width, seed, init):
         return
     chain = result["chain"]
     assert result["super_neurons"]["candidates"] == [] and chain["super_neurons"] == []
-    assert chain["massive_dims"] == [] and chain["disparity_layer"] is None and chain["consistent"] is False
+    assert chain["massive_dims"] == [] and chain["disparity_layer_input"] is None and chain["consistent"] is False

@@ -133,10 +133,10 @@ def test_disparity_and_massive_dim_at_the_contrast():
     # the disparity rule reads the other tokens' median from a 512-bin histogram (exact to one bin, < 1.3 %),
     # the massive-dim rule from each sequence's exact median: 2 % either side of the threshold
     at = _disparity(C.disparity_contrast * 1.02)
-    assert at["disparity_layer"] == 0 and at["massive_dims"] == [2] and at["massive_at_sink"] == {0: [2], 1: [2]}
+    assert at["disparity_layer_input"] == 0 and at["massive_dims"] == [2] and at["massive_at_sink"] == {0: [2], 1: [2]}
     assert at["massive_dims_paper"] == []  # |h| ~ 5: far below Sun et al.'s 100
     below = _disparity(C.disparity_contrast * 0.98)
-    assert below["disparity_layer"] is None and below["massive_dims"] == []
+    assert below["disparity_layer_input"] is None and below["massive_dims"] == []
 
 
 def test_link_needs_the_dim_share_and_the_next_layer():

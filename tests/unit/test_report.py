@@ -38,13 +38,13 @@ def probe_payload(model: str = "runs/organism-softmax", onset: int | None = 2, r
                                           "down_column": {"kurtosis": 40.0, "dims": [{"dim": 5, "share": 0.9},
                                                                                      {"dim": 2, "share": 0.05}]}}]},
         "disparity": {"sink_dom_ratio": [3.0, 3.0, 60.0, 60.0, 60.0], "other_dom_ratio_median": [3.0] * 5,
-                      "other_dom_ratio_max": [4.0] * 5, "disparity_layer": 2 if linked else None,
+                      "other_dom_ratio_max": [4.0] * 5, "disparity_layer_input": 2 if linked else None,
                       "massive_dims": [5] if linked else [], "massive_criteria_paper": {"abs": 100.0, "rel": 1000.0}},
         "qk_locking": {"from_layer": 2, "locked_heads": [{"layer": 2, "head": 0}],
                        "layers": [{"layer": k, "alignment": [0.95] * H, "positive_share": [0.99] * H}
                                   for k in (2, 3)]},
         "chain": {"super_neurons": [{"layer": 1, "index": 7, "dims": [5]}] if linked else [],
-                  "massive_dims": [5] if linked else [], "disparity_layer": 2 if linked else None,
+                  "massive_dims": [5] if linked else [], "disparity_layer_input": 2 if linked else None,
                   "onset_layer": onset, "consistent": linked, "verdict": "The sink sets in at layer 2."},
     }
 
@@ -178,13 +178,16 @@ def test_super_neuron_bars_highlight_the_massive_dim():
 
 def test_disparity_massive_qk_and_chain_figures_carry_their_series():
     p = probe_payload()
-    assert {"dom-sink", "dom-other"} <= svg_ids(svg_text(sink_fig.dom_ratio(p, "a", "#000")))
+    dom_svg = svg_text(sink_fig.dom_ratio(p, "a", "#000"))
+    assert {"dom-sink", "dom-other"} <= svg_ids(dom_svg)
+    assert "disparity at layer input 2" in dom_svg  # read from disparity.disparity_layer_input
     assert {"massive-3d", "max-abs"} <= svg_ids(svg_text(
         sink_fig.massive_activations(p, probe_tables()["hidden_by_position"], "a", "#000")))
     assert {"qk-align", "qk-share"} <= svg_ids(svg_text(chain_fig.qk_locking(p, None, "a")))
     chain_svg = svg_text(chain_fig.chain_diagram(p, "a", "#000"))
     assert {"chain-c1", "chain-c2", "chain-c3", "chain-qk", "chain-sink"} <= svg_ids(chain_svg)
     assert "layer 1 neuron 7" in chain_svg and "massive dim 5" in chain_svg
+    assert "from layer input 2" in chain_svg  # read from chain.disparity_layer_input
 
 
 def test_intervention_figures_draw_ci_and_control():

@@ -131,7 +131,7 @@ def _summary(results: Results) -> Section:
             "sink rate random (%)": s.random.payload.get("sink_rate") if s.random else None,
             "super neurons": ", ".join(f"{n['layer']}:{n['index']}" for n in chain.get("super_neurons") or []) or None,
             "massive dims": ", ".join(map(str, chain.get("massive_dims") or [])) or None,
-            "disparity layer": chain.get("disparity_layer"),
+            "disparity at layer input": chain.get("disparity_layer_input"),
             "chain consistent": chain.get("consistent"),
             "super weights (Yu's procedure)": ", ".join(
                 str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", [])) or None,

@@ -245,7 +245,7 @@ def chain_boxes(probe: dict) -> list[dict]:
     ratios = [(k, r) for k, r in ratios if r is not None and math.isfinite(r)]
     best = max(ratios, key=lambda kr: kr[1]) if ratios else None
     neurons = chain.get("super_neurons") or []
-    jump = chain.get("disparity_layer")
+    jump = chain.get("disparity_layer_input")
     dims = chain.get("massive_dims") or []
     locked = qk.get("locked_heads") or []
     scores = probe.get("layer_sink_score") or []
@@ -296,7 +296,7 @@ def chain_diagram(probe: dict, label: str, colour: str):
             ax.add_patch(FancyArrowPatch((1.5, y + 0.1), (1.5, y - 0.14), arrowstyle="-|>", mutation_scale=10,
                                          color="#333333"))
     verdict = "consistent with the paper" if chain.get("consistent") else "not established"
-    ax.text(5, -0.45, f"chain {verdict} (neuron layer < disparity layer <= onset layer)", ha="center", fontsize=8.5,
-            color="#333333" if chain.get("consistent") else HIGHLIGHT)
+    ax.text(5, -0.45, f"chain {verdict} (neuron layer < disparity layer input <= onset layer)", ha="center",
+            fontsize=8.5, color="#333333" if chain.get("consistent") else HIGHLIGHT)
     ax.set_title(f"{label}: the causal chain found (indices 0-based)")
     return fig

@@ -122,7 +122,7 @@ def dom_ratio(probe: dict, label: str, colour: str):
     if np.isfinite(other_max).any():
         line, = ax.plot(k, other_max, ":", color=NEUTRAL, label="other tokens (max)")
         tag(line, "dom-other-max")
-    jump = disparity.get("disparity_layer")
+    jump = disparity.get("disparity_layer_input")
     if jump is not None:
         ax.axvline(jump, color=HIGHLIGHT, linestyle="--", linewidth=1, label=f"disparity at layer input {jump}")
     ax.set_yscale("log")
