@@ -28,13 +28,17 @@ from .tables import long_table
 from .verdicts import chain_consistent, chain_verdict, first_position
 from .errors import SinkscopeError
 from .metrics.neurons import column_profile, selectivity_by_position, top_rows
-from .metrics.qk import cosine, key_rows, locked, top_principal_direction
+from .metrics.qk import NULL_POSITIVE_SHARE, cosine, key_rows, locked, top_principal_direction
 from .metrics.stats import histogram_quantile
 from .metrics.variance import std_across_samples, variance_summary
 
 # Display limits, not decision rules (those are all in sinkscope.criteria.Criteria).
 MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
 MAX_SELECTIVITY_NEURONS = 4  # neurons whose selectivity by position is tabled
+# Down-column dims listed per candidate, largest energy share first; link_neurons looks no further. A column
+# whose massive dim ranks below this is spread over many dims, not a super neuron's (> 0.9 on one dim).
+COLUMN_DIMS = 5
+DOWN_OUTPUT_DIMS = 3  # dims per layer in down_output_at_sink (what each MLP writes at the first token)
 
 
 def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
@@ -226,11 +230,11 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Crite
             "other_abs_max": float(tally["max_other_abs"][layer, n]),
             "token_ratio": _ratio(sink_mean_abs[layer, n], other_mean_abs[layer, n]),
             "channel_ratio": _ratio(sink_mean_abs[layer, n], channel_mean[layer]),
-            "down_column": column_profile(down[:, n]),
+            "down_column": column_profile(down[:, n], COLUMN_DIMS),
             "weight_outlier": n in outliers,
         })
     out = tally["down_out_sink_abs_sum"] / sequences  # (L, D): what each MLP writes at the first token
-    values, dims = out.topk(min(3, out.shape[-1]), dim=-1)
+    values, dims = out.topk(min(DOWN_OUTPUT_DIMS, out.shape[-1]), dim=-1)
     spikes = [{"layer": layer, "dims": dims[layer].tolist(), "mean_abs": values[layer].tolist()} for layer in range(len(out))]
     return {"candidates": candidates, "weight_finder": weight, "down_output_at_sink": spikes,
             "thresholds": {"token_ratio": c.spike_token_ratio, "channel_ratio": c.spike_channel_ratio,
@@ -283,7 +287,7 @@ def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
     sink_dom = tally["sink_dom_sum"] / n_seq
     other_median = histogram_quantile(tally["other_dom_hist"], obs.edges, 0.5)
     other_median_norm = histogram_quantile(tally["other_dom_norm_hist"], obs.edges, 0.5)
-    contrast = sink_dom / other_median.clamp_min(1.0)
+    contrast = sink_dom / other_median.clamp_min(1.0)  # DomRatio >= 1; a median read off the first bin may fall below
     seen = tally["sink_count"] > 0
     jumps = ((contrast >= c.disparity_contrast) & seen).nonzero()
     paper = _massive(tally, "massive", c.massive_persistence)
@@ -386,7 +390,8 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
                               c.lock_alignment_z)]
     section = {"from_layer": start, "layers": layers, "locked_heads": locked_heads,
                "lock_criteria": {"positive_share": c.lock_positive_share, "alignment": min_align,
-                                 "null_positive_share": 0.5, "null_alignment_std": 1 / math.sqrt(head_dim)},
+                                 "null_positive_share": NULL_POSITIVE_SHARE,
+                                 "null_alignment_std": 1 / math.sqrt(head_dim)},
                "note": None if start is not None else "no dimension disparity, so no massive key to lock onto",
                "table": "chain_qk"}
     return section, table

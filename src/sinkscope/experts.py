@@ -11,7 +11,7 @@ from __future__ import annotations
 from .adapters import blocks
 from .adapters.coverage import blocks_with
 from .capture.experts import ExpertNeuronObserver, expert_down_column
-from .chain import MAX_CANDIDATES
+from .chain import COLUMN_DIMS, MAX_CANDIDATES
 from .metrics.neurons import column_profile
 
 
@@ -43,7 +43,7 @@ def reduce_experts(observer: ExpertNeuronObserver, model, adapter, criteria) -> 
             "sink_routed_share": float(tally["sink_routed"][layer, expert] / sequences[layer]),
             "router_weight_sink": float(weight_sink[layer, expert]),
             "router_weight_other": float(weight_other[layer, expert]),
-            "down_column": column_profile(expert_down_column(experts, expert, neuron)),
+            "down_column": column_profile(expert_down_column(experts, expert, neuron), COLUMN_DIMS),
         })
     candidates += _shared_candidates(observer, model, adapter, criteria.spike_persistence)
     candidates.sort(key=lambda c: -c["sink_abs_mean"])
@@ -68,5 +68,5 @@ def _shared_candidates(observer: ExpertNeuronObserver, model, adapter, min_persi
                     "persistence": float(persistence[layer, neuron]), "sink_abs_mean": float(sink_mean[layer, neuron]),
                     "other_abs_mean": float(other_mean[layer, neuron]), "sink_routed_share": 1.0,
                     "router_weight_sink": None, "router_weight_other": None,
-                    "down_column": column_profile(down[:, neuron])})
+                    "down_column": column_profile(down[:, neuron], COLUMN_DIMS)})
     return out

@@ -50,7 +50,7 @@ def top_rows(weight: torch.Tensor, k: int) -> list[dict]:
     return [{"index": int(i), "norm": float(v), "ratio_to_median": float(v / median)} for v, i in zip(values, index)]
 
 
-def column_profile(column: torch.Tensor, top: int = 5) -> dict:
+def column_profile(column: torch.Tensor, top: int) -> dict:
     """How channel-sparse one down-projection column (what neuron n writes) is.
 
     column: (D,) = down.weight[:, n]. Returns its excess kurtosis and the ``top`` output dims by

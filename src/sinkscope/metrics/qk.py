@@ -12,6 +12,10 @@ import math
 
 import torch
 
+# Share of queries with q . k_sink > 0 when the key's direction is unrelated to them (a coin flip): the null
+# that a locked head's positive share is set against.
+NULL_POSITIVE_SHARE = 0.5
+
 
 def top_principal_direction(second_moment: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """Unit top eigenvector of the (uncentred) query second moment E[q q^T], signed along E[q].
@@ -51,6 +55,6 @@ def key_rows(k_weight: torch.Tensor, n_kv: int, head_dim: int, n_heads: int) -> 
 
 def locked(positive_share: float, alignment: float | None, head_dim: int, min_share: float, alignment_z: float) -> bool:
     """Whether a head is QK-locked: most queries point at the first token's key (share >= ``min_share``;
-    null 0.5) and their top direction aligns with the massive dim's key row beyond chance
+    null :data:`NULL_POSITIVE_SHARE`) and their top direction aligns with the massive dim's key row beyond chance
     (alignment >= ``alignment_z`` / sqrt(head_dim): a random direction's cosine has std ~1/sqrt(head_dim))."""
     return positive_share >= min_share and (alignment or 0.0) >= alignment_z / math.sqrt(head_dim)

@@ -25,6 +25,7 @@ from .discover import SinkKeyObserver, describe, discover_from_observer, kept_cl
 from .policy import Policy, PolicyMask, first_tokens, policy_mask, window_size
 
 BOOTSTRAP_RESAMPLES = 1000  # percentile bootstrap over documents for the 95 % interval
+INTERVAL = (0.025, 0.975)  # its percentiles: 95 %, the level of every other interval sinkscope reports
 HELD_OUT_EVERY = 50  # the organisms' training split held out every 50th stdlib document (docs/training.md)
 
 
@@ -140,7 +141,7 @@ def summarize(nll: torch.Tensor, budget: int, seed: int) -> dict:
     boot = per_doc[draws].mean(1).exp()
     past = nll[:, budget - 1:]  # targets at positions >= budget: the only ones a policy can change
     return {"perplexity": float(per_doc.mean().exp()),
-            "perplexity_ci": [float(boot.quantile(0.025)), float(boot.quantile(0.975))],
+            "perplexity_ci": [float(boot.quantile(q)) for q in INTERVAL],
             "perplexity_past_budget": float(past.double().mean().exp()),
             "nll_by_position": nll.double().mean(0).tolist()}
 
