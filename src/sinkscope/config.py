@@ -103,6 +103,7 @@ class ProbeConfig:
 
 EXPERIMENT_KINDS = ("ablate", "amplify", "isolate", "massive")  # the experiments of intervene.py (its EXPERIMENTS)
 PAPER_LAMBDAS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)  # Li et al. 2026, section 5 (ii)
+PAPER_POSITION = 9  # the token that Li et al. 2026 (section 5) isolate and amplify into a sink
 
 
 @dataclass
@@ -111,7 +112,8 @@ class InterveneConfig:
 
     load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
     data: DataConfig = field(default_factory=DataConfig, why="input sequences")
-    position: int = field(9, why="target token, counted from the first real token (the paper uses 9)", min=0)
+    position: int = field(PAPER_POSITION, why="target token, counted from the first real token (the paper uses 9)",
+                          min=0)
     layers: str | None = field(None, why="layers to edit, 'all' or e.g. 0,1 (default: all for isolate, 0,1 for amplify; "
                                "massive: the one block whose output carries them, found by the chain)")
     lambdas: tuple[float, ...] = field(PAPER_LAMBDAS, why="amplification factors to sweep (the paper's grid)")

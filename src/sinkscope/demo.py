@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DataConfig, InterveneConfig, LoadConfig, ProbeConfig, field
+from .config import PAPER_POSITION, DataConfig, InterveneConfig, LoadConfig, ProbeConfig, field
 from .criteria import Criteria
 from .demo_summary import ModelResults, chain_summary
 from .errors import SinkscopeError
@@ -52,7 +52,7 @@ class DemoConfig:
     seq_len: int = field(64, why="tokens per sequence (the paper measures at T = 64)", min=1)
     batch_size: int = field(8, why="sequences per forward pass", min=1)
     bos: str = field("auto", why="prepend BOS: auto follows the tokenizer", choices=("auto", "always", "never"))
-    position: int = field(9, why="token that isolate and amplify turn into a sink (the paper: 9)")
+    position: int = field(PAPER_POSITION, why="token that isolate and amplify turn into a sink (the paper: 9)")
     lambdas: tuple[float, ...] = field(DEMO_LAMBDAS, why="amplification factors (six points of the paper's grid)")
     value_mean_tokens: int = field(1024, why="random tokens for the mean value vector mu of amplify")
     train_minutes: float = field(1.5, why="if an organism checkpoint is missing: minutes to train each on the spot")
