@@ -40,8 +40,21 @@ FLAG_VALUE = 4.0  # the BOS token's value in flag_dim (its RMS-normalised value 
 MASSIVE_TARGET = 4000.0  # default first-token |h_c| from layer l + 1 on (Llama-2-7B: ~2500 in dim 2533)
 
 
+class BosInputs:
+    """What a planted model is fed: its BOS first (only BOS sets flag_dim), then random ids (pad 0, BOS 1)."""
+
+    bos_token_id: int
+    vocab_size: int
+
+    def inputs(self, n: int, seq_len: int, seed: int = 0) -> list[list[int]]:
+        """``n`` sequences of ``seq_len`` ids: BOS, then uniform random ids that are never BOS or pad."""
+        generator = torch.Generator().manual_seed(seed)
+        body = torch.randint(2, self.vocab_size, (n, seq_len - 1), generator=generator)
+        return [[self.bos_token_id] + row for row in body.tolist()]
+
+
 @dataclass(frozen=True)
-class PlantedAnswer:
+class PlantedAnswer(BosInputs):
     """What the chain finders must report for a :func:`planted_sink_model` (0-based indices)."""
 
     layer: int  # l: the super neuron's layer
@@ -53,12 +66,6 @@ class PlantedAnswer:
     flag_dim: int
     constant_dim: int
     vocab_size: int
-
-    def inputs(self, n: int, seq_len: int, seed: int = 0) -> list[list[int]]:
-        """``n`` sequences of ``seq_len`` ids: BOS, then uniform random ids that are never BOS or pad."""
-        generator = torch.Generator().manual_seed(seed)
-        body = torch.randint(2, self.vocab_size, (n, seq_len - 1), generator=generator)
-        return [[self.bos_token_id] + row for row in body.tolist()]
 
 
 def planted_sink_model(layer: int = 1, neuron: int = 5, dim: int = 3, *, n_layers: int = 4, hidden: int = 64,

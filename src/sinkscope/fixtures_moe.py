@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SinkscopeError
+from .fixtures import BosInputs
 
 FLAG_VALUE = 4.0  # the BOS token's value in flag_dim
 GATE_UP_WEIGHT = 4.0  # the planted neuron's gate and up weight on the flag
@@ -37,7 +38,7 @@ WRITE_WEIGHT = 50.0  # the planted neuron's down-projection weight into dim c
 
 
 @dataclass(frozen=True)
-class PlantedMoeAnswer:
+class PlantedMoeAnswer(BosInputs):
     """What the expert finder must report for a :func:`planted_moe_model` (0-based indices)."""
 
     layer: int  # l: the block whose experts hold the super neuron
@@ -47,12 +48,6 @@ class PlantedMoeAnswer:
     bos_token_id: int
     flag_dim: int
     vocab_size: int
-
-    def inputs(self, n: int, seq_len: int, seed: int = 0) -> list[list[int]]:
-        """``n`` sequences of ``seq_len`` ids: BOS, then uniform random ids that are never BOS or pad."""
-        generator = torch.Generator().manual_seed(seed)
-        body = torch.randint(2, self.vocab_size, (n, seq_len - 1), generator=generator)
-        return [[self.bos_token_id] + row for row in body.tolist()]
 
 
 def _config(shared: bool, n_layers: int, hidden: int, n_experts: int, intermediate: int, vocab_size: int):

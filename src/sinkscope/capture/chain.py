@@ -23,7 +23,7 @@ from ..metrics.neurons import spike_ratios
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims, std_across_dims_and_heads
 from .attention import AttentionCall, BatchInfo
-from .hooks import block_output_tensor
+from .hooks import block_output_tensor, input_output_hooks
 from .reducers import Tally, effective_rank_sum, scatter_by_position, sum_rows_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
@@ -68,12 +68,7 @@ class ValueOutputObserver(_Hooked):
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
         """(forward pre-hooks, forward hooks) on every layer's o_proj."""
-        pre, post = [], []
-        for layer in range(len(blocks(model, adapter))):
-            module = block_part(model, adapter, layer, "o_proj")
-            pre.append((module, self._pre(layer)))
-            post.append((module, self._post(layer)))
-        return pre, post
+        return input_output_hooks(model, adapter, "o_proj", self._pre, self._post)
 
     def _pre(self, layer: int):
         def hook(module, args):
@@ -127,12 +122,8 @@ class NeuronObserver(_Hooked):
         tally.zeros("down_out_sink_abs_sum", n_layers, hidden)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
-        pre, post = [], []
-        for layer in range(len(blocks(model, adapter))):
-            module = block_part(model, adapter, layer, "mlp_down")
-            pre.append((module, self._pre(layer)))
-            post.append((module, self._post(layer)))
-        return pre, post
+        """(forward pre-hooks, forward hooks) on every layer's down projection."""
+        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post)
 
     def _pre(self, layer: int):
         def hook(module, args):

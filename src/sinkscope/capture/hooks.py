@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ..adapters import blocks
+from ..adapters import block_part, blocks
 
 
 @contextmanager
@@ -28,6 +28,14 @@ def scoped_hooks(forward: Iterable[tuple[nn.Module, Callable]] = (),
     finally:
         for handle in handles:
             handle.remove()
+
+
+def input_output_hooks(model: nn.Module, adapter, part: str, pre: Callable[[int], Callable],
+                       post: Callable[[int], Callable]) -> tuple[list, list]:
+    """(forward pre-hooks, forward hooks) on block part ``part`` of every layer; ``pre(layer)`` and
+    ``post(layer)`` make the hooks, so one observer reads the part's input and its output."""
+    modules = [block_part(model, adapter, layer, part) for layer in range(len(blocks(model, adapter)))]
+    return [(m, pre(layer)) for layer, m in enumerate(modules)], [(m, post(layer)) for layer, m in enumerate(modules)]
 
 
 def block_output_tensor(output):

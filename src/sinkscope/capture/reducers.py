@@ -47,6 +47,11 @@ class Tally:
         else:
             target[index] += value
 
+    def per_head_mean(self, sum_name: str, count_name: str) -> torch.Tensor:
+        """Sum (L, H, ...) over count (L, ...), one count for every head of a layer; NaN where nothing was counted."""
+        count = self.tensors[count_name][:, None]
+        return self.tensors[sum_name] / count.where(count > 0, torch.nan)
+
     def all_reduce(self) -> None:
         """Reduce across torch.distributed processes in place (no-op when not initialised)."""
         import torch.distributed as dist

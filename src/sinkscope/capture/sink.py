@@ -163,13 +163,11 @@ class SinkObserver:
 
     def by_position(self) -> torch.Tensor:
         """(L, H, P, T) mean attention to each tracked key from queries at each position (NaN if none)."""
-        count = self.tally["by_position_count"][:, None]
-        return self.tally["by_position_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("by_position_sum", "by_position_count")
 
     def lse_by_position(self) -> torch.Tensor:
         """(L, H, T) mean per-query log-sum-exp by position."""
-        count = self.tally["position_count"][:, None]
-        return self.tally["lse_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("lse_sum", "position_count")
 
 
 class KeyStatsObserver:
@@ -232,18 +230,15 @@ class KeyStatsObserver:
 
     def key_importance(self) -> torch.Tensor:
         """(L, H, T) mean attention each key position receives from the queries that see it."""
-        count = self.tally["key_seen_count"][:, None]
-        return self.tally["key_importance_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("key_importance_sum", "key_seen_count")
 
     def effective_tokens(self) -> torch.Tensor:
         """(L, H, T) mean effective number of aggregated tokens, 1 / sum_j a_tj^2, by query position."""
-        count = self.tally["eff_tokens_count"][:, None]
-        return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("eff_tokens_sum", "eff_tokens_count")
 
     def pattern(self) -> torch.Tensor:
         """(L, H, T, T) mean attention pattern over samples, aligned at the first real token."""
-        count = self.tally["pattern_count"][:, None]
-        return self.tally["pattern_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("pattern_sum", "pattern_count")
 
 
 class EffectiveTokensObserver:
@@ -278,8 +273,7 @@ class EffectiveTokensObserver:
 
     def effective_tokens(self) -> torch.Tensor:
         """(L, H, T) mean effective number of aggregated tokens by query position (NaN where not computed)."""
-        count = self.tally["eff_tokens_count"][:, None]
-        return self.tally["eff_tokens_sum"] / count.where(count > 0, torch.nan)
+        return self.tally.per_head_mean("eff_tokens_sum", "eff_tokens_count")
 
 
 def squared_weight_sum(call: AttentionCall, rows: int, chunk: int = QUERY_CHUNK) -> torch.Tensor:
