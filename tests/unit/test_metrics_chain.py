@@ -204,3 +204,14 @@ def test_spike_ratios_without_other_tokens_are_zero():
     other_sum = act.abs().masked_fill(~valid[..., None], 0).double().sum(1)
     token, channel, _ = spike_ratios(act[:, 0], other_sum, valid.sum(1))
     assert token[0].abs().sum() == 0 and token[1].abs().sum() > 0 and channel[0].abs().sum() > 0
+
+@pytest.mark.parametrize("seed", range(4))
+def test_massive_mask_matches_the_per_token_median_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(3, 20, 16, generator=g) * 0.05
+    h[0, 0, 3], h[1, 5, 7], h[2, 9, 1] = 500.0, -300.0, 90.0  # two massive, one under the absolute bar
+    h[2, 4] = 200.0  # every dim large: above the absolute bar, not above 1000 x its own median
+    mags = h.abs()
+    brute = (mags > 100.0) & (mags > 1000.0 * mags.median(-1, keepdim=True).values)
+    assert torch.equal(massive_mask(h, 100.0, 1000.0), brute)
+    assert massive_mask(h, 100.0, 1000.0).nonzero().tolist() == [[0, 0, 3], [1, 5, 7]]

@@ -78,3 +78,16 @@ def test_gu_importance_and_rate_restated():
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=0)
     eps = 0.3
     assert sink_rate(got[..., 0], eps) == pytest.approx(100.0 * (want[..., 0] > eps).double().mean().item())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_top_spike_and_largest_entries_match_a_flat_search_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-4, 5, (7, 5), generator=g).float()  # small integers: many tied |x|
+    flat = x.abs().flatten()
+    token, channel = divmod(int(flat.argmax()), 5)  # the first largest |x| in row-major order
+    assert top_spike(x) == (float(x[token, channel]), token, channel)
+    from sinkscope.metrics.magnitudes import largest_entries
+
+    for k in (1, 3, 35, 40):
+        assert largest_entries(x.abs(), k).tolist() == flat.sort(descending=True).values[:k].tolist()

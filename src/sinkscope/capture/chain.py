@@ -39,6 +39,13 @@ def _sink_rows(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), batch.first]  # (B, ...)
 
 
+def _other_magnitudes(act: torch.Tensor, batch: BatchInfo, others: torch.Tensor) -> torch.Tensor:
+    """(B, T', W) |act| at each sequence's other tokens (``others``), zero elsewhere: one copy of ``act``."""
+    if act.shape[1] > 1 and bool(batch.valid.all()):  # unpadded: the other tokens are 1..T-1 of every row
+        return act[:, 1:].float().abs()
+    return act.float().abs().masked_fill_(~others[..., None], 0)
+
+
 class _Hooked:
     """Shared runner plumbing: the runner sets ``batch`` before every forward."""
 
@@ -141,8 +148,8 @@ class NeuronObserver(_Hooked):
         B, T, _ = act.shape
         sink = _sink_rows(act, batch).float()  # (B, I)
         others = batch.others()
-        mags = act.float().abs().masked_fill(~others[..., None], 0)
-        other_sum = mags.double().sum(1)  # (B, I)
+        mags = _other_magnitudes(act, batch, others)
+        other_sum = mags.sum(1).double()  # (B, I); float32 cascade sums: 1e-7 relative, 10x faster than float64
         token, channel, channel_mean = spike_ratios(sink, other_sum, others.sum(1))
         tally.add("sequences", (layer,), torch.tensor(float(B)))
         tally.add("other_tokens", (layer,), others.sum().double())
@@ -237,7 +244,7 @@ class DisparityObserver(_Hooked):
         for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
             mask = mask & batch.valid[..., None]  # (B, T, D)
             tally.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
-            tally.add(f"{prefix}_other", (k,), (mask & others[..., None]).double().sum((0, 1)))
+            tally.add(f"{prefix}_other", (k,), mask[others].sum(0, dtype=torch.float64))
             tally.add(f"{prefix}_by_position", (k,),
                       scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
         sink = _sink_rows(residual, batch).float()

@@ -31,8 +31,12 @@ def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
     hidden: (..., D) -> bool (..., D); the median is over each token's own D dims.
     """
     mags = hidden.float().abs()
-    median = mags.median(-1, keepdim=True).values
-    return (mags > abs_threshold) & (mags > rel_threshold * median)
+    mask = mags > abs_threshold
+    rows = mask.any(-1)  # only tokens past the absolute bar need their median: a sort per candidate, not per token
+    if bool(rows.any()):
+        candidates = mags[rows]
+        mask[rows] &= candidates > rel_threshold * candidates.median(-1, keepdim=True).values
+    return mask
 
 
 def dominant_mask(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tensor, contrast: float) -> torch.Tensor:

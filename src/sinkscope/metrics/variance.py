@@ -7,14 +7,21 @@ value (weight 1), later outputs average t + 1 values, so their spread falls like
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .stats import first_rest_ratio, fit_inverse_sqrt, kendall_tau, std_from_sums
 
 
 def std_across_dims(x: torch.Tensor) -> torch.Tensor:
-    """Population std over hidden dims of every token, in float32. x: (B, T, D) -> (B, T)."""
-    return x.float().std(-1, unbiased=False)
+    """Population std over hidden dims of every token, in float32. x: (B, T, D) -> (B, T).
+
+    Two passes, the mean and then the norm of the deviations: as exact as ``torch.std`` (no
+    cancellation) and several times faster on CPU, where this runs on every layer's tokens.
+    """
+    x = x.float()
+    return torch.linalg.vector_norm(x - x.mean(-1, keepdim=True), dim=-1) / math.sqrt(x.shape[-1])
 
 
 def std_across_dims_and_heads(x: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,9 +31,10 @@ def std_across_dims_and_heads(x: torch.Tensor, n_heads: int) -> tuple[torch.Tens
     heads' variances plus the variance of their means (no cancellation: both terms are >= 0).
     """
     x = x.float().reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
-    var, mean = torch.var_mean(x, dim=-1, correction=0)  # (B, T, H) each
-    total = var.mean(-1) + mean.var(-1, correction=0)
-    return total.sqrt(), var.sqrt()
+    mean = x.mean(-1, keepdim=True)  # (B, T, H, 1)
+    heads = torch.linalg.vector_norm(x - mean, dim=-1) / math.sqrt(x.shape[-1])  # (B, T, H)
+    total = heads.square().mean(-1) + mean[..., 0].var(-1, correction=0)
+    return total.sqrt(), heads
 
 
 def std_across_samples(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor,
