@@ -215,3 +215,28 @@ def test_massive_mask_matches_the_per_token_median_rule(seed):
     brute = (mags > 100.0) & (mags > 1000.0 * mags.median(-1, keepdim=True).values)
     assert torch.equal(massive_mask(h, 100.0, 1000.0), brute)
     assert massive_mask(h, 100.0, 1000.0).nonzero().tolist() == [[0, 0, 3], [1, 5, 7]]
+
+
+@pytest.mark.parametrize("tracked", [3, 6, 10])
+def test_add_rows_by_position_matches_a_loop_over_tokens(tracked):
+    from sinkscope.capture.attention import BatchInfo
+    from sinkscope.capture.reducers import add_rows_by_position
+
+    x = torch.randn(3, 8, 5)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    mask[2, 5:] = 0  # right padding
+    batch = BatchInfo.from_attention_mask(mask)
+    total = torch.full((tracked, 5), 2.0, dtype=torch.float64)  # adds to what is there
+    total_sq = torch.zeros(tracked, 5, dtype=torch.float64)
+    count = add_rows_by_position(total, x, batch.first, batch.valid, total_sq)
+    want, want_sq, want_count = torch.full_like(total, 2.0), torch.zeros_like(total), torch.zeros(tracked)
+    for b in range(3):
+        real = [t for t in range(8) if mask[b, t]]
+        for p, t in enumerate(real[:tracked]):
+            want[p] += x[b, t].double()
+            want_sq[p] += x[b, t].double() ** 2
+            want_count[p] += 1
+    torch.testing.assert_close(total, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(total_sq, want_sq, rtol=0, atol=1e-12)
+    assert count.tolist() == want_count.tolist()

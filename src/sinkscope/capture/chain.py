@@ -24,7 +24,7 @@ from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims, std_across_dims_and_heads
 from .attention import AttentionCall, BatchInfo
 from .hooks import block_output_tensor, input_output_hooks
-from .reducers import Tally, effective_rank_sum, scatter_by_position, sum_rows_by_position
+from .reducers import Tally, add_rows_by_position, effective_rank_sum, scatter_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
 RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
@@ -99,11 +99,7 @@ class ValueOutputObserver(_Hooked):
         else:
             dims = std_across_dims(x)
         tally.add(f"{side}_dim_std_sum", (layer,), scatter_by_position(dims, rel, valid, self.max_len))
-        lead = self.tracked + int(batch.first.max())  # token slots that can hold a tracked position
-        rows = x[:, :lead].double()
-        tally.add(f"{side}_sum", (layer,), sum_rows_by_position(rows, rel[:, :lead], valid[:, :lead], self.tracked))
-        tally.add(f"{side}_sumsq", (layer,),
-                  sum_rows_by_position(rows * rows, rel[:, :lead], valid[:, :lead], self.tracked))
+        add_rows_by_position(tally[f"{side}_sum"][layer], x, batch.first, valid, tally[f"{side}_sumsq"][layer])
 
 
 class NeuronObserver(_Hooked):

@@ -83,19 +83,30 @@ def scatter_by_position(values: torch.Tensor, relative: torch.Tensor, valid: tor
     return out.index_add_(len(lead), index, flat.double())
 
 
-def sum_rows_by_position(x: torch.Tensor, relative: torch.Tensor, valid: torch.Tensor, length: int) -> torch.Tensor:
-    """Sum the token rows of ``x`` (B, T, W) over the batch into positions 0..length-1: (length, W) float64.
+def add_rows_by_position(total: torch.Tensor, x: torch.Tensor, first: torch.Tensor, valid: torch.Tensor,
+                         total_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Add the real token rows of ``x`` (B, T, W) into ``total`` (P, W) by position from each sequence's
+    first real token, in place; with ``total_sq``, their squares too. Tokens at positions >= P are dropped.
 
-    relative, valid: as in :func:`scatter_by_position`; tokens at relative positions >= length are dropped.
+    first: (B,) index of each sequence's first real token; valid: (B, T) bool, contiguous per sequence
+    (the runner pads on one side). Returns (P,) float64: the rows each position received.
+    Row by row into the float64 totals: a float64 copy of a whole batch costs more in page faults
+    than the sums themselves.
     """
-    out = torch.zeros(length, x.shape[-1], dtype=torch.float64, device=x.device)
-    if bool(valid.all()) and bool((relative == relative[:1]).all()) and int(relative[0, 0]) == 0:  # no padding
-        n = min(length, x.shape[1])
-        out[:n] = x[:, :n].sum(0, dtype=torch.float64)
-        return out
-    keep = (valid & (relative < length)).reshape(-1)
-    rows = x.reshape(-1, x.shape[-1])[keep].double()  # (N, W): one row per kept real token
-    return out.index_add_(0, relative.reshape(-1)[keep], rows)
+    P = total.shape[0]
+    lengths = valid.sum(1).clamp(max=P)
+    local = lambda acc: acc if acc is None or acc.device == x.device else torch.zeros_like(acc, device=x.device)  # noqa: E731
+    acc, acc_sq = local(total), local(total_sq)
+    for b, (start, n) in enumerate(zip(first.tolist(), lengths.tolist())):
+        row = x[b, start:start + n]
+        acc[:n] += row
+        if acc_sq is not None:
+            wide = row.double()
+            acc_sq[:n].addcmul_(wide, wide)
+    for target, part in ((total, acc), (total_sq, acc_sq)):
+        if target is not None and part is not target:
+            target += part.to(target.device)
+    return (torch.arange(P, device=lengths.device)[None] < lengths[:, None]).sum(0).double().cpu()
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from torch import nn
 from ..adapters import Adapter, block_part, blocks, mlp_input_module
 from .attention import BatchInfo
 from .chain import as_tokens
-from .reducers import Tally, sum_rows_by_position
+from .reducers import Tally, add_rows_by_position
 
 
 class SelectivityObserver:
@@ -46,25 +46,17 @@ class SelectivityObserver:
 
     def _input_hook(self, layer: int):
         def hook(module, args):
-            x = as_tokens(args[0], self.batch)[:, : self.tracked + int(self.batch.first.max())].float()
-            rel, valid = self._where(x)
+            batch = self.batch
+            x = as_tokens(args[0], batch)[:, : self.tracked + int(batch.first.max())].float()
             unit = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
             tally = self.tally
-            tally.add("count", (layer,),
-                      sum_rows_by_position(valid[..., None].double(), rel, valid, self.tracked)[:, 0])
-            tally.add("x_sum", (layer,), sum_rows_by_position(x, rel, valid, self.tracked))
-            tally.add("unit_sum", (layer,), sum_rows_by_position(unit, rel, valid, self.tracked))
+            count = add_rows_by_position(tally["x_sum"][layer], x, batch.first, batch.valid)
+            add_rows_by_position(tally["unit_sum"][layer], unit, batch.first, batch.valid)
+            tally.add("count", (layer,), count)
         return hook
 
     def _activation_hook(self, layer: int):
         def hook(module, args):
-            act = as_tokens(args[0], self.batch)[:, : self.tracked + int(self.batch.first.max())]
-            rel, valid = self._where(act)
-            self.tally.add("act_sum", (layer,), sum_rows_by_position(act, rel, valid, self.tracked))
+            add_rows_by_position(self.tally["act_sum"][layer], as_tokens(args[0], self.batch), self.batch.first,
+                                 self.batch.valid)
         return hook
-
-    def _where(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(relative positions, valid) of the leading ``x.shape[1]`` token slots: later ones lie past Tp."""
-        T = x.shape[1]
-        rel = torch.arange(T, device=x.device)[None] - self.batch.first[:, None]  # (B, T)
-        return rel, self.batch.valid[:, :T]
