@@ -240,7 +240,7 @@ class DisparityObserver(_Hooked):
         for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
             mask = mask & batch.valid[..., None]  # (B, T, D)
             tally.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
-            tally.add(f"{prefix}_other", (k,), mask[others].sum(0, dtype=torch.float64))
+            tally.add(f"{prefix}_other", (k,), mask[others].sum(0).double())
             tally.add(f"{prefix}_by_position", (k,),
                       scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
         sink = _sink_rows(residual, batch).float()
