@@ -19,7 +19,10 @@ from typing import Any
 
 from .errors import SinkscopeError
 
-SCHEMA_VERSION = 1  # bump on any incompatible change to a key listed in docs/results.md
+SCHEMA_VERSION = 2  # bump on any incompatible change to a key listed in docs/results.md, and record it below
+# The kinds of result each bump changed. An older file stays readable when no later bump changed its kind,
+# so a checkpoint or training run outlives a change to probe.json.
+CHANGED_KINDS = {2: frozenset({"probe"})}  # 2: chain.disparity_layer became disparity_layer_input
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -72,7 +75,7 @@ def read_json(path: str | Path, kind: str | None = None) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SinkscopeError(f"{path} is not valid JSON ({err}); re-run the command that wrote it") from None
     version = payload.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if not readable_schema(version, payload.get("kind", kind)):
         raise SinkscopeError(
             f"{path} has schema_version {version!r}, this sinkscope reads {SCHEMA_VERSION}; "
             "re-run the command with this version or install the sinkscope that wrote it"
@@ -80,6 +83,15 @@ def read_json(path: str | Path, kind: str | None = None) -> dict:
     if kind is not None and payload.get("kind", kind) != kind:
         raise SinkscopeError(f"{path} holds a {payload.get('kind')!r} result, expected {kind!r}")
     return payload
+
+
+def readable_schema(version, kind: str | None) -> bool:
+    """Whether this sinkscope reads a ``kind`` result written under schema ``version``."""
+    if version == SCHEMA_VERSION:
+        return True
+    if not isinstance(version, int) or not 1 <= version < SCHEMA_VERSION:
+        return False
+    return all(kind not in CHANGED_KINDS.get(later, ()) for later in range(version + 1, SCHEMA_VERSION + 1))
 
 
 def write_parquet(path: str | Path, columns: dict[str, list]) -> Path:

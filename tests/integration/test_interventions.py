@@ -10,6 +10,7 @@ from sinkscope.config import build
 from sinkscope.interventions import AblateNeurons, Amplify, Isolate, applied
 from sinkscope.intervene import InterveneConfig, _Experiment, intervene, value_mean
 from sinkscope.loading import prepare_model
+from sinkscope.results import SCHEMA_VERSION
 
 POSITION = 5
 
@@ -138,7 +139,7 @@ def test_intervene_payload_keys_and_isolate_creates_attention_to_target():
     model = tiny_llama()
     config = build(InterveneConfig, {"data": {"random_tokens": True, "samples": 8, "seq_len": 16}, "position": POSITION})
     iso = intervene(model, "isolate", config)
-    assert iso["kind"] == "isolate" and iso["position"] == POSITION and iso["schema_version"] == 1
+    assert iso["kind"] == "isolate" and iso["position"] == POSITION and iso["schema_version"] == SCHEMA_VERSION
     assert {"layer", "sink_score_before", "sink_score_after"} <= iso["per_layer"][0].keys()
     config = build(InterveneConfig, {"data": {"random_tokens": True, "samples": 8, "seq_len": 16},
                                      "position": POSITION, "lambdas": (1.0, 4.0), "layers": "0", "observe": 1,

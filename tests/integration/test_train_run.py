@@ -14,7 +14,7 @@ import torch
 from sinkscope.cli import main
 from sinkscope.config import build, load_yaml
 from sinkscope.errors import SinkscopeError
-from sinkscope.results import write_json
+from sinkscope.results import SCHEMA_VERSION, write_json
 from sinkscope.train.config import ModelSpec, OptimConfig, TrainConfig, TrainDataConfig
 from sinkscope.train.loop import Trainer, train
 
@@ -164,7 +164,7 @@ def test_cli_train_then_compare(corpus, tmp_path, capsys):
             runs.append(str(out))
     assert main(["compare", *runs, "--target-loss", "100", "--out", str(tmp_path / "cmp")]) == 0
     payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert payload["schema_version"] == 1 and "provenance" in payload
+    assert payload["schema_version"] == SCHEMA_VERSION and "provenance" in payload
     rows = payload["variants"]
     assert set(rows) == {"softmax", "headnorm"}
     vals = [json.loads((Path(r) / "run.json").read_text())["final_val_loss"] for r in runs[:2]]

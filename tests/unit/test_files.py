@@ -23,3 +23,4 @@ def test_a_torn_line_inside_a_log_or_anywhere_in_a_data_file_is_refused_with_its
     with pytest.raises(SinkscopeError, match="line 2 is not valid JSON"):
         list(jsonl_records(data))
     assert [n for n, _ in jsonl_records(data, torn_tail_ok=True)] == [1]
+

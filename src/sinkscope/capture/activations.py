@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import Adapter, block_part, blocks
+from ..adapters import Adapter
 from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
 from .attention import BatchInfo
 from .chain import as_tokens
-from .hooks import BlockOutputObserver, block_output_tensor
+from .hooks import BlockOutputObserver, block_output_tensor, input_output_hooks
 from .reducers import Tally
 
 
@@ -42,19 +42,19 @@ class LayerMagnitudeObserver(BlockOutputObserver):
         self.batch: BatchInfo | None = None
         self.rank, self.world = rank, world
         self.seen = [0] * n_layers  # sequences this process has passed through each layer
-        self.tally = t = Tally()
-        t.zeros("per_sequence", n_sequences, n_layers, len(SUN_STATS))
-        t.zeros("top1_dim_hits", n_layers, hidden, dtype=torch.int64)
-        t.zeros("top1_position_hits", n_layers, max_len, dtype=torch.int64)
+        self.tally = tally = Tally()
+        tally.zeros("per_sequence", n_sequences, n_layers, len(SUN_STATS))
+        tally.zeros("top1_dim_hits", n_layers, hidden, dtype=torch.int64)
+        tally.zeros("top1_position_hits", n_layers, max_len, dtype=torch.int64)
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
-        batch, t = self.batch.to(hidden.device), self.tally
+        batch, tally = self.batch.to(hidden.device), self.tally
         for row in range(hidden.shape[0]):
             x = real_tokens(hidden, batch, row)  # (T_b, D)
             _, token, dim = top_spike(x)
-            t.add("per_sequence", (self.rank + self.world * self.seen[layer], layer), layer_magnitudes(x))
-            t.add("top1_dim_hits", (layer, dim), torch.tensor(1))
-            t.add("top1_position_hits", (layer, token), torch.tensor(1))
+            tally.add("per_sequence", (self.rank + self.world * self.seen[layer], layer), layer_magnitudes(x))
+            tally.add("top1_dim_hits", (layer, dim), torch.tensor(1))
+            tally.add("top1_position_hits", (layer, token), torch.tensor(1))
             self.seen[layer] += 1
 
     def mean(self) -> torch.Tensor:
@@ -78,16 +78,14 @@ class DownProjSpikeObserver:
         self.threshold = threshold
         self.batch: BatchInfo | None = None
         self._pending: dict[int, list[float]] = {}  # layer -> this batch's input peaks, until its output arrives
-        self.tally = t = Tally()
+        self.tally = tally = Tally()
         for name in ("sequences", "in_abs_sum", "out_abs_sum", "max_in_abs", "max_out_abs", "both_spike"):
-            t.zeros(name, n_layers)
-        t.zeros("in_hits", n_layers, intermediate, dtype=torch.int64)
-        t.zeros("out_hits", n_layers, hidden, dtype=torch.int64)
+            tally.zeros(name, n_layers)
+        tally.zeros("in_hits", n_layers, intermediate, dtype=torch.int64)
+        tally.zeros("out_hits", n_layers, hidden, dtype=torch.int64)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
-        modules = [block_part(model, adapter, layer, "mlp_down") for layer in range(len(blocks(model, adapter)))]
-        return ([(m, self._pre(layer)) for layer, m in enumerate(modules)],
-                [(m, self._post(layer)) for layer, m in enumerate(modules)])
+        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post)
 
     def _pre(self, layer: int):
         def hook(module, args):
@@ -104,12 +102,12 @@ class DownProjSpikeObserver:
         return hook
 
     def _peaks(self, layer: int, side: str, x: torch.Tensor) -> list[float]:
-        batch, t = self.batch.to(x.device), self.tally
+        batch, tally = self.batch.to(x.device), self.tally
         values = []
         for row in range(x.shape[0]):
             value, _, channel = top_spike(real_tokens(x, batch, row))
             values.append(value)
-            t.add(f"{side}_hits", (layer, channel), torch.tensor(1))
-            t.add(f"{side}_abs_sum", (layer,), torch.tensor(abs(value)))
-            t.add(f"max_{side}_abs", (layer,), torch.tensor(abs(value)))
+            tally.add(f"{side}_hits", (layer, channel), torch.tensor(1))
+            tally.add(f"{side}_abs_sum", (layer,), torch.tensor(abs(value)))
+            tally.add(f"max_{side}_abs", (layer,), torch.tensor(abs(value)))
         return values

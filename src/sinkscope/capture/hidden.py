@@ -27,14 +27,13 @@ class HiddenObserver(BlockOutputObserver):
         self.positions = positions
         self.with_rank = effective_rank
         self.batch: BatchInfo | None = None
-        self.tally = Tally()
-        t = self.tally
-        t.zeros("norm_sum", n_layers, max_len)
-        t.zeros("count", n_layers, max_len)
-        t.zeros("dom_ratio_sum", n_layers, len(positions))
-        t.zeros("dom_count", n_layers)
-        t.zeros("max_abs", n_layers)
-        t.zeros("erank_sum", n_layers)
+        self.tally = tally = Tally()
+        tally.zeros("norm_sum", n_layers, max_len)
+        tally.zeros("count", n_layers, max_len)
+        tally.zeros("dom_ratio_sum", n_layers, len(positions))
+        tally.zeros("dom_count", n_layers)
+        tally.zeros("max_abs", n_layers)
+        tally.zeros("erank_sum", n_layers)
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
         batch = self.batch.to(hidden.device)
@@ -48,17 +47,17 @@ class HiddenObserver(BlockOutputObserver):
             raise SinkscopeError(f"non-finite hidden state after layer {layer} (sequence {b}, position {pos}); "
                                  "try --dtype float32 or check the model's weights")
         rel = batch.relative()
-        t = self.tally
-        t.add("norm_sum", (layer,), scatter_by_position(norms, rel, valid, self.max_len))
-        t.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
+        tally = self.tally
+        tally.add("norm_sum", (layer,), scatter_by_position(norms, rel, valid, self.max_len))
+        tally.add("count", (layer,), scatter_by_position(valid.double(), rel, valid, self.max_len))
         cols = batch.absolute(self.positions)  # (B, P)
         tracked = hidden.gather(1, cols[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, P, D)
-        t.add("dom_ratio_sum", (layer,), dominance_ratio(tracked).sum(0))
-        t.add("dom_count", (layer,), torch.tensor(float(hidden.shape[0])))
+        tally.add("dom_ratio_sum", (layer,), dominance_ratio(tracked).sum(0))
+        tally.add("dom_count", (layer,), torch.tensor(float(hidden.shape[0])))
         max_abs = torch.linalg.vector_norm(hidden, ord=math.inf, dim=-1, dtype=torch.float32)  # (B, T), one pass
-        t.add("max_abs", (layer,), max_abs.masked_fill(~valid, 0).amax())
+        tally.add("max_abs", (layer,), max_abs.masked_fill(~valid, 0).amax())
         if self.with_rank:
-            t.add("erank_sum", (layer,), effective_rank_sum(hidden, valid))
+            tally.add("erank_sum", (layer,), effective_rank_sum(hidden, valid))
 
     def norm_by_position(self) -> torch.Tensor:
         """(L, T) mean L2 norm of the block output by position (NaN where no token was seen)."""
