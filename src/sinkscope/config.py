@@ -21,6 +21,7 @@ from .errors import SinkscopeError
 # the configs may not import torch.
 QUERY_CHUNK = 1024
 
+
 def field(default: Any = dataclasses.MISSING, *, why: str, choices: tuple | None = None,
           default_factory: Any = dataclasses.MISSING, cli: bool = True, off: str | None = None,
           min: int | None = None):
