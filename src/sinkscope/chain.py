@@ -24,6 +24,7 @@ from .capture.selectivity import SelectivityObserver
 from .capture.runner import Sweep
 from .config import ProbeConfig
 from .criteria import Criteria
+from .results import json_float, json_floats
 from .tables import long_table
 from .verdicts import chain_consistent, chain_verdict, first_position
 from .errors import SinkscopeError
@@ -178,10 +179,10 @@ def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
     dims_heads = tally["in_head_dim_std_sum"] / seen[:, None]  # (L, H, T)
     eff = keys.effective_tokens().double() if keys is not None else torch.full((L, H, T), torch.nan)
     mean_eff = eff.nanmean(1)  # (L, T) over heads
-    layers = [{"layer": layer, "std_first": _num(samples_in[layer, 0]),
+    layers = [{"layer": layer, "std_first": json_float(samples_in[layer, 0]),
                "across_samples": variance_summary(samples_in[layer], samples_out[layer]),
                "across_dims": variance_summary(dims_in[layer], dims_out[layer]),
-               "effective_tokens_first_last": [_num(mean_eff[layer, 0]), _num(mean_eff[layer, _last(count[layer])])]}
+               "effective_tokens_first_last": [json_float(mean_eff[layer, 0]), json_float(mean_eff[layer, _last(count[layer])])]}
               for layer in range(L)]
     pad = lambda x: torch.cat([x, torch.full((*x.shape[:-1], T - x.shape[-1]), torch.nan, dtype=x.dtype)], -1)  # noqa: E731
     keep = count > 0  # (L, T)
@@ -199,10 +200,6 @@ def _last(count_row: torch.Tensor) -> int:
     seen = (count_row > 0).nonzero()
     return int(seen[-1, 0]) if len(seen) else 0
 
-
-def _num(x) -> float | None:
-    value = float(x)
-    return None if math.isnan(value) else value
 
 
 # ---- C2 -----------------------------------------------------------------------------------------
@@ -295,14 +292,14 @@ def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
     other_count = tally["other_count"].clamp(min=1)
     return {
         "index": "layer input: k is the residual stream entering layer k; k = n_layers is the final norm's input",
-        "sink_dom_ratio": _list(sink_dom),
-        "sink_dom_ratio_norm": _list(tally["sink_dom_norm_sum"] / n_seq),
-        "other_dom_ratio_median": _list(other_median),
-        "other_dom_ratio_norm_median": _list(other_median_norm),
-        "other_dom_ratio_mean": _list(tally["other_dom_sum"] / other_count),
-        "other_dom_ratio_max": _list(tally["max_other_dom"].where(tally["other_count"] > 0, torch.nan)),
-        "other_dom_ratio_norm_max": _list(tally["max_other_dom_norm"].where(tally["other_count"] > 0, torch.nan)),
-        "contrast": _list(contrast),
+        "sink_dom_ratio": json_floats(sink_dom),
+        "sink_dom_ratio_norm": json_floats(tally["sink_dom_norm_sum"] / n_seq),
+        "other_dom_ratio_median": json_floats(other_median),
+        "other_dom_ratio_norm_median": json_floats(other_median_norm),
+        "other_dom_ratio_mean": json_floats(tally["other_dom_sum"] / other_count),
+        "other_dom_ratio_max": json_floats(tally["max_other_dom"].where(tally["other_count"] > 0, torch.nan)),
+        "other_dom_ratio_norm_max": json_floats(tally["max_other_dom_norm"].where(tally["other_count"] > 0, torch.nan)),
+        "contrast": json_floats(contrast),
         "contrast_threshold": c.disparity_contrast,
         "disparity_layer_input": int(jumps[0, 0]) if len(jumps) else None,
         "massive": chosen["entries"],
@@ -320,7 +317,7 @@ def reduce_disparity(obs: DisparityObserver, c: Criteria) -> dict:
         "massive_at_sink_paper": paper["at_sink"],
         "massive_dims_paper": paper["dims"],
         "massive_tokens_by_position_paper": tally["massive_by_position"].tolist(),
-        "effective_rank": _list(tally["erank_sum"] / n_seq),
+        "effective_rank": json_floats(tally["erank_sum"] / n_seq),
         "sink_normed_mean": (tally["sink_normed_sum"] / n_seq[:, None]),  # (K, D) tensor, dropped before JSON
     }
 
@@ -343,9 +340,6 @@ def _massive(tally, prefix: str, persistence: float) -> dict:
             entries.append({"layer": k, "token": "other", "dim": d, "count": int(tally[f"{prefix}_other"][k, d])})
     return {"entries": entries, "at_sink": at_sink, "dims": sorted(first_seen, key=lambda d: first_seen[d])}
 
-
-def _list(x: torch.Tensor) -> list:
-    return [_num(v) for v in x.tolist()]
 
 
 # ---- QK locking ---------------------------------------------------------------------------------
@@ -376,13 +370,13 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
             column = column * torch.sign(normed[layer, dim]).to(column.dtype)
             align = cosine(top[layer], column.to(top.device)).tolist()
         for head in range(n_heads):
-            for name, value in (("layer", layer), ("head", head), ("massive_dim", dim), ("alignment", _num(align[head])),
-                                ("alignment_sink_key", _num(observed[layer, head])),
+            for name, value in (("layer", layer), ("head", head), ("massive_dim", dim), ("alignment", json_float(align[head])),
+                                ("alignment_sink_key", json_float(observed[layer, head])),
                                 ("positive_share", float(share[layer, head])), ("sink_score", float(sink_score[layer, head]))):
                 table[name].append(value)
         if start is not None and layer >= start:
-            layers.append({"layer": layer, "massive_dim": dim, "alignment": [_num(a) for a in align],
-                           "alignment_sink_key": _list(observed[layer]), "positive_share": share[layer].tolist(),
+            layers.append({"layer": layer, "massive_dim": dim, "alignment": [json_float(a) for a in align],
+                           "alignment_sink_key": json_floats(observed[layer]), "positive_share": share[layer].tolist(),
                            "sink_score": sink_score[layer].tolist()})
     min_align = c.lock_alignment_z / math.sqrt(head_dim)  # a random direction's cosine has std ~1/sqrt(Dh)
     locked_heads = [{"layer": row["layer"], "head": h} for row in layers for h in range(n_heads)

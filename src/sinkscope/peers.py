@@ -16,15 +16,13 @@ import torch
 
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .metrics.magnitudes import SUN_STATS
+from .results import json_floats
 from .tables import long_table
 
 # share of prompts on which a layer's down projection must spike on both sides (Yu's per-prompt
 # reading) before the probe lists its coordinate; a majority, so one odd prompt does not decide
 MAJORITY = 0.5
 
-
-def _floats(x: torch.Tensor) -> list:
-    return [[None if v != v else float(v) for v in row] for row in x.tolist()]
 
 
 def reduce_sun(obs: LayerMagnitudeObserver) -> tuple[dict, dict]:
@@ -36,8 +34,8 @@ def reduce_sun(obs: LayerMagnitudeObserver) -> tuple[dict, dict]:
     dim_hits, pos_hits = tally["top1_dim_hits"], tally["top1_position_hits"]
     section = {
         "stats": list(SUN_STATS), "sequences": len(per_seq),
-        "mean": _floats(obs.mean()), "std": _floats(obs.std()),
-        "min": _floats(per_seq.amin(0)), "max": _floats(per_seq.amax(0)),
+        "mean": json_floats(obs.mean()), "std": json_floats(obs.std()),
+        "min": json_floats(per_seq.amin(0)), "max": json_floats(per_seq.amax(0)),
         "top1_dim": dim_hits.argmax(1).tolist(), "top1_dim_share": (dim_hits.amax(1) / n).tolist(),
         "top1_position": pos_hits.argmax(1).tolist(), "top1_position_share": (pos_hits.amax(1) / n).tolist(),
     }

@@ -39,6 +39,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def json_float(x) -> float | None:
+    """One statistic for a result payload: a float, or None (JSON null) where it is undefined (NaN)."""
+    value = float(x)
+    return None if value != value else value
+
+
+def json_floats(x) -> list:
+    """A tensor (or nested list) of statistics as nested lists of :func:`json_float`.
+
+    >>> json_floats([[1, float("nan")], [2.5, 3]])
+    [[1.0, None], [2.5, 3.0]]
+    """
+    return [json_floats(v) if isinstance(v, list) else json_float(v) for v in (x.tolist() if hasattr(x, "tolist") else x)]
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert dataclasses, tensors, numpy values and paths into plain JSON values."""
     if is_dataclass(obj) and not isinstance(obj, type):

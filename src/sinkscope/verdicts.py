@@ -11,13 +11,12 @@ super neurons and C1 into sentences, each decided by :class:`~sinkscope.criteria
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .capture.sink import SinkObserver
 from .criteria import Criteria
 from .metrics.sink import onset_layer, ratio_interval, relative_onset
+from .results import json_float, json_floats
 
 
 def reduce_sink(sink: SinkObserver, layer_score: torch.Tensor, c: Criteria) -> dict:
@@ -39,10 +38,10 @@ def reduce_sink(sink: SinkObserver, layer_score: torch.Tensor, c: Criteria) -> d
         "onset_layer": onset,
         "peak_layer": peak,
         "present_by_layer": present.tolist(),
-        "ratio": _list(ratio),
-        "ratio_ci": [[_num(lo), _num(hi)] for lo, hi in zip(low.tolist(), high.tolist())],
-        "excess": _list(excess),
-        "uniform_baseline": _list(uniform),
+        "ratio": json_floats(ratio),
+        "ratio_ci": [[json_float(lo), json_float(hi)] for lo, hi in zip(low.tolist(), high.tolist())],
+        "excess": json_floats(excess),
+        "uniform_baseline": json_floats(uniform),
         "sequences": int(tally["ratio_count"].max()) if len(ratio) else 0,
         "confidence": c.sink_confidence,
         "ratio_min": c.sink_ratio_min,
@@ -78,13 +77,6 @@ def sink_sentence(s: dict) -> str:
             f"over {s['sequences']} sequences; onset {paper_text}).")
 
 
-def _num(x) -> float | None:
-    value = float(x)
-    return None if math.isnan(value) else value
-
-
-def _list(x: torch.Tensor) -> list:
-    return [_num(v) for v in x.tolist()]
 
 
 # ---- the chain ----------------------------------------------------------------------------------
