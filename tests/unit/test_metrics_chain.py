@@ -10,7 +10,8 @@ import pytest
 import scipy.stats
 import torch
 
-from sinkscope.capture.reducers import Tally
+from sinkscope.capture.attention import BatchInfo
+from sinkscope.capture.reducers import Tally, add_rows_by_position
 from sinkscope.metrics.disparity import dominance_ratio, log_bins, massive_mask
 from sinkscope.metrics.neurons import column_profile, selectivity_by_position, spike_ratios, top_rows
 from sinkscope.metrics.qk import cosine, key_rows, positive_dot_count, top_principal_direction
@@ -219,9 +220,6 @@ def test_massive_mask_matches_the_per_token_median_rule(seed):
 
 @pytest.mark.parametrize("tracked", [3, 6, 10])
 def test_add_rows_by_position_matches_a_loop_over_tokens(tracked):
-    from sinkscope.capture.attention import BatchInfo
-    from sinkscope.capture.reducers import add_rows_by_position
-
     x = torch.randn(3, 8, 5)
     mask = torch.ones(3, 8, dtype=torch.long)
     mask[1, :3] = 0  # left padding

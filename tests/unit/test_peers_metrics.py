@@ -8,7 +8,7 @@ import torch
 from sinkscope.capture.activations import LayerMagnitudeObserver
 from sinkscope.capture.attention import BatchInfo
 from sinkscope.interventions.massive import ResetMassive, _MassiveEditor
-from sinkscope.metrics.magnitudes import layer_magnitudes, top_spike
+from sinkscope.metrics.magnitudes import largest_entries, layer_magnitudes, top_spike
 from sinkscope.metrics.sink import gu_importance, sink_rate
 
 
@@ -87,7 +87,5 @@ def test_top_spike_and_largest_entries_match_a_flat_search_with_ties(seed):
     flat = x.abs().flatten()
     token, channel = divmod(int(flat.argmax()), 5)  # the first largest |x| in row-major order
     assert top_spike(x) == (float(x[token, channel]), token, channel)
-    from sinkscope.metrics.magnitudes import largest_entries
-
     for k in (1, 3, 35, 40):
         assert largest_entries(x.abs(), k).tolist() == flat.sort(descending=True).values[:k].tolist()

@@ -95,17 +95,20 @@ def add_rows_by_position(total: torch.Tensor, x: torch.Tensor, first: torch.Tens
     """
     P = total.shape[0]
     lengths = valid.sum(1).clamp(max=P)
-    local = lambda acc: acc if acc is None or acc.device == x.device else torch.zeros_like(acc, device=x.device)  # noqa: E731
-    acc, acc_sq = local(total), local(total_sq)
+    if total.device != x.device:  # tallies live on the CPU: sum on the activation's device, move once
+        local_sq = None if total_sq is None else torch.zeros_like(total_sq, device=x.device)
+        local = torch.zeros_like(total, device=x.device)
+        count = add_rows_by_position(local, x, first, valid, local_sq)
+        total += local.to(total.device)
+        if total_sq is not None:
+            total_sq += local_sq.to(total_sq.device)
+        return count
     for b, (start, n) in enumerate(zip(first.tolist(), lengths.tolist())):
         row = x[b, start:start + n]
-        acc[:n] += row
-        if acc_sq is not None:
+        total[:n] += row
+        if total_sq is not None:
             wide = row.double()
-            acc_sq[:n].addcmul_(wide, wide)
-    for target, part in ((total, acc), (total_sq, acc_sq)):
-        if target is not None and part is not target:
-            target += part.to(target.device)
+            total_sq[:n].addcmul_(wide, wide)
     return (torch.arange(P, device=lengths.device)[None] < lengths[:, None]).sum(0).double().cpu()
 
 
