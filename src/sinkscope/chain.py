@@ -182,7 +182,8 @@ def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
     layers = [{"layer": layer, "std_first": json_float(samples_in[layer, 0]),
                "across_samples": variance_summary(samples_in[layer], samples_out[layer]),
                "across_dims": variance_summary(dims_in[layer], dims_out[layer]),
-               "effective_tokens_first_last": [json_float(mean_eff[layer, 0]), json_float(mean_eff[layer, _last(count[layer])])]}
+               "effective_tokens_first_last": [json_float(mean_eff[layer, 0]),
+                                               json_float(mean_eff[layer, _last(count[layer])])]}
               for layer in range(L)]
     pad = lambda x: torch.cat([x, torch.full((*x.shape[:-1], T - x.shape[-1]), torch.nan, dtype=x.dtype)], -1)  # noqa: E731
     keep = count > 0  # (L, T)
@@ -370,7 +371,8 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
             column = column * torch.sign(normed[layer, dim]).to(column.dtype)
             align = cosine(top[layer], column.to(top.device)).tolist()
         for head in range(n_heads):
-            for name, value in (("layer", layer), ("head", head), ("massive_dim", dim), ("alignment", json_float(align[head])),
+            for name, value in (("layer", layer), ("head", head), ("massive_dim", dim),
+                                ("alignment", json_float(align[head])),
                                 ("alignment_sink_key", json_float(observed[layer, head])),
                                 ("positive_share", float(share[layer, head])), ("sink_score", float(sink_score[layer, head]))):
                 table[name].append(value)

@@ -76,8 +76,8 @@ class CaptureConfig:
     full_pattern: bool = field(False, why="also store the mean T x T attention pattern (short sequences only)")
     secondary_sinks: bool = field(False, why="find every key that acts as a sink, per layer, pooled by token (one more "
                                   "chunked T x T pass, O(T) memory; see docs/stream.md)")
-    query_chunk: int = field(QUERY_CHUNK, why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T",
-                             min=1)
+    query_chunk: int = field(QUERY_CHUNK, min=1,
+                             why="queries per chunk in the chunked passes; bounds extra memory to B*H*chunk*T")
     block_effective_rank: bool = field(False, why="also each block output's effective rank, averaged over sequences "
                                        "(training telemetry); one min(T, D)-sized eigvalsh per sequence and layer")
 

@@ -51,7 +51,8 @@ def json_floats(x) -> list:
     >>> json_floats([[1, float("nan")], [2.5, 3]])
     [[1.0, None], [2.5, 3.0]]
     """
-    return [json_floats(v) if isinstance(v, list) else json_float(v) for v in (x.tolist() if hasattr(x, "tolist") else x)]
+    values = x.tolist() if hasattr(x, "tolist") else x
+    return [json_floats(v) if isinstance(v, list) else json_float(v) for v in values]
 
 
 def to_jsonable(obj: Any) -> Any:
