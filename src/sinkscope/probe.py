@@ -42,7 +42,7 @@ class ProbeResult:
     """What ``probe`` found; ``to_dict()`` is exactly the content of ``probe.json``."""
 
     payload: dict
-    tables: dict[str, dict[str, list]]
+    tables: dict[str, dict]  # Parquet tables: column name -> numpy array (tables.long_table) or list
 
     def __getitem__(self, key: str):
         return self.payload[key]

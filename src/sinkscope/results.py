@@ -110,13 +110,28 @@ def readable_schema(version, kind: str | None) -> bool:
     return all(kind not in CHANGED_KINDS.get(later, ()) for later in range(version + 1, SCHEMA_VERSION + 1))
 
 
-def write_parquet(path: str | Path, columns: dict[str, list]) -> Path:
-    """Write a table (column name -> values) as Parquet, atomically."""
+def write_parquet(path: str | Path, columns: dict) -> Path:
+    """Write a table (column name -> values) as Parquet, atomically.
+
+    A column is a 1-D numpy array (what :func:`sinkscope.tables.long_table` builds), handed to Arrow as
+    one buffer, or a list of plain values. Either way floats are written as double and integers as int64,
+    and a NaN float is written as null: the same file, whichever form the column came in.
+    """
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def column(values):
+        if not isinstance(values, np.ndarray):
+            return pa.array(to_jsonable(values))
+        if values.dtype.kind == "f":
+            values = values.astype(np.float64, copy=False)
+            missing = np.isnan(values)
+            return pa.array(values, mask=missing if missing.any() else None)
+        return pa.array(values.astype(np.int64, copy=False) if values.dtype.kind in "iu" else values)
+
     path = Path(path)
-    table = pa.table({k: to_jsonable(v) for k, v in columns.items()})
+    table = pa.table({name: column(values) for name, values in columns.items()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

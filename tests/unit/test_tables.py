@@ -1,12 +1,16 @@
-"""sinkscope.tables.long_table against a brute-force nested loop over the grid."""
+"""sinkscope.tables.long_table against a brute-force nested loop over the grid, and its Parquet file
+against the file the brute-force lists make (the form every table had before columns became arrays)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+from sinkscope.results import write_parquet
 from sinkscope.tables import long_table
 
 
@@ -24,6 +28,11 @@ def _brute_force(index_names, keep, columns, index_values=None) -> dict:
     return table
 
 
+def _as_lists(table: dict) -> dict:
+    """Array columns as plain lists, NaN as None, for comparing with the brute force."""
+    return {name: [None if v != v else v for v in column.tolist()] for name, column in table.items()}
+
+
 def _grid(*shape: int, nan_share: float = 0.3, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=generator)
@@ -36,17 +45,17 @@ def test_dropping_nan_cells_matches_the_nested_loop():
     names = ("layer", "head", "key", "query_position")
     positions = {"key": [0, 7]}
     got = long_table(names, ~x.isnan(), {"attention": x}, positions)
-    assert got == _brute_force(names, ~x.isnan(), {"attention": x}, positions)
-    assert None not in got["attention"] and set(got["key"]) == {0, 7}
+    assert _as_lists(got) == _brute_force(names, ~x.isnan(), {"attention": x}, positions)
+    assert not np.isnan(got["attention"]).any() and set(got["key"].tolist()) == {0, 7}
 
 
-def test_a_separate_mask_keeps_nan_cells_as_none():
-    """chain's tables: the rows are the positions seen; a statistic undefined there is None (Parquet's null)."""
+def test_a_separate_mask_keeps_nan_cells():
+    """chain's tables: the rows are the positions seen; a statistic undefined there stays NaN (null on disk)."""
     seen = torch.rand(3, 6, generator=torch.Generator().manual_seed(1)) < 0.7
     a, b = _grid(3, 6, seed=2).double(), _grid(3, 6, seed=3)
     got = long_table(("layer", "position"), seen, {"a": a, "b": b})
-    assert got == _brute_force(("layer", "position"), seen, {"a": a, "b": b})
-    assert None in got["a"] and len(got["layer"]) == int(seen.sum())
+    assert _as_lists(got) == _brute_force(("layer", "position"), seen, {"a": a, "b": b})
+    assert np.isnan(got["a"]).any() and len(got["layer"]) == int(seen.sum())
 
 
 def test_an_expanded_mask_and_an_empty_grid():
@@ -54,6 +63,30 @@ def test_an_expanded_mask_and_an_empty_grid():
     keep = seen[:, None].expand(-1, 4, -1)
     x = _grid(2, 4, 3, seed=4)
     names = ("layer", "head", "position")
-    assert long_table(names, keep, {"x": x}) == _brute_force(names, keep, {"x": x})
+    assert _as_lists(long_table(names, keep, {"x": x})) == _brute_force(names, keep, {"x": x})
     none = torch.zeros(2, 3, dtype=torch.bool)
-    assert long_table(("layer", "position"), none, {"x": x[:, 0]}) == {"layer": [], "position": [], "x": []}
+    assert _as_lists(long_table(("layer", "position"), none, {"x": x[:, 0]})) == {"layer": [], "position": [], "x": []}
+
+
+def test_columns_are_typed_arrays_whatever_the_tensor_width():
+    """No per-cell Python objects: index columns int64, floats float64 (bfloat16 included), counts int64."""
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    got = long_table(("layer", "position"), keep, {"half": torch.ones(2, 3, dtype=torch.bfloat16),
+                                                    "count": torch.arange(6, dtype=torch.int32).view(2, 3),
+                                                    "flag": keep})
+    assert {name: column.dtype for name, column in got.items()} == {
+        "layer": np.int64, "position": np.int64, "half": np.float64, "count": np.int64, "flag": np.bool_}
+
+
+def test_the_parquet_file_equals_the_one_written_from_lists(tmp_path):
+    """Before and after: the brute force's lists (None for a missing value, the old form) and long_table's
+    arrays (NaN) write files that read back equal, schema and nulls included."""
+    x = _grid(3, 2, 4, seed=5).double()
+    y = _grid(3, 2, 4, seed=6)
+    keep = torch.rand(3, 2, 4, generator=torch.Generator().manual_seed(7)) < 0.8
+    names = ("layer", "head", "position")
+    labels = {"position": [0, 2, 5, -1]}
+    old = pq.read_table(write_parquet(tmp_path / "old.parquet", _brute_force(names, keep, {"x": x, "y": y}, labels)))
+    new = pq.read_table(write_parquet(tmp_path / "new.parquet", long_table(names, keep, {"x": x, "y": y}, labels)))
+    assert new.equals(old) and new.schema.equals(old.schema)
+    assert new.column("y").null_count == sum(v is None for v in old.column("y").to_pylist()) > 0
