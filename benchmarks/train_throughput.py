@@ -20,8 +20,15 @@ import transformers
 from sinkscope.results import provenance, write_json
 from sinkscope.train.model import SinkscopeConfig, build_model
 
-# Peak dense bf16 FLOP/s used for MFU when --device cuda (H100/H200 SXM, no sparsity).
+# Peak dense bf16 tensor-core FLOP/s, the MFU denominator on CUDA, matched against torch.cuda.get_device_name().
+# NVIDIA's datasheets give bf16 "with sparsity"; dense is half: H100 SXM and H200 SXM 1,979 -> 989 TFLOPS
+# (the H200 has the H100's compute, with more and faster memory); A100 624 -> 312 TFLOPS.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def train_flops_per_token(parameters: int, layers: int, hidden: int, seq_len: int) -> float:
+    """Forward + backward FLOPs per token: 6 per parameter, plus attention's 12 * L * d * T (PaLM, appendix B)."""
+    return 6 * parameters + 12 * layers * hidden * seq_len
 
 
 def llama_twin(config: SinkscopeConfig) -> transformers.LlamaForCausalLM:
@@ -98,7 +105,7 @@ def main() -> None:
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-        flops_per_token = 6 * params + 12 * args.layers * args.hidden_size * args.seq_len
+        flops_per_token = train_flops_per_token(params, args.layers, args.hidden_size, args.seq_len)
         payload["mfu"] = {k: v * flops_per_token / peak for k, v in figures.items()} if peak else None
     print(json.dumps(payload, indent=1))
     if args.out:
