@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-from gpu_check_common import NEEDS_CUDA, Context, gib, ratio, timed
+from gpu_check_common import Context, gib, ratio, timed
 from sinkscope.config import build, load_yaml
 from sinkscope.train.compare import compare, read_run
 from sinkscope.train.config import CompareConfig, TrainConfig
@@ -52,8 +52,7 @@ def paper(smoke: bool) -> TrainConfig:
 
 def build_variant(cfg: TrainConfig, variant: str, device: str):
     """The preset's model as ``sinkscope train`` builds it (special tokens as its BPE numbers them)."""
-    ids = SimpleNamespace(**{f"{name}_token_id": i for i, name in enumerate(("bos", "eos", "pad"))})
-    assert len(SPECIAL_TOKENS) == 3  # <|bos|>, <|eos|>, <|pad|> are ids 0, 1, 2 in every trained tokenizer
+    ids = SimpleNamespace(**{f"{name}_token_id": SPECIAL_TOKENS.index(f"<|{name}|>") for name in ("bos", "eos", "pad")})
     spec = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, variant=variant))
     return build_model(model_config(spec, cfg.model.vocab_size, ids), seed=cfg.seed).to(device)
 
@@ -81,7 +80,7 @@ def throughput(ctx: Context) -> dict:
                                                                              torch.bfloat16)), ctx.device)
             flops = train_flops_per_token(params, cfg.model.layers, cfg.model.hidden_size, seq_len)
             rows.append({"variant": variant, "compile": compiled, "tokens_per_second": got["tps"],
-                         "mfu": got["tps"] * flops / peak if ctx.device == "cuda" and peak else NEEDS_CUDA,
+                         "mfu": ctx.needs_cuda(got["tps"] * flops / peak if peak else None),
                          "peak_gib": ctx.needs_cuda(gib(memory)), "wall_seconds": seconds, "parameters": params})
             del model, forward
             _free(ctx.device)
@@ -173,10 +172,22 @@ def c6_result(ctx: Context, base: TrainConfig, steps: int, summaries: dict) -> d
               "max_layer_sink_score": rows[v]["max_layer_sink_score"]["mean"],
               "tokens_per_second": summaries[v]["tokens_per_second"], "tokens": summaries[v]["tokens"],
               "stopped_early": summaries[v]["stopped_early"]} for v in VARIANTS]
-    return {"baseline_final_val_loss": target, "tables": {"c6": table, "c6_curve": curve},
-            "notes": [_short_run_note(base, steps, summaries[VARIANTS[0]]["tokens"]),
+    verdict = _verdict(table, target)
+    return {"baseline_final_val_loss": target, "verdict": verdict, "tables": {"c6": table, "c6_curve": curve},
+            "notes": [verdict, _short_run_note(base, steps, summaries[VARIANTS[0]]["tokens"]),
                       "tokens_to_baseline_final: tokens until the validation loss first reaches the baseline's final "
                       "validation loss (None: not within the budget); speedup = baseline tokens / variant tokens"]}
+
+
+def _verdict(table: list[dict], target: float) -> str:
+    """One sentence: does HeadNorm get to the baseline's final loss sooner, on this short run?"""
+    base, other = table
+    if other["tokens_to_baseline_final"] is None:
+        return (f"{other['variant']} does not reach the {base['variant']} run's final validation loss {target:.4f} within "
+                f"{other['tokens']} tokens (its own final loss: {other['final_val_loss']:.4f}).")
+    return (f"{other['variant']} reaches the {base['variant']} run's final validation loss {target:.4f} after "
+            f"{other['tokens_to_baseline_final']:.0f} of {other['tokens']} tokens: {other['speedup_vs_baseline']:.2f}x "
+            f"the baseline's speed on this run (one seed).")
 
 
 def _short_run_note(base: TrainConfig, steps: int, tokens: int) -> str:
