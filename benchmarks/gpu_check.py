@@ -42,7 +42,7 @@ PARTS = {
     "convergence": ("gpu_check_train:convergence", 210, 60, "Convergence (C6): baseline against HeadNorm"),
 }
 TOTAL_BUDGET_S = 480  # issue 26: the whole check within 8 minutes of wall time on one H200
-START_RESERVE_S = 20  # the parent's own start (torch import, provenance) and the children's process starts
+START_RESERVE_S = 20  # the parent's own start (torch import, provenance, CUDA context) and its writes between parts
 FINAL = ("ok", "skipped", "failed")  # statuses a child writes itself; "timed out" is the parent's
 
 
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     if args.out is None:
         parser.error("--out DIR is required")
     work = args.work or Path(tempfile.mkdtemp(prefix="sinkscope-gpu-check-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: run_part's finally ends the child
     report = new_report(args, work)
     save(args.out, report)
     for name in args.parts:
@@ -123,9 +124,11 @@ def run_part(name: str, smoke: bool, work: Path, log: Path) -> dict:
         try:
             code = proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the child's own group: compile workers go with it
-            proc.wait()
             code = None
+        finally:
+            if proc.poll() is None:  # past its budget, or this process is being stopped
+                os.killpg(proc.pid, signal.SIGKILL)  # the child's own group: compile workers go with it
+                proc.wait()
     entry = json.loads(result.read_text()) if result.exists() else {}
     entry.update(seconds=time.time() - start, budget_seconds=budget)
     if code is None:

@@ -124,8 +124,8 @@ def convergence(ctx: Context) -> dict:
     prepared = time.time() - start  # reading and tokenizing the text, the first time
     for _ in range(CALIBRATION_WARMUP):
         calibration.train_step()
-    seconds, _ = timed(lambda: [calibration.train_step() for _ in range(CALIBRATION_STEPS)], "cpu")
-    per_step = seconds / CALIBRATION_STEPS  # train_step ends in .item(): the time is the GPU's too
+    seconds, memory = timed(lambda: [calibration.train_step() for _ in range(CALIBRATION_STEPS)], ctx.device)
+    per_step = seconds / CALIBRATION_STEPS
     del calibration
     _free(ctx.device)
     overhead = 3 if ctx.smoke else RUN_OVERHEAD_S
@@ -136,7 +136,7 @@ def convergence(ctx: Context) -> dict:
                            f"{os.environ['SINKSCOPE_CACHE']}) or raise the budget in gpu_check.PARTS")
     steps = SMOKE_C6_STEPS if ctx.smoke else max(CURVE_POINTS, int(SAFETY * per_run / per_step))
     plan = {"steps": steps, "seconds_per_step_headnorm": per_step, "data_seconds": prepared,
-            "planned_seconds_per_run": per_run}
+            "planned_seconds_per_run": per_run, "peak_gib_headnorm_step": ctx.needs_cuda(gib(memory))}
     summaries = {}
     for variant in VARIANTS:
         cfg = c6_config(base, variant, steps, ctx.work / f"c6-{variant}", ctx.device, max_minutes=1.25 * per_run / 60)
