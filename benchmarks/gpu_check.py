@@ -102,7 +102,8 @@ def machine(device: str) -> dict:
 def source_hash() -> str:
     """What code ran, also where the copy has no .git: a hash of the package, the benchmarks and the presets."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("src/sinkscope/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("configs/*.yaml")]):
+    files = [*ROOT.glob("src/sinkscope/**/*.py"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("configs/*.yaml")]
+    for path in sorted(files):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -190,9 +191,8 @@ def markdown(report: dict) -> str:
 
 def _part(name: str, entry: dict) -> list[str]:
     timing = f" in {entry['seconds']:.1f} s (budget {entry['budget_seconds']} s)" if "seconds" in entry else ""
-    lines = [f"## {PARTS[name][3]}", "", f"**{entry['status']}**{timing}"
-             + (f": {entry['error']}" if entry.get("error") else "") + (f": {entry['reason']}" if entry.get("reason") else ""),
-             ""]
+    why = entry.get("error") or entry.get("reason")
+    lines = [f"## {PARTS[name][3]}", "", f"**{entry['status']}**{timing}" + (f": {why}" if why else ""), ""]
     lines += [f"- {note}" for note in entry.get("notes", [])]
     for title, rows in entry.get("tables", {}).items():
         if not rows:

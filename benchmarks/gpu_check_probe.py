@@ -63,8 +63,8 @@ def _family_parity(family: str, device: str) -> dict:
     score, importance = torch.tensor(got["sink_score_by_key"]["0"]), torch.tensor(got["importance"])
     table = got.tables["attention_by_position"]
     first = table["key"] == 0
-    cells = {(int(layer), int(head), int(t)): float(a) for layer, head, t, a in
-             zip(table["layer"][first], table["head"][first], table["query_position"][first], table["attention"][first])}
+    columns = (table[name][first] for name in ("layer", "head", "query_position", "attention"))
+    cells = {(int(layer), int(head), int(t)): float(a) for layer, head, t, a in zip(*columns)}
     common = set(cells) & set(want["by_position"])
     diffs = {"score": _max_diff(score, want["score"]), "importance": _max_diff(importance, want["importance"]),
              "by_position": max((abs(cells[c] - want["by_position"][c]) for c in common), default=math.nan)}
@@ -156,9 +156,9 @@ def _cost_rows(rows: list, batch: int, length: int, found: dict, ctx: Context) -
     """The rows of one shape (replacing the shape's earlier rows), each mode against the plain forward."""
     shape = f"{batch} x {length}"
     plain = found.get("plain", {})
-    mine = [{"shape": shape, "mode": mode, "seconds": r["seconds"], "time_ratio": ratio(r["seconds"], plain.get("seconds")),
-             "peak_gib": ctx.needs_cuda(gib(r["peak"])), "memory_ratio": ctx.needs_cuda(ratio(r["peak"], plain.get("peak")))}
-            for mode, r in found.items()]
+    mine = [{"shape": shape, "mode": mode, "seconds": r["seconds"],
+             "time_ratio": ratio(r["seconds"], plain.get("seconds")), "peak_gib": ctx.needs_cuda(gib(r["peak"])),
+             "memory_ratio": ctx.needs_cuda(ratio(r["peak"], plain.get("peak")))} for mode, r in found.items()]
     return [r for r in rows if r["shape"] != shape] + mine
 
 
@@ -185,7 +185,8 @@ def device_map(ctx: Context) -> dict:
             raise RuntimeError(f"sinkscope probe {' '.join(flags)} exited with {code}")
     one, other = (read_json(ctx.work / name / "probe.json") for name in placements)
     diff = Differences()
-    diff.walk({k: v for k, v in one.items() if k != "provenance"}, {k: v for k, v in other.items() if k != "provenance"})
+    one_stats, other_stats = ({k: v for k, v in p.items() if k != "provenance"} for p in (one, other))
+    diff.walk(one_stats, other_stats)
     for path in sorted((ctx.work / "device").glob("*.parquet")):
         diff.walk(pq.read_table(path).to_pydict(), pq.read_table(ctx.work / "device_map" / path.name).to_pydict(),
                   path.stem)
@@ -196,7 +197,8 @@ def device_map(ctx: Context) -> dict:
            "same": not diff.mismatches and diff.worst_relative <= DEVICE_MAP_TOL}
     return {"tables": {"device_map": [row]}, "mismatches": diff.mismatches[:10],
             "notes": [f"sinkscope probe (tiny llama, {' '.join(DEVICE_MAP_ARGS)}, chain on) with --device {ctx.device} "
-                      "and with --device-map auto: every number of probe.json but provenance, and every Parquet cell; same = "
+                      "and with --device-map auto: every number of probe.json but provenance, and every Parquet "
+                      "cell; same = "
                       f"no other difference and every |diff| <= {DEVICE_MAP_TOL} x max(1, |value|)"]}
 
 

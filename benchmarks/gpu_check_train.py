@@ -88,16 +88,18 @@ def throughput(ctx: Context) -> dict:
         if not compiled and ctx.device == "cuda":
             out["matmul_tflops"] = _matmul_tflops()
     tps = {(r["variant"], r["compile"]): r["tokens_per_second"] for r in rows}
+    speedup = ratio(tps[("softmax", True)], tps[("softmax", False)])
     overhead = [{"compile": c, "headnorm_overhead": 1 - ratio(tps[("headnorm", c)], tps[("softmax", c)]),
-                 "compile_speedup_softmax": ratio(tps[("softmax", True)], tps[("softmax", False)])} for c in (False, True)]
+                 "compile_speedup_softmax": speedup} for c in (False, True)]
     return {**out, "tables": {"throughput": rows, "headnorm_overhead": overhead},
             "notes": [f"forward + backward of one {batch} x {seq_len} micro-batch (bf16 autocast, float32 weights, no "
-                      f"optimizer step), median of {steps} steps after {warmup} warm-up steps (compile included there); "
+                      f"optimizer step), median of {steps} steps after {warmup} warm-up steps (compile included "
+                      "there); "
                       f"wall_seconds is the whole measurement with model build excluded",
                       f"MFU = tokens/s x (6 N + 12 L d T) FLOPs per token / {peak or 'no known'} FLOP/s "
                       "(PEAK_FLOPS in benchmarks/train_throughput.py: the datasheet's dense bf16 peak); matmul_tflops "
                       f"is a {MATMUL_SIZE}^3 bf16 product on this GPU, the ceiling really reachable",
-                      f"compiled with backend {backend!r}" + (" (smoke: dynamo only, no measurement)" if ctx.smoke else "")]}
+                      f"compiled with backend {backend!r}" + (" (smoke: dynamo only)" if ctx.smoke else "")]}
 
 
 def _matmul_tflops() -> float:
@@ -117,7 +119,7 @@ def _free(device: str) -> None:
 # ---------------------------------------------------------------- convergence (C6)
 def convergence(ctx: Context) -> dict:
     """Baseline and HeadNorm from one seed on the same token budget, sized to fill this part's time."""
-    os.environ.setdefault("SINKSCOPE_CACHE", str(ctx.work / "cache"))  # the check's tokenizer and streams stay in --work
+    os.environ.setdefault("SINKSCOPE_CACHE", str(ctx.work / "cache"))  # its tokenizer and streams stay in --work
     base = paper(ctx.smoke)
     start = time.time()
     calibration = Trainer(c6_config(base, "headnorm", 1, ctx.work / "calibration", ctx.device))
@@ -131,9 +133,9 @@ def convergence(ctx: Context) -> dict:
     overhead = 3 if ctx.smoke else RUN_OVERHEAD_S
     per_run = (ctx.seconds_left() - 2 * overhead) / len(VARIANTS)
     if per_run < CURVE_POINTS * per_step / SAFETY:
-        raise RuntimeError(f"reading and tokenizing the text took {prepared:.0f} s, which leaves {per_run:.0f} s per run: "
-                           f"too little for {CURVE_POINTS} validation points; run it again (the tokenizer is cached in "
-                           f"{os.environ['SINKSCOPE_CACHE']}) or raise the budget in gpu_check.PARTS")
+        raise RuntimeError(f"reading and tokenizing the text took {prepared:.0f} s, which leaves {per_run:.0f} s "
+                           f"per run: too little for {CURVE_POINTS} validation points; run it again (the tokenizer is "
+                           f"cached in {os.environ['SINKSCOPE_CACHE']}) or raise the budget in gpu_check.PARTS")
     steps = SMOKE_C6_STEPS if ctx.smoke else max(CURVE_POINTS, int(SAFETY * per_run / per_step))
     plan = {"steps": steps, "seconds_per_step_headnorm": per_step, "data_seconds": prepared,
             "planned_seconds_per_run": per_run, "peak_gib_headnorm_step": ctx.needs_cuda(gib(memory))}
@@ -183,8 +185,8 @@ def _verdict(table: list[dict], target: float) -> str:
     """One sentence: does HeadNorm get to the baseline's final loss sooner, on this short run?"""
     base, other = table
     if other["tokens_to_baseline_final"] is None:
-        return (f"{other['variant']} does not reach the {base['variant']} run's final validation loss {target:.4f} within "
-                f"{other['tokens']} tokens (its own final loss: {other['final_val_loss']:.4f}).")
+        return (f"{other['variant']} does not reach the {base['variant']} run's final validation loss {target:.4f} "
+                f"within {other['tokens']} tokens (its own final loss: {other['final_val_loss']:.4f}).")
     return (f"{other['variant']} reaches the {base['variant']} run's final validation loss {target:.4f} after "
             f"{other['tokens_to_baseline_final']:.0f} of {other['tokens']} tokens: {other['speedup_vs_baseline']:.2f}x "
             f"the baseline's speed on this run (one seed).")
@@ -193,8 +195,10 @@ def _verdict(table: list[dict], target: float) -> str:
 def _short_run_note(base: TrainConfig, steps: int, tokens: int) -> str:
     """What this run is, set beside what the paper ran: the two must not be mistaken for each other."""
     mine, recipe = c6_config(base, VARIANTS[0], steps, Path("."), "cpu").optim, paper(smoke=False)
-    paper_tokens = recipe.optim.steps * PAPER_GPUS * recipe.optim.batch_size * recipe.optim.grad_accum * recipe.data.seq_len
+    o = recipe.optim
+    step = f"{PAPER_GPUS} GPUs x {o.batch_size} x {o.grad_accum} x {recipe.data.seq_len}"
+    paper_tokens = o.steps * PAPER_GPUS * o.batch_size * o.grad_accum * recipe.data.seq_len
     return (f"A SHORT RUN, NOT THE PAPER'S: {steps} steps of {mine.batch_size} x {base.data.seq_len} tokens "
-            f"({tokens / 1e6:.1f}M tokens per variant), one seed, stdlib text, lr {mine.lr}, {mine.warmup} warm-up steps, "
-            f"cosine. The paper trains {recipe.optim.steps} steps of {PAPER_GPUS} GPUs x {recipe.optim.batch_size} x "
-            f"{recipe.optim.grad_accum} x {recipe.data.seq_len} tokens ({paper_tokens / 1e9:.1f}B) on OpenWebText.")
+            f"({tokens / 1e6:.1f}M tokens per variant), one seed, stdlib text, lr {mine.lr}, {mine.warmup} warm-up "
+            f"steps, cosine. The paper trains {o.steps} steps of {step} tokens ({paper_tokens / 1e9:.1f}B) "
+            "on OpenWebText.")

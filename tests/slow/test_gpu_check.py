@@ -52,13 +52,15 @@ def test_smoke_runs_every_part_on_the_cpu(tmp_path):
     assert all(r["within"] and r["cells_match"] for r in parity)
 
     cost = parts["probe_cost"]["tables"]["cost"]
-    assert [(r["shape"], r["mode"]) for r in cost] == [(f"{b} x {t}", m) for b, t in SMOKE_COST_SHAPES for m in COST_MODES]
+    shapes = [f"{batch} x {length}" for batch, length in SMOKE_COST_SHAPES]
+    assert [(r["shape"], r["mode"]) for r in cost] == [(shape, mode) for shape in shapes for mode in COST_MODES]
     assert all(r["seconds"] > 0 and r["peak_gib"] == NEEDS_CUDA for r in cost)
 
     assert parts["device_map"]["tables"]["device_map"][0]["same"]
 
     speed = parts["throughput"]["tables"]["throughput"]
-    assert {(r["variant"], r["compile"]) for r in speed} == {(v, c) for v in ("softmax", "headnorm") for c in (False, True)}
+    runs = {(r["variant"], r["compile"]) for r in speed}
+    assert runs == {(v, c) for v in ("softmax", "headnorm") for c in (False, True)}
     assert all(r["tokens_per_second"] > 0 and r["mfu"] == NEEDS_CUDA for r in speed)
 
     c6 = {r["variant"]: r for r in parts["convergence"]["tables"]["c6"]}
