@@ -19,8 +19,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
 from .attention import BatchInfo
-from .chain import as_tokens
-from .hooks import BlockOutputObserver, block_output_tensor, input_output_hooks
+from .hooks import as_tokens, BlockOutputObserver, block_output_tensor, input_output_hooks
 from .reducers import Tally
 
 
