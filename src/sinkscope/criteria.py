@@ -70,7 +70,7 @@ class Criteria:
     writer_share: float = rule(
         0.8, why="an episode's writers (erasers) are the fewest parts whose writes make up this share of its rise "
         "(fall): single neurons, attention, an FFN's biases, the norms, the embedding", source="ours: SmolLM2-135M's "
-        "first rise of dim 507 (0 -> 761) is 86 % three neurons (2:90, 2:430, 1:83)")
+        "first rise of dim 507 (0 -> 682) is 84 percent three neurons (2:90, 2:430, 1:83)")
     # ---- massive dims and dimension disparity --------------------------------------------------
     disparity_contrast: float = rule(
         4.0, why="disparity: the first token's DomRatio is at least this many times the other tokens' median at the "
