@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .adapters import blocks, head_counts, mlp_weights
+from .adapters.coverage import blocks_with
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .capture.hidden import HiddenObserver
 from .capture.learned_sink import LearnedSinkObserver
@@ -209,9 +210,11 @@ def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: P
     sweep.forward_hooks += magnitudes.hooks(model, adapter)
     sweep.batch_listeners.append(magnitudes)
     observers["magnitudes"] = magnitudes
-    if config.chain:
-        down = mlp_weights(model, adapter, 0)["down"]  # (D, I), as the chain reads it
-        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.criteria.yu_spike_threshold)
+    dense = blocks_with(model, adapter, "mlp_down")  # Yu's procedure reads dense down projections
+    if config.chain and dense:
+        down = mlp_weights(model, adapter, dense[0])["down"]  # (D, I), as the chain reads it
+        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.criteria.yu_spike_threshold,
+                                       dense)
         pre, post = spikes.hooks(model, adapter)
         sweep.forward_pre_hooks += pre
         sweep.forward_hooks += post
@@ -296,8 +299,8 @@ def _add_sections(payload: dict, tables: dict, loaded: LoadedModel, observers: d
         payload.update(chain.payload)
         tables.update(chain.tables)
         payload["super_weights"] = super_weight_triples(payload["chain"]["super_neurons"])
-        payload["yu_super_weights"] = reduce_yu(observers["yu"])
-        found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
+        payload["yu_super_weights"] = reduce_yu(observers["yu"]) if "yu" in observers else None
+        found = {"chain": payload["super_weights"], "yu": (payload["yu_super_weights"] or {}).get("coordinates", [])}
         payload["published_super_weights"] = compare_published(loaded.name, found)
 
 

@@ -117,11 +117,12 @@ def test_selectivity_from_the_one_sweep_matches_a_plain_forward(family):
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (9, 6, 9, 4, 8)]
     w0 = mlp_weights(model, adapter, 0)
+    dense = blocks_with(model, adapter, "mlp_down")
     L, tracked = len(blocks(model, adapter)), 7
-    obs = SelectivityObserver(L, model.config.hidden_size, w0["down"].shape[1], 9, tracked)
+    obs = SelectivityObserver(L, model.config.hidden_size, w0["down"].shape[1], 9, tracked, dense)
     run_sweep(model, adapter, None, seqs, Sweep(forward_pre_hooks=obs.hooks(model, adapter)[0], batch_listeners=[obs]),
               batch_size=3, padding_side="left")
-    neurons = [(0, 3), (L - 1, 10)]
+    neurons = [(0, 3), (dense[-1], 10)]
     table = selectivity_table(obs, model, adapter, neurons)
     for i, (layer, n) in enumerate(neurons):
         store = {}

@@ -59,10 +59,12 @@ def check_criteria(c: Criteria) -> None:
             raise SinkscopeError(f"--{name.replace('_', '-')} must be non-negative")
     for name in ("sink_confidence", "onset_fraction", "spike_persistence", "writer_share", "massive_persistence",
                  "lock_positive_share"):
-        if not 0 <= getattr(c, name) <= 1 or (name in ("sink_confidence", "writer_share") and getattr(c, name) == 0):
-            raise SinkscopeError(f"--{name.replace('_', '-')} must lie in (0, 1] (a share)"
-                                 if name in ("sink_confidence", "writer_share") else
-                                 f"--{name.replace('_', '-')} must lie in [0, 1] (a share)")
+        if not 0 <= getattr(c, name) <= 1:
+            raise SinkscopeError(f"--{name.replace('_', '-')} must lie in [0, 1] (a share)")
+    if not 0 < c.sink_confidence < 1:
+        raise SinkscopeError("--sink-confidence must lie in (0, 1) (a confidence level)")
+    if not 0 < c.writer_share <= 1:
+        raise SinkscopeError("--writer-share must lie in (0, 1] (a share of the rise)")
     if c.onset_min_layers < 1:
         raise SinkscopeError("--onset-min-layers must be at least 1")
 
