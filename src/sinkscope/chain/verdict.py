@@ -56,8 +56,12 @@ def _parts_text(parts: list[dict]) -> str:
     return shown + (f" and {len(parts) - SHOWN_WRITERS} more" if len(parts) > SHOWN_WRITERS else "")
 
 
-def _layers(first: int, last: int) -> str:
-    return f"layer {first}" if first == last else f"layers {first}-{last}"
+def _layers(parts: list[dict]) -> str:
+    """The layers the named parts sit in: 'layer 11', 'layers 1-2'."""
+    layers = sorted({p["layer"] for p in parts if p["layer"] is not None})
+    if not layers:
+        return "no single layer"
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]}"
 
 
 def episode_sentence(e: dict) -> str:
@@ -66,11 +70,11 @@ def episode_sentence(e: dict) -> str:
     if rise["from"] is None:
         text = f"dim {e['dim']} dominates the first token from the embedding on ({span}, {rise['change']:+.4g})"
     else:
-        text = (f"dim {e['dim']} dominates the first token at {span}, written by {_layers(rise['from'], rise['to'] - 1)} "
+        text = (f"dim {e['dim']} dominates the first token at {span}, written by {_layers(rise['writers'])} "
                 f"({rise['change']:+.4g}, {rise['from']} -> {rise['to']}; {_parts_text(rise['writers'])}: "
                 f"{100 * rise['explained']:.0f} % of the rise)")
     if fall is not None:
-        text += (f", erased by {_layers(fall['from'], fall['to'] - 1)} ({_parts_text(fall['erasers'])}: "
+        text += (f", erased by {_layers(fall['erasers'])} ({_parts_text(fall['erasers'])}: "
                  f"{100 * fall['explained']:.0f} % of the fall {fall['change']:+.4g})")
     if e.get("sink_ratio") is not None:
         text += f"; the sink meanwhile: {e['sink_ratio']:.1f}x uniform"
