@@ -327,23 +327,36 @@ def ablate(exp: _Experiment) -> dict:
         "perplexity_after": perplexity_with_ci(after["nll"]) if nll else None,
     }
     if episode is not None:
-        body["episode"] = _episode_effect(episode, score_b, score_a, neurons)
+        body["episode"] = _episode_effect(episode, before, after, neurons)
     body["verdict"] = _ablate_sentence(body, neurons, dims, score_b, score_a, nll)
     return exp.payload("ablate", body)
 
 
-def _episode_effect(episode: dict, before: torch.Tensor, after: torch.Tensor, neurons: tuple) -> dict:
-    """The sink over the layers that read the episode's inputs, before and after, and who else wrote the rise."""
-    layers = list(range(episode["start"], min(episode["end"] + 1, len(before))))
+REST_SHOWN = 0.005  # parts writing less than this share of the rise are left out of rest_of_rise (rounding)
+KIND_WORDS = {"neuron": "other neurons", "attention": "attention", "mlp": "FFN biases", "norm": "norms"}
+
+
+def _episode_effect(episode: dict, before: dict, after: dict, neurons: tuple) -> dict:
+    """The sink over the layers that read the episode's inputs, and the first token's DomRatio at those inputs
+    (block outputs start - 1 .. end - 1), before and after; and what wrote the rest of the rise."""
+    score_b, score_a = (sweep["sink"].sink_score()[:, :, 0].float().mean(1) for sweep in (before, after))
+    layers = list(range(episode["start"], min(episode["end"] + 1, len(score_b))))
+    outputs = [k - 1 for k in range(episode["start"], episode["end"] + 1) if 0 < k <= len(score_b)]
+    dom_b, dom_a = (sweep["hidden"].sink_dom_ratio() for sweep in (before, after))
     ablated = {tuple(n) for n in neurons}
-    others = [w for w in episode["rise"]["writers"] if w["kind"] != "neuron"]
+    named = [w for w in episode["rise"]["writers"] if w["kind"] == "neuron" and
+             ((w["layer"], w["index"]) in ablated or (w["layer"], w["expert"], w["index"]) in ablated)]
+    rise = episode["rise"]
+    rest = dict(rise.get("by_kind", {}))
+    rest["neuron"] = rest.get("neuron", 0.0) - sum(w["write"] for w in named)  # the neurons left standing
     return {"index": episode["index"], "dim": episode["dim"], "inputs": [episode["start"], episode["end"]],
-            "layers": layers, "sink_score_before": float(before[layers].mean()),
-            "sink_score_after": float(after[layers].mean()),
-            "ablated_share": sum(w["share"] for w in episode["rise"]["writers"] if w["kind"] == "neuron"
-                                 and ((w["layer"], w["index"]) in ablated or (w["layer"], w["expert"], w["index"])
-                                      in ablated)),
-            "other_writers": others}
+            "layers": layers, "sink_score_before": float(score_b[layers].mean()),
+            "sink_score_after": float(score_a[layers].mean()),
+            "dom_ratio_before": float(dom_b[outputs].mean()) if outputs else None,
+            "dom_ratio_after": float(dom_a[outputs].mean()) if outputs else None,
+            "ablated_share": sum(w["share"] for w in named),
+            "rest_of_rise": {kind: {"write": write, "share": write / rise["change"]} for kind, write in rest.items()
+                             if abs(write / rise["change"]) >= REST_SHOWN}}
 
 
 def _ablate_sentence(body: dict, neurons: tuple, dims: tuple, before: torch.Tensor, after: torch.Tensor,
@@ -355,11 +368,14 @@ def _ablate_sentence(body: dict, neurons: tuple, dims: tuple, before: torch.Tens
         names = ", ".join(part_name({"kind": "neuron", "layer": n[0], "index": n[-1],
                                      "expert": n[1] if len(n) == 3 else None}) for n in neurons)
         first, last = episode["layers"][0], episode["layers"][-1]
-        others = ", ".join(f"{part_name(w)} ({100 * w['share']:.0f} %)" for w in episode["other_writers"])
+        rest = sorted(episode["rest_of_rise"].items(), key=lambda kv: -kv[1]["write"])
+        others = ", ".join(f"{KIND_WORDS.get(kind, kind)} {100 * v['share']:+.0f} %" for kind, v in rest)
         head = (f"ablating the writers of episode {episode['index']} (dim {episode['dim']}, inputs "
                 f"{episode['inputs'][0]}-{episode['inputs'][1]}: {names}, {100 * episode['ablated_share']:.0f} % of "
-                f"its rise{'; also written by ' + others if others else ''}) moved the head-mean sink score over "
-                f"layers {first}-{last} from {episode['sink_score_before']:.3f} to {episode['sink_score_after']:.3f}")
+                f"its rise{'; the rest: ' + others if others else ''}) moved the head-mean sink score over "
+                f"layers {first}-{last} from {episode['sink_score_before']:.3f} to {episode['sink_score_after']:.3f}"
+                + (f" and the first token's DomRatio there from {episode['dom_ratio_before']:.1f} to "
+                   f"{episode['dom_ratio_after']:.1f}" if episode["dom_ratio_before"] is not None else ""))
     return (f"{head}; peak sink score {before[top]:.3f} -> {after[top]:.3f} at layer {top}; max DomRatio "
             f"{max(body['dom_ratio_before']):.1f} -> {max(body['dom_ratio_after']):.1f}; sink "
             f"{_present(body['sink_before'])} -> {_present(body['sink_after'])}"

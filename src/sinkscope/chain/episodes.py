@@ -43,12 +43,17 @@ def _window_parts(att: Attribution, dim: int, first: int, last: int, sign: float
 
 
 def _change(att: Attribution, dim: int, first: int, last: int, sign: float, share: float, role: str) -> dict:
-    """The change of ``dim`` from input ``first`` to ``last`` along ``sign``, and the parts that made it."""
+    """The change of ``dim`` from input ``first`` to ``last`` along ``sign``, the parts that made it, and what
+    every kind of part wrote in all (``by_kind``: the named parts and the rest, so a partial ablation can say
+    who carries the remainder)."""
+    parts = _window_parts(att, dim, first, last, sign)
     change = sign * float(att.mean[last, dim] - att.mean[first, dim])
-    found, made = (fewest_making_up(_window_parts(att, dim, first, last, sign), change, share)
-                   if change > 0 else ([], 0.0))
+    found, made = fewest_making_up(parts, change, share) if change > 0 else ([], 0.0)
+    by_kind: dict[str, float] = {}
+    for ident, write in parts:
+        by_kind[ident["kind"]] = by_kind.get(ident["kind"], 0.0) + sign * write
     return {"from": first, "to": last, "change": sign * change,
-            role: [{**p, "write": sign * p["write"]} for p in found], "explained": made}
+            role: [{**p, "write": sign * p["write"]} for p in found], "explained": made, "by_kind": by_kind}
 
 
 def episodes_of(att: Attribution, dim: int, dominant: list[int], share: float) -> list[dict]:
