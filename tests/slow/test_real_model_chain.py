@@ -42,7 +42,11 @@ def _names(parts):
     return {(p["layer"], p["index"]) for p in parts if p["kind"] == "neuron"}
 
 
-@pytest.mark.parametrize("data", [{}, {"random_tokens": True, "bos": "never"}], ids=["prompts", "random-tokens"])
+STDLIB_TEXT = {"data": os.path.join(os.path.dirname(os.__file__), "argparse.py"), "seq_len": 64}
+
+
+@pytest.mark.parametrize("data", [{}, STDLIB_TEXT, {"random_tokens": True, "bos": "never"}],
+                         ids=["prompts", "stdlib-text", "random-tokens"])
 def test_two_episodes_of_dim_507_and_who_wrote_them(smollm2, data):
     result = _chain(*smollm2, **data)
     chain = result["chain"]
@@ -60,3 +64,19 @@ def test_two_episodes_of_dim_507_and_who_wrote_them(smollm2, data):
     assert track["sink_ratio_with_episode"] > 2 * track["sink_ratio_without_episode"]
     ratio = result["sink"]["ratio"]
     assert max(ratio[10], ratio[11]) < min(ratio[3:10])  # the sink fades where dim 507 is erased
+
+
+def test_ablating_the_onset_episode_s_writers(smollm2):
+    """A partial effect, measured and explained: the writers of the first episode carry most of its rise."""
+    from sinkscope.intervene import InterveneConfig, intervene
+
+    model, tokenizer = smollm2
+    config = build(InterveneConfig, {"data": {"samples": 16}})
+    result = intervene(model, "ablate", config, tokenizer=tokenizer)
+    episode = result["episode"]
+    assert (episode["index"], episode["dim"], episode["inputs"]) == (0, 507, [3, 9])
+    assert {(2, 90), (2, 430)} <= {tuple(n) for n in result["neurons"]}
+    assert episode["ablated_share"] >= 0.8 and episode["dom_ratio_after"] < episode["dom_ratio_before"] / 2
+    assert episode["sink_score_after"] < episode["sink_score_before"]
+    layers_12_on = [row for row in result["per_layer"] if row["layer"] >= 12]  # episode 1 was not touched
+    assert sum(r["sink_score_after"] for r in layers_12_on) > 0.8 * sum(r["sink_score_before"] for r in layers_12_on)

@@ -78,9 +78,11 @@ class AttributionObserver:
         tally.zeros("neuron_sum", L, width)
         if self.moe:
             experts = self.layers[self.moe[0]].get_submodule(adapter.experts)
-            tally.zeros("expert_sum", L, experts.num_experts, experts.down_proj.shape[1 if experts.is_transposed else 2])
+            width = experts.down_proj.shape[1 if experts.is_transposed else 2]
+            tally.zeros("expert_sum", L, experts.num_experts, width)
         if self.shared:
-            tally.zeros("shared_sum", L, self.layers[self.shared[0]].get_submodule(adapter.shared_expert_down).in_features)
+            shared_down = self.layers[self.shared[0]].get_submodule(adapter.shared_expert_down)
+            tally.zeros("shared_sum", L, shared_down.in_features)
 
     # ---- hooks ------------------------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class Attribution:
         """Every FFN neuron's mean write on ``dim`` in ``layer``: [(identity, write)], dense, expert and shared."""
         out, g = [], self._gain(layer, dim)
         if layer in self.dense:
-            down = mlp_weights(self.model, self.adapter, layer)["down"][dim].double()  # (I,)
+            down = mlp_weights(self.model, self.adapter, layer)["down"][dim].double().cpu()  # (I,) beside the tallies
             out += [({"kind": "neuron", "layer": layer, "index": n, "expert": None}, w)
                     for n, w in enumerate((self.neuron[layer] * down * g).tolist())]
         if layer in self.moe:
@@ -212,9 +214,10 @@ class Attribution:
                 down = experts.down_proj[e].detach()  # (I_e, D) when transposed, else (D, I_e)
                 column = down[:, dim] if experts.is_transposed else down[dim]
                 out += [({"kind": "neuron", "layer": layer, "index": n, "expert": e}, w)
-                        for n, w in enumerate((self.expert[layer, e] * column.double() * g).tolist())]
+                        for n, w in enumerate((self.expert[layer, e] * column.double().cpu() * g).tolist())]
         if layer in self.shared_layers:
-            down = blocks(self.model, self.adapter)[layer].get_submodule(self.adapter.shared_expert_down).weight.detach()[dim].double()
+            block = blocks(self.model, self.adapter)[layer]
+            down = block.get_submodule(self.adapter.shared_expert_down).weight.detach()[dim].double().cpu()
             out += [({"kind": "neuron", "layer": layer, "index": n, "expert": "shared"}, w)
                     for n, w in enumerate((self.shared[layer] * down * g).tolist())]
         return out
@@ -224,8 +227,7 @@ class Attribution:
         and the norms' change: [(identity, mean write)], adding up to mean[layer + 1, dim] - mean[layer, dim]."""
         neurons = self.neuron_writes(layer, dim)
         rest = float(self.mlp[layer, dim]) - sum(w for _, w in neurons)
-        return ([({"kind": "attention", "layer": layer, "index": None, "expert": None}, float(self.attention[layer, dim]))]
-                + neurons
-                + [({"kind": "mlp", "layer": layer, "index": None, "expert": None}, rest),
-                   ({"kind": "norm", "layer": layer, "index": None, "expert": None}, float(self.norm[layer, dim]))])
+        part = lambda kind: {"kind": kind, "layer": layer, "index": None, "expert": None}  # noqa: E731
+        return ([(part("attention"), float(self.attention[layer, dim]))] + neurons
+                + [(part("mlp"), rest), (part("norm"), float(self.norm[layer, dim]))])
 

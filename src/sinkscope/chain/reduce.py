@@ -8,7 +8,8 @@ import torch
 
 from ..config import ProbeConfig
 from .episodes import add_sink, all_episodes, onset_episode, super_neurons, tracking, trajectories
-from .links import MAX_SELECTIVITY_NEURONS, reduce_disparity, reduce_neurons, reduce_qk, reduce_variance, selectivity_table
+from .links import (MAX_SELECTIVITY_NEURONS, reduce_disparity, reduce_neurons, reduce_qk, reduce_variance,
+                    selectivity_table)
 from .verdict import chain_consistent, chain_verdict, first_position
 
 

@@ -93,8 +93,8 @@ def chain_verdict(chain: dict, sink: dict, variance: dict) -> str:
         track = chain["tracking"]
         if track["sink_ratio_with_episode"] is not None and track["sink_ratio_without_episode"] is not None:
             parts.append(f"The sink follows the massive dims: {track['sink_ratio_with_episode']:.1f}x uniform on "
-                         f"average in layers whose input carries an episode, {track['sink_ratio_without_episode']:.1f}x "
-                         f"in the others (layers {', '.join(map(str, track['layers_without']))}).")
+                         "average in layers whose input carries an episode, "
+                         f"{track['sink_ratio_without_episode']:.1f}x in the others (layers {', '.join(map(str, track['layers_without']))}).")
     onset, index = chain["onset_layer"], chain["onset_episode"]
     if chain["consistent"]:
         e = episodes[index]
