@@ -163,7 +163,8 @@ class DisparityObserver(_Hooked):
 
     Index k = 0..L. Pre-norm families: hooks on each block's ``attn_norm`` (its input is the
     residual stream, its output the normalised token) and on ``final_norm``. Post-norm families
-    (``adapter.pre_norm`` False): block k-1's output is both. Tallies (K = L + 1):
+    (``adapter.pre_norm`` False) and families with no norm before attention: block k-1's output (the
+    first block's input for k = 0) is both. Tallies (K = L + 1):
       sink_count (K); sink_dom_sum / sink_dom_norm_sum (K): sink-token DomRatio at the residual
       stream and at the norm output; other_count, other_dom_sum (K); max_other_dom,
       max_other_dom_norm (K); other_dom_hist / other_dom_norm_hist (K, bins) for the median;
@@ -196,16 +197,21 @@ class DisparityObserver(_Hooked):
         tally.zeros("massive_by_position", K, max_len)
         tally.zeros("dominant_by_position", K, max_len)
 
-    def hooks(self, model: nn.Module, adapter: Adapter) -> list:
-        """Forward hooks (module, hook)."""
+    def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
+        """(forward pre-hooks, forward hooks) as (module, hook) pairs."""
         layers = blocks(model, adapter)
-        if not adapter.pre_norm or adapter.attn_norm is None:
-            return [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+        if not adapter.pre_norm or adapter.attn_norm is None:  # input 0 is the first block's input
+            return [(layers[0], self._input_hook(0))], [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
         hooks = [(block_part(model, adapter, k, "attn_norm"), self._norm_hook(k)) for k in range(len(layers))]
         final = get_path(base_model(model), adapter.final_norm)
         if final is not None:
             hooks.append((final, self._norm_hook(len(layers))))
-        return hooks
+        return [], hooks
+
+    def _input_hook(self, k: int):
+        def hook(module, args):
+            self.observe(k, args[0], args[0])
+        return hook
 
     def _norm_hook(self, k: int):
         def hook(module, args, output):

@@ -81,7 +81,9 @@ def extend_sweep(sweep: Sweep, observers: dict, model, adapter) -> Sweep:
     sweep.forward_pre_hooks += pre
     sweep.forward_hooks += post
     sweep.batch_listeners.append(observers["attribution"])
-    sweep.forward_hooks += observers["disparity"].hooks(model, adapter)
+    pre, post = observers["disparity"].hooks(model, adapter)
+    sweep.forward_pre_hooks += pre
+    sweep.forward_hooks += post
     sweep.batch_listeners.append(observers["disparity"])
     sweep.attention_observers.append(observers["queries"])
     return sweep
