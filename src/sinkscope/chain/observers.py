@@ -201,7 +201,8 @@ class DisparityObserver(_Hooked):
         """(forward pre-hooks, forward hooks) as (module, hook) pairs."""
         layers = blocks(model, adapter)
         if not adapter.pre_norm or adapter.attn_norm is None:  # input 0 is the first block's input
-            return [(layers[0], self._input_hook(0))], [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+            outputs = [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+            return [(layers[0], self._input_hook(0))], outputs
         hooks = [(block_part(model, adapter, k, "attn_norm"), self._norm_hook(k)) for k in range(len(layers))]
         final = get_path(base_model(model), adapter.final_norm)
         if final is not None:
