@@ -74,8 +74,6 @@ def run_probe(args: argparse.Namespace, config) -> int:
                   f"{payload['sink_rate']:.1f} %   uniform baseline: {payload['uniform_baseline']:.3f}")
     if "chain" in payload:
         console.print(payload["chain"]["verdict"])
-    if payload.get("chain_skipped"):
-        console.print(f"chain skipped: {payload['chain_skipped']}")
     published = payload.get("published_super_weights")
     if published:
         console.print(f"published super weights of {published['model']} {published['published']}: "

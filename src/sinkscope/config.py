@@ -121,8 +121,11 @@ class InterveneConfig:
     observe: int = field(2, why="layer whose sink score of the target is reported for amplify (the paper: 2)", min=0)
     control: str = field("norm", why="also run the norm-only control o -> lambda*o", choices=("norm", "none"))
     value_mean_tokens: int = field(4096, why="random tokens over which the mean value vector mu is estimated", min=1)
-    neurons: str = field("auto", why="super neurons to ablate: auto (the chain's finder; inside experts for MoE), "
-                                     "L:N[,L:N], or L:E:N inside expert E ('shared' for a shared expert)")
+    neurons: str = field("auto", why="super neurons to ablate: auto (the neurons among the writers of the episode "
+                                     "present at the sink's onset, or of --episode), L:N[,L:N], or L:E:N inside "
+                                     "expert E ('shared' for a shared expert)")
+    episode: int | None = field(None, why="with --neurons auto: ablate the writers of this episode (probe.json's "
+                                "chain.episodes index) instead of the one present at the onset", min=0)
     dims: str | None = field(None, why="residual dims to ablate: auto (the chain's massive dims) or C[,C]; "
                              "massive: the dims to reset (default auto)")
     mode: str = field("zero", why="ablation: zero, or the mean over non-sink tokens", choices=("zero", "mean"))

@@ -24,6 +24,7 @@ from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.perplexity import mean_with_ci, perplexity_with_ci, sequence_nll
 from .results import SCHEMA_VERSION, provenance, write_json
+from .chain.verdict import part_name
 from .verdicts import reduce_sink
 
 def _parse_pairs(text: str) -> tuple[tuple, ...]:
@@ -198,21 +199,38 @@ def amplify(exp: _Experiment) -> dict:
     return exp.payload("amplify", body)
 
 
-def _resolve_auto(exp: _Experiment, key: str):
-    """``key`` of the chain found on the experiment's data; one probe serves every auto choice."""
+def _auto_chain(exp: _Experiment) -> dict:
+    """The chain found on the experiment's data; one probe serves every auto choice."""
     from .probe import probe
 
-    if exp.auto_probe is None:  # one probe serves every auto choice
+    if exp.auto_probe is None:
         config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
         exp.auto_probe = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config).payload
-    payload = exp.auto_probe
-    experts = (payload.get("expert_neurons") or {}).get("candidates")
-    if key == "super_neurons" and experts is not None:  # a mixture of experts: the finder inside experts
-        return [{"layer": c["layer"], "expert": c["expert"], "index": c["neuron"]} for c in experts]
-    if "chain_skipped" in payload:
-        raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({payload['chain_skipped']}); "
-                             "pass --neurons LAYER:INDEX in a dense layer or --dims C[,C]")
-    return (payload.get("chain") or {}).get(key)
+    return exp.auto_probe.get("chain") or {}
+
+
+def _episode_writers(exp: _Experiment) -> tuple[dict, tuple]:
+    """The episode --neurons auto targets (--episode, else the one present at the onset) and its writer neurons
+    as (LAYER, INDEX) or (LAYER, EXPERT, INDEX)."""
+    chain = _auto_chain(exp)
+    episodes = chain.get("episodes") or []
+    index = exp.config.episode if exp.config.episode is not None else chain.get("onset_episode")
+    if not episodes:
+        raise SinkscopeError("no dim dominates the first token on these data, so no episode has writers to ablate; "
+                             "pass --neurons LAYER:INDEX or --neurons none with --dims")
+    if index is None:
+        raise SinkscopeError(f"no episode holds the sink's onset on these data; name one with --episode "
+                             f"0..{len(episodes) - 1} (probe.json's chain.episodes)")
+    if not 0 <= index < len(episodes):
+        raise SinkscopeError(f"--episode {index} is out of range: these data have episodes 0..{len(episodes) - 1}")
+    episode = episodes[index]
+    neurons = tuple((w["layer"], w["index"]) if w["expert"] is None else (w["layer"], w["expert"], w["index"])
+                    for w in episode["rise"]["writers"] if w["kind"] == "neuron")
+    if not neurons:
+        carried = ", ".join(part_name(w) for w in episode["rise"]["writers"]) or "nothing"
+        raise SinkscopeError(f"episode {index} (dim {episode['dim']}) was written by {carried}, not by neurons; "
+                             "pass --neurons LAYER:INDEX or --dims with --neurons none")
+    return {**episode, "index": index}, neurons
 
 
 class _NeuronMeans:
@@ -267,21 +285,17 @@ def ablate(exp: _Experiment) -> dict:
     config = exp.config
     interventions, collectors = [], []
     neurons: tuple = ()
+    episode = None
     if config.neurons != "none":
         if config.neurons == "auto":
-            found = _resolve_auto(exp, "super_neurons") or []
-            neurons = tuple((n["layer"], n["expert"], n["index"]) if "expert" in n else (n["layer"], n["index"])
-                            for n in found)
-            if not neurons:
-                raise SinkscopeError("the chain finder found no super neuron in this model; "
-                                     "pass --neurons LAYER:INDEX or --neurons none with --dims")
+            episode, neurons = _episode_writers(exp)
         else:
             neurons = _parse_pairs(config.neurons)
         interventions += _neuron_ablations(exp, neurons, collectors)
     dims: tuple = ()
     if config.dims is not None:
         if config.dims == "auto":
-            dims = tuple(_resolve_auto(exp, "massive_dims") or ())
+            dims = tuple(_auto_chain(exp).get("massive_dims") or ())
             if not dims:
                 raise SinkscopeError("the chain finder found no massive dim; pass --dims C[,C]")
         else:
@@ -312,14 +326,61 @@ def ablate(exp: _Experiment) -> dict:
         "perplexity_before": perplexity_with_ci(before["nll"]) if nll else None,
         "perplexity_after": perplexity_with_ci(after["nll"]) if nll else None,
     }
-    top = int(torch.argmax(score_b))
-    body["verdict"] = (
-        f"ablating {len(neurons)} neuron(s) and {len(dims)} dim(s): peak sink score {score_b[top]:.3f} -> "
-        f"{score_a[top]:.3f} at layer {top}; max DomRatio {max(body['dom_ratio_before']):.1f} -> "
-        f"{max(body['dom_ratio_after']):.1f}; sink {_present(body['sink_before'])} -> {_present(body['sink_after'])}"
-        + (f"; perplexity {body['perplexity_before']['perplexity']:.2f} -> "
-           f"{body['perplexity_after']['perplexity']:.2f}" if nll else ""))
+    if episode is not None:
+        body["episode"] = _episode_effect(episode, before, after, neurons)
+    body["verdict"] = _ablate_sentence(body, neurons, dims, score_b, score_a, nll)
     return exp.payload("ablate", body)
+
+
+REST_SHOWN = 0.005  # parts writing less than this share of the rise are left out of rest_of_rise (rounding)
+KIND_WORDS = {"neuron": "other neurons", "attention": "attention", "mlp": "FFN biases", "norm": "norms"}
+
+
+def _episode_effect(episode: dict, before: dict, after: dict, neurons: tuple) -> dict:
+    """The sink over the layers that read the episode's inputs, and the first token's DomRatio at those inputs
+    (block outputs start - 1 .. end - 1), before and after; and what wrote the rest of the rise."""
+    score_b, score_a = (sweep["sink"].sink_score()[:, :, 0].float().mean(1) for sweep in (before, after))
+    layers = list(range(episode["start"], min(episode["end"] + 1, len(score_b))))
+    outputs = [k - 1 for k in range(episode["start"], episode["end"] + 1) if 0 < k <= len(score_b)]
+    dom_b, dom_a = (sweep["hidden"].sink_dom_ratio() for sweep in (before, after))
+    ablated = {tuple(n) for n in neurons}
+    named = [w for w in episode["rise"]["writers"] if w["kind"] == "neuron" and
+             ((w["layer"], w["index"]) in ablated or (w["layer"], w["expert"], w["index"]) in ablated)]
+    rise = episode["rise"]
+    rest = dict(rise.get("by_kind", {}))
+    rest["neuron"] = rest.get("neuron", 0.0) - sum(w["write"] for w in named)  # the neurons left standing
+    return {"index": episode["index"], "dim": episode["dim"], "inputs": [episode["start"], episode["end"]],
+            "layers": layers, "sink_score_before": float(score_b[layers].mean()),
+            "sink_score_after": float(score_a[layers].mean()),
+            "dom_ratio_before": float(dom_b[outputs].mean()) if outputs else None,
+            "dom_ratio_after": float(dom_a[outputs].mean()) if outputs else None,
+            "ablated_share": sum(w["share"] for w in named),
+            "rest_of_rise": {kind: {"write": write, "share": write / rise["change"]} for kind, write in rest.items()
+                             if abs(write / rise["change"]) >= REST_SHOWN}}
+
+
+def _ablate_sentence(body: dict, neurons: tuple, dims: tuple, before: torch.Tensor, after: torch.Tensor,
+                     nll: bool) -> str:
+    top = int(torch.argmax(before))
+    head = f"ablating {len(neurons)} neuron(s) and {len(dims)} dim(s)"
+    episode = body.get("episode")
+    if episode is not None:
+        names = ", ".join(part_name({"kind": "neuron", "layer": n[0], "index": n[-1],
+                                     "expert": n[1] if len(n) == 3 else None}) for n in neurons)
+        first, last = episode["layers"][0], episode["layers"][-1]
+        rest = sorted(episode["rest_of_rise"].items(), key=lambda kv: -kv[1]["write"])
+        others = ", ".join(f"{KIND_WORDS.get(kind, kind)} {100 * v['share']:+.0f} %" for kind, v in rest)
+        head = (f"ablating the writers of episode {episode['index']} (dim {episode['dim']}, inputs "
+                f"{episode['inputs'][0]}-{episode['inputs'][1]}: {names}, {100 * episode['ablated_share']:.0f} % of "
+                f"its rise{'; the rest: ' + others if others else ''}) moved the head-mean sink score over "
+                f"layers {first}-{last} from {episode['sink_score_before']:.3f} to {episode['sink_score_after']:.3f}"
+                + (f" and the first token's DomRatio there from {episode['dom_ratio_before']:.1f} to "
+                   f"{episode['dom_ratio_after']:.1f}" if episode["dom_ratio_before"] is not None else ""))
+    return (f"{head}; peak sink score {before[top]:.3f} -> {after[top]:.3f} at layer {top}; max DomRatio "
+            f"{max(body['dom_ratio_before']):.1f} -> {max(body['dom_ratio_after']):.1f}; sink "
+            f"{_present(body['sink_before'])} -> {_present(body['sink_after'])}"
+            + (f"; perplexity {body['perplexity_before']['perplexity']:.2f} -> "
+               f"{body['perplexity_after']['perplexity']:.2f}" if nll else ""))
 
 
 def _present(sink: dict) -> str:

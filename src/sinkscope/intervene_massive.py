@@ -45,9 +45,6 @@ def _chain(exp) -> dict:
 
     config = ProbeConfig(data=exp.config.data, criteria=exp.config.criteria, chain=True)
     result = probe(exp.model, exp.sequences, tokenizer=exp.loaded.tokenizer, config=config)
-    if "chain_skipped" in result.payload:
-        raise SinkscopeError(f"'auto' needs the chain, which cannot run on this model ({result['chain_skipped']}); "
-                             "pass --dims C[,C] and --layers L")
     return result.to_dict().get("chain") or {}
 
 

@@ -49,11 +49,14 @@ def reduce_yu(obs: DownProjSpikeObserver) -> dict:
 
     A layer's coordinate is (layer, most frequent output channel, most frequent input channel); it is
     listed in ``coordinates`` when the majority of prompts spike above the threshold on both sides.
+    Layers without a dense down projection are not listed.
     """
     tally = obs.tally
     n = tally["sequences"].clamp(min=1)
     layers, coordinates = [], []
     for layer in range(len(n)):
+        if tally["sequences"][layer] == 0:  # no dense down projection here (a mixture of experts)
+            continue
         row, col = int(tally["out_hits"][layer].argmax()), int(tally["in_hits"][layer].argmax())
         share = float(tally["both_spike"][layer] / n[layer])
         layers.append({
@@ -73,7 +76,7 @@ def reduce_yu(obs: DownProjSpikeObserver) -> dict:
 
 def super_weight_triples(super_neurons: list[dict]) -> list[list[int]]:
     """(layer, row = output dim, column = neuron) of down_proj.weight for each linked super neuron."""
-    return [[n["layer"], dim, n["index"]] for n in super_neurons for dim in n["dims"]]
+    return [[n["layer"], dim, n["index"]] for n in super_neurons if n.get("expert") is None for dim in n["dims"]]
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .adapters import blocks, head_counts, mlp_weights
-from .adapters.coverage import chain_gaps
+from .adapters.coverage import blocks_with
 from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
 from .capture.hidden import HiddenObserver
 from .capture.learned_sink import LearnedSinkObserver
@@ -25,7 +25,7 @@ from .config import DataConfig, ProbeConfig, build
 from .data import load_sequences
 from .distributed import init_from_env
 from .errors import SinkscopeError
-from .experts import expert_observer, reduce_experts
+from .chain.experts import expert_observer, reduce_experts
 from .loading import LoadedModel, prepare_model
 from .metrics.norms import norm_ratio
 from .metrics.sink import sink_rate, uniform_attention_baseline
@@ -137,17 +137,12 @@ def probe(model, data=None, *, tokenizer=None, config: ProbeConfig | None = None
     if config.capture.full_pattern and max_len > FULL_PATTERN_MAX_LEN:
         raise SinkscopeError(f"--full-pattern is for sequences up to {FULL_PATTERN_MAX_LEN} tokens; "
                              "drop it (the sink statistics need no T x T matrix)")
-    gaps = chain_gaps(loaded.model, loaded.adapter) if config.chain else []
-    if gaps:  # the sink statistics still run; probe.json says what was skipped and why
-        config = dataclasses.replace(config, chain=False)
     rank, world = init_from_env("gloo")  # the tallies live on the CPU
     tallies = _run(loaded, sequences[rank::world], config, positions, max_len, progress and rank == 0,
-                   shard=(rank, world, len(sequences)), experts=bool(gaps))
+                   shard=(rank, world, len(sequences)))
     for observer in tallies.values():
         observer.tally.all_reduce()
     result = _reduce(loaded, tallies, config, positions, len(sequences), max_len, sequences)
-    if gaps:
-        result.payload["chain_skipped"] = "; ".join(gaps)
     if "experts" in tallies:
         result.payload["expert_neurons"] = reduce_experts(tallies["experts"], loaded.model, loaded.adapter,
                                                           config.criteria)
@@ -172,9 +167,8 @@ def _apply_overrides(config: ProbeConfig, overrides: dict) -> ProbeConfig:
 
 
 def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len, progress,
-         shard: tuple[int, int, int], experts: bool = False) -> dict:
-    """``shard``: (rank, world size, number of sequences over all processes); ``experts``: run the finder
-    inside experts (the dense chain is skipped)."""
+         shard: tuple[int, int, int]) -> dict:
+    """``shard``: (rank, world size, number of sequences over all processes)."""
     model, adapter = loaded.model, loaded.adapter
     n_layers = len(blocks(model, adapter))
     n_heads, _, _ = head_counts(model.config)
@@ -198,8 +192,8 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
     _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard)
-    finder = expert_observer(model, adapter, config.criteria) if experts else None
-    if finder is not None:  # the chain's neuron finder, inside experts
+    finder = expert_observer(model, adapter, config.criteria) if config.chain else None
+    if finder is not None:  # the spike evidence inside experts (attribution reads them too)
         sweep.forward_pre_hooks += finder.hooks(model, adapter)
         sweep.batch_listeners.append(finder)
         observers["experts"] = finder
@@ -216,9 +210,11 @@ def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: P
     sweep.forward_hooks += magnitudes.hooks(model, adapter)
     sweep.batch_listeners.append(magnitudes)
     observers["magnitudes"] = magnitudes
-    if config.chain:
-        down = mlp_weights(model, adapter, 0)["down"]  # (D, I), as the chain reads it
-        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.criteria.yu_spike_threshold)
+    dense = blocks_with(model, adapter, "mlp_down")  # Yu's procedure reads dense down projections
+    if config.chain and dense:
+        down = mlp_weights(model, adapter, dense[0])["down"]  # (D, I), as the chain reads it
+        spikes = DownProjSpikeObserver(n_layers, down.shape[1], down.shape[0], config.criteria.yu_spike_threshold,
+                                       dense)
         pre, post = spikes.hooks(model, adapter)
         sweep.forward_pre_hooks += pre
         sweep.forward_hooks += post
@@ -303,8 +299,8 @@ def _add_sections(payload: dict, tables: dict, loaded: LoadedModel, observers: d
         payload.update(chain.payload)
         tables.update(chain.tables)
         payload["super_weights"] = super_weight_triples(payload["chain"]["super_neurons"])
-        payload["yu_super_weights"] = reduce_yu(observers["yu"])
-        found = {"chain": payload["super_weights"], "yu": payload["yu_super_weights"]["coordinates"]}
+        payload["yu_super_weights"] = reduce_yu(observers["yu"]) if "yu" in observers else None
+        found = {"chain": payload["super_weights"], "yu": (payload["yu_super_weights"] or {}).get("coordinates", [])}
         payload["published_super_weights"] = compare_published(loaded.name, found)
 
 

@@ -19,10 +19,12 @@ from typing import Any
 
 from .errors import SinkscopeError
 
-SCHEMA_VERSION = 2  # bump on any incompatible change to a key listed in docs/results.md, and record it below
+SCHEMA_VERSION = 3  # bump on any incompatible change to a key listed in docs/results.md, and record it below
 # The kinds of result each bump changed. An older file stays readable when no later bump changed its kind,
 # so a checkpoint or training run outlives a change to probe.json.
-CHANGED_KINDS = {2: frozenset({"probe"})}  # 2: chain.disparity_layer became disparity_layer_input
+# 2: chain.disparity_layer became disparity_layer_input; 3: chain.super_neurons are the episodes' writer neurons
+# (with expert, episode, write, share), chain.evidence lost neurons and finders_agree
+CHANGED_KINDS = {2: frozenset({"probe"}), 3: frozenset({"probe"})}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -233,3 +233,13 @@ def tiny_sinkscope_config(variant: str = "softmax", **overrides):
                   num_key_value_heads=2, attention_variant=variant, max_position_embeddings=64)
     values.update(overrides)
     return SinkscopeConfig(**values)
+
+
+def super_neuron_coordinates(chain: dict) -> list[dict]:
+    """The chain's super neurons as {layer, index, dims}, the coordinates a planted answer names.
+
+    >>> super_neuron_coordinates({"super_neurons": [{"layer": 1, "index": 5, "expert": None, "dims": [3],
+    ...                                               "episode": 0, "write": 2.0, "share": 1.0}]})
+    [{'layer': 1, 'index': 5, 'dims': [3]}]
+    """
+    return [{"layer": n["layer"], "index": n["index"], "dims": n["dims"]} for n in chain["super_neurons"]]

@@ -11,10 +11,10 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from sinkscope.fixtures import planted_sink_model
 from sinkscope.probe import probe
-from sinkscope.testing import tiny_model, twin
+from sinkscope.testing import tiny_model, twin, super_neuron_coordinates
 
-CHAIN_KEYS = {"super_neurons", "massive_dims", "disparity_layer_input", "onset_layer", "consistent", "verdict",
-              "evidence"}
+CHAIN_KEYS = {"episodes", "trajectories", "super_neurons", "massive_dims", "disparity_layer_input", "onset_layer",
+              "onset_episode", "tracking", "writer_share", "index", "consistent", "verdict", "evidence"}
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,17 @@ def test_planted_chain_is_found_exactly(planted):
     _, answer, result = planted
     chain = result["chain"]
     assert set(chain) == CHAIN_KEYS
-    assert chain["super_neurons"] == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
+    assert super_neuron_coordinates(chain) == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
     assert chain["massive_dims"] == [answer.dim]
     assert chain["disparity_layer_input"] == answer.disparity_layer_input
     assert chain["onset_layer"] == answer.onset_layer == result["onset_layer"]
     assert chain["consistent"] is True
-    assert "neuron 5 of layer 1 writes dim(s) 3" in chain["verdict"]
-    assert chain["evidence"]["finders_agree"] is True
+    (episode,) = chain["episodes"]  # the planted neuron alone writes the dim, from the next layer input on
+    assert (episode["dim"], episode["start"]) == (3, answer.layer + 1) and episode["rise"]["from"] <= answer.layer
+    assert [(w["layer"], w["index"]) for w in episode["rise"]["writers"]] == [(1, 5)]
+    assert episode["rise"]["writers"][0]["share"] == pytest.approx(1.0, abs=0.01)
+    assert "written by layer 1" in chain["verdict"] and "1:5 +" in chain["verdict"]
+    assert chain["onset_episode"] == 0 and "The chain is consistent" in chain["verdict"]
 
 
 def test_planted_finders_and_profiles(planted):
@@ -86,7 +90,7 @@ def test_planted_disparity_massive_and_qk(planted):
 def test_planted_chain_elsewhere(layer, neuron, dim):
     model, answer = planted_sink_model(layer=layer, neuron=neuron, dim=dim, seed=3)
     chain = probe(model, answer.inputs(6, 24), selectivity_positions=0)["chain"]
-    assert chain["super_neurons"] == [{"layer": layer, "index": neuron, "dims": [dim]}]
+    assert super_neuron_coordinates(chain) == [{"layer": layer, "index": neuron, "dims": [dim]}]
     assert (chain["disparity_layer_input"], chain["onset_layer"], chain["consistent"]) == (layer + 1, layer + 1, True)
 
 
@@ -262,7 +266,7 @@ def test_variance_on_natural_text_and_random_tokens(random_tokens):
 
 @pytest.mark.parametrize("flag,value", [("variance_positions", 0), ("neuron_top_k", 0), ("selectivity_positions", -1),
                                         ("massive_abs_paper", -1.0), ("spike_persistence", 2.0),
-                                        ("sink_confidence", 1.0)])
+                                        ("sink_confidence", 1.0), ("writer_share", 0.0), ("onset_min_layers", 0)])
 def test_bad_chain_settings_are_refused(flag, value):
     from sinkscope.errors import SinkscopeError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sinkscope.adapters import adapter_for, block_part, blocks, head_counts, key_weight, mlp_input_module, mlp_weights
-from sinkscope.adapters.coverage import blocks_with, chain_gaps
+from sinkscope.adapters.coverage import blocks_with
 from sinkscope.capture.attention import BatchInfo, capture_attention
 from sinkscope.metrics.qk import key_rows
 from sinkscope.probe import probe
@@ -19,19 +19,16 @@ def test_chain_sections_on_every_family(family):
     model = tiny_model(family)
     n_layers = len(blocks(model, adapter_for(model)))
     result = probe(model, torch.randint(3, 96, (4, 12), generator=torch.Generator().manual_seed(0)), batch_size=3)
-    gaps = chain_gaps(model, adapter_for(model))
-    if gaps:  # experts or latent keys: the sink statistics run, the chain is skipped with the reason
-        assert "chain" not in result.payload and result["chain_skipped"] == "; ".join(gaps)
-        assert len(result["sink_score"]) == n_layers
-        return
-    assert "chain_skipped" not in result.payload
+    assert "chain_skipped" not in result.payload  # experts and latent attention get the same chain
     chain = result["chain"]
-    assert {"super_neurons", "massive_dims", "disparity_layer_input", "onset_layer", "consistent",
-            "verdict"} <= set(chain)
+    assert {"episodes", "trajectories", "super_neurons", "massive_dims", "disparity_layer_input", "onset_layer",
+            "onset_episode", "tracking", "consistent", "verdict"} <= set(chain)
     assert isinstance(chain["consistent"], bool) and chain["verdict"]
     assert len(result["variance"]["layers"]) == n_layers
     assert len(result["disparity"]["sink_dom_ratio"]) == n_layers + 1
-    assert len(result["super_neurons"]["weight_finder"]) == n_layers
+    dense = blocks_with(model, adapter_for(model), "mlp_down")
+    if dense:
+        assert [w["layer"] for w in result["super_neurons"]["weight_finder"]] == dense
     assert len(result.tables["chain_qk"]["layer"]) == n_layers * head_counts(model.config)[0]
     eff = result.tables["chain_variance_by_position"]["effective_tokens"]
     eff = eff[~np.isnan(eff)]
@@ -117,16 +114,17 @@ def test_selectivity_from_the_one_sweep_matches_a_plain_forward(family):
 
     model = tiny_model(family)
     adapter = adapter_for(model)
-    if chain_gaps(model, adapter):
-        pytest.skip("the chain (and its selectivity) is skipped on this family")
+    if 0 not in blocks_with(model, adapter, "mlp_down"):
+        pytest.skip("the first block's FFN is a mixture of experts: selectivity reads dense FFNs")
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (9, 6, 9, 4, 8)]
     w0 = mlp_weights(model, adapter, 0)
+    dense = blocks_with(model, adapter, "mlp_down")
     L, tracked = len(blocks(model, adapter)), 7
-    obs = SelectivityObserver(L, model.config.hidden_size, w0["down"].shape[1], 9, tracked)
+    obs = SelectivityObserver(L, model.config.hidden_size, w0["down"].shape[1], 9, tracked, dense)
     run_sweep(model, adapter, None, seqs, Sweep(forward_pre_hooks=obs.hooks(model, adapter)[0], batch_listeners=[obs]),
               batch_size=3, padding_side="left")
-    neurons = [(0, 3), (L - 1, 10)]
+    neurons = [(0, 3), (dense[-1], 10)]
     table = selectivity_table(obs, model, adapter, neurons)
     for i, (layer, n) in enumerate(neurons):
         store = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from sinkscope.testing import super_neuron_coordinates
 from sinkscope.fixtures import planted_sink_model
 from sinkscope.probe import probe
 
@@ -17,7 +18,7 @@ def test_planted_chain_is_found_exactly_at_every_scale(width, massive):
                                        massive=massive, seed=width)
     result = probe(model, answer.inputs(6, 24, seed=1), selectivity_positions=0)
     chain = result["chain"]
-    assert chain["super_neurons"] == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
+    assert super_neuron_coordinates(chain) == [{"layer": answer.layer, "index": answer.neuron, "dims": [answer.dim]}]
     assert chain["massive_dims"] == [answer.dim]
     assert chain["disparity_layer_input"] == answer.disparity_layer_input
     assert chain["onset_layer"] == result["onset_layer"] == answer.onset_layer
@@ -46,7 +47,7 @@ def organisms():
 def test_organism_softmax_chain_with_defaults(organisms):
     result = organisms["softmax"]
     chain = result["chain"]
-    assert chain["super_neurons"] == [{"layer": 0, "index": 202, "dims": [112]}]  # README / docs/training.md
+    assert super_neuron_coordinates(chain) == [{"layer": 0, "index": 202, "dims": [112]}]  # README / docs/training.md
     assert (chain["disparity_layer_input"], chain["onset_layer"], chain["consistent"]) == (1, 3, True)
     assert result["sink"]["peak_layer"] == 3 and result["onset_layer_paper"] is None
     assert result["variance"]["first_position"]["same_token_every_sample"] is True
@@ -55,7 +56,7 @@ def test_organism_softmax_chain_with_defaults(organisms):
 
 def test_organism_headnorm_and_nobos_as_they_are(organisms):
     headnorm, nobos = organisms["headnorm"], organisms["nobos"]
-    assert headnorm["chain"]["super_neurons"] == [{"layer": 0, "index": 147, "dims": [12]}]
+    assert super_neuron_coordinates(headnorm["chain"]) == [{"layer": 0, "index": 147, "dims": [12]}]
     weaker = headnorm["sink"]["ratio"][3] < organisms["softmax"]["sink"]["ratio"][3]
     assert headnorm["sink"]["present"] and weaker
     assert nobos["sink"]["present"] and nobos["onset_layer"] == 3  # the structural first-position sink

@@ -99,8 +99,9 @@ def test_ablate_auto_on_the_planted_moe_removes_the_massive_activation():
     from sinkscope.intervene import InterveneConfig, intervene
 
     model, answer = planted_moe_model(layer=0, expert=1, neuron=4, dim=3)
-    result = intervene(model, "ablate", InterveneConfig(neurons="auto"), data=answer.inputs(6, 16))
-    assert result["neurons"] == [[0, 1, 4]]
+    # the planted model writes a massive dim but has no sink: name the episode whose writers to ablate
+    result = intervene(model, "ablate", InterveneConfig(neurons="auto", episode=0), data=answer.inputs(6, 16))
+    assert result["neurons"] == [[0, 1, 4]] and result["episode"]["dim"] == 3 and result["episode"]["ablated_share"] > 0.99
     before, after = result["max_abs_activation_before"], result["max_abs_activation_after"]
     assert before[-1] > 10 * after[-1]  # the planted write was the largest activation; without it, gone
 

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from sinkscope.testing import super_neuron_coordinates
 from sinkscope.fixtures import planted_sink_model
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     b = json.loads((tmp_path / "two" / "probe.json").read_text())
     a.pop("provenance"), b.pop("provenance")
     _close(a, b)
-    assert a["chain"]["super_neurons"] == [{"layer": 1, "index": 5, "dims": [3]}] and a["chain"]["consistent"]
+    assert super_neuron_coordinates(a["chain"]) == [{"layer": 1, "index": 5, "dims": [3]}] and a["chain"]["consistent"]
     for table in sorted(p.name for p in (tmp_path / "one").glob("chain_*.parquet")):
         x, y = pq.read_table(tmp_path / "one" / table).to_pydict(), pq.read_table(tmp_path / "two" / table).to_pydict()
         for column in x:

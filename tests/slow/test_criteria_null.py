@@ -42,9 +42,8 @@ def test_random_weights_give_no_verdict(family, width, seed, init):
     result = null_probe(family, width, seed, FAMILY_INIT_STD if init == "default" else INIT_STD)
     if init == "default":
         assert result["sink"]["present"] is False and result["onset_layer"] is None
-    if "chain_skipped" in result.payload:  # mixture of experts: the finder inside experts must find nothing
+    if "expert_neurons" in result.payload:  # mixture of experts: the finder inside experts must find nothing
         assert result["expert_neurons"]["candidates"] == []
-        return
     chain = result["chain"]
-    assert result["super_neurons"]["candidates"] == [] and chain["super_neurons"] == []
+    assert result["super_neurons"]["candidates"] == [] and chain["super_neurons"] == [] and chain["episodes"] == []
     assert chain["massive_dims"] == [] and chain["disparity_layer_input"] is None and chain["consistent"] is False

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from sinkscope.capture.attention import BatchInfo
-from sinkscope.capture.chain import DisparityObserver, NeuronObserver
+from sinkscope.chain.observers import DisparityObserver, NeuronObserver
 from sinkscope.capture.sink import SinkObserver
-from sinkscope.chain import link_neurons, reduce_disparity
+from sinkscope.chain import reduce_disparity
+from sinkscope.chain.verdict import first_position
 from sinkscope.criteria import Criteria
 from sinkscope.metrics.disparity import dominant_mask
 from sinkscope.metrics.qk import locked
-from sinkscope.metrics.sink import ratio_interval, relative_onset, uniform_attention_baseline, uniform_score_per_sequence
-from sinkscope.verdicts import first_position, reduce_sink
+from sinkscope.metrics.sink import ratio_interval, sustained_onset, uniform_attention_baseline, uniform_score_per_sequence
+from sinkscope.verdicts import reduce_sink
 
 C = Criteria()
 
@@ -69,12 +70,30 @@ def test_a_wide_interval_is_no_sink_even_with_a_high_mean():
     assert noisy["ratio"][0] > C.sink_ratio_min and noisy["present"] is False
 
 
-def test_relative_onset_at_the_fraction_of_the_peak():
+def test_sustained_onset_at_the_fraction_of_its_own_run():
     excess = torch.tensor([0.0, 0.5 - 1e-9, 0.5, 1.0], dtype=torch.float64)
     present = torch.tensor([False, True, True, True])
-    assert relative_onset(excess, present, 0.5) == 2
-    assert relative_onset(excess, present, 0.4) == 1
-    assert relative_onset(excess, torch.zeros(4, dtype=torch.bool), 0.5) is None
+    assert sustained_onset(excess, present, 0.5, 2) == 2
+    assert sustained_onset(excess, present, 0.4, 2) == 1
+    assert sustained_onset(excess, torch.zeros(4, dtype=torch.bool), 0.5, 2) is None
+
+
+def test_a_later_higher_sink_never_pushes_the_onset_deeper():
+    # SmolLM2's shape: a sustained sink at 3-5, a gap, then a stronger one at 8-9
+    excess = torch.tensor([0, 0, 1.0, 4.0, 4.2, 4.0, 0, 0, 9.0, 9.0], dtype=torch.float64)
+    present = excess > 0
+    assert sustained_onset(excess, present, 0.5, 2) == 3  # layer 2's 1.0 is under half of its run's 4.2
+    assert sustained_onset(excess, present, 0.2, 2) == 2
+
+
+def test_a_one_layer_blip_is_not_an_onset_unless_it_is_the_strongest():
+    blip = torch.tensor([0, 1.5, 0, 2.0, 2.0, 0], dtype=torch.float64)
+    assert sustained_onset(blip, blip > 0, 0.5, 2) == 3  # the lone, weaker layer 1 is not sustained
+    assert sustained_onset(blip, blip > 0, 0.5, 1) == 1  # ... unless one layer is enough
+    strong = torch.tensor([0, 3.0, 0, 2.0, 2.0, 0], dtype=torch.float64)
+    assert sustained_onset(strong, strong > 0, 0.5, 2) == 1  # the strongest layer's run counts, however short
+    only = torch.tensor([0, 0, 0, 2.6, 0, 0], dtype=torch.float64)  # organism-nobos: one sink layer, the strongest
+    assert sustained_onset(only, only > 0, 0.5, 2) == 3
 
 
 def test_paper_rules_use_the_absolute_onset():
@@ -137,14 +156,6 @@ def test_disparity_and_massive_dim_at_the_contrast():
     assert at["massive_dims_paper"] == []  # |h| ~ 5: far below Sun et al.'s 100
     below = _disparity(C.disparity_contrast * 0.98)
     assert below["disparity_layer_input"] is None and below["massive_dims"] == []
-
-
-def test_link_needs_the_dim_share_and_the_next_layer():
-    disparity = {"massive_at_sink": {2: [7]}}
-    cand = lambda share: {"layer": 1, "index": 0, "down_column": {"dims": [{"dim": 7, "share": share}]}}  # noqa: E731
-    assert link_neurons([cand(C.dim_share_min)], disparity, C.dim_share_min)[0]["writes_massive"] == [7]
-    assert link_neurons([cand(C.dim_share_min * 0.999)], disparity, C.dim_share_min) == []
-    assert link_neurons([{**cand(1.0), "layer": 0}], disparity, C.dim_share_min) == []  # dim dominates at 2, not 1
 
 
 @pytest.mark.parametrize("head_dim", [16, 64, 128])

@@ -35,6 +35,9 @@ class Adapter:
     mlp_down: str | None = None  # dense FFN down projection (fc2); its input holds the "neuron" activations
     mlp_up: str | None = None  # dense FFN up projection (fc1), or the fused gate+up when mlp_gate_up_fused
     mlp_gate: str | None = None  # SwiGLU/GeGLU gate projection; None for plain fc1/act/fc2 MLPs
+    mlp: str | None = None  # the whole FFN block, whose output is what it writes (a mixture of experts has no mlp_down)
+    attn_out_norm: str | None = None  # sandwich norm on the attention block's output, before the residual add
+    mlp_out_norm: str | None = None  # sandwich norm on the FFN block's output, before the residual add
     experts: str | None = None  # mixture-of-experts FFN: its experts module (fused per-expert weight tensors)
     shared_expert_down: str | None = None  # MoE: down projection of the always-on shared experts (DeepSeek)
     k_proj: str | None = None  # separate k/v projections; None when fused into qkv_proj or built from a latent (MLA)

@@ -8,7 +8,7 @@ from .base import Adapter, register_adapter
 
 register_adapter(Adapter(
     model_type="deepseek_v3", layers="layers", attention="self_attn", o_proj="self_attn.o_proj",
-    mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj", mlp_down="mlp.down_proj", experts="mlp.experts",
+    mlp="mlp", mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj", mlp_down="mlp.down_proj", experts="mlp.experts",
     shared_expert_down="mlp.shared_experts.down_proj",
     attn_norm="input_layernorm", final_norm="norm",
 ))

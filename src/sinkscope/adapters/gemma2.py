@@ -8,4 +8,6 @@ from dataclasses import replace
 from .base import register_adapter
 from .llama import LLAMA
 
-register_adapter(replace(LLAMA, model_type="gemma2"))
+# main diff with llama: each block's attention and FFN outputs pass a norm before the residual add
+register_adapter(replace(LLAMA, model_type="gemma2", attn_out_norm="post_attention_layernorm",
+                         mlp_out_norm="post_feedforward_layernorm"))

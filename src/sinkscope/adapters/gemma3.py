@@ -10,7 +10,9 @@ from dataclasses import replace
 from .base import register_adapter
 from .llama import LLAMA
 
-GEMMA3_TEXT = register_adapter(replace(LLAMA, model_type="gemma3_text"))
+# main diff with llama: gemma2's sandwich norms on each block's attention and FFN outputs
+GEMMA3_TEXT = register_adapter(replace(LLAMA, model_type="gemma3_text", attn_out_norm="post_attention_layernorm",
+                                       mlp_out_norm="post_feedforward_layernorm"))
 # main diff with gemma3_text: the decoder sits under language_model, in a wrapper with a vision tower
 register_adapter(replace(GEMMA3_TEXT, model_type="gemma3", layers="language_model.layers",
                          final_norm="language_model.norm", text_model="model.language_model"))

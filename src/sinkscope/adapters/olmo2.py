@@ -8,4 +8,5 @@ from dataclasses import replace
 from .base import register_adapter
 from .llama import LLAMA
 
-OLMO2 = register_adapter(replace(LLAMA, model_type="olmo2", attn_norm=None))
+OLMO2 = register_adapter(replace(LLAMA, model_type="olmo2", attn_norm=None, attn_out_norm="post_attention_layernorm",
+                                 mlp_out_norm="post_feedforward_layernorm"))

@@ -19,8 +19,7 @@ from torch import nn
 from ..adapters import Adapter
 from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
 from .attention import BatchInfo
-from .chain import as_tokens
-from .hooks import BlockOutputObserver, block_output_tensor, input_output_hooks
+from .hooks import as_tokens, BlockOutputObserver, block_output_tensor, input_output_hooks
 from .reducers import Tally
 
 
@@ -74,8 +73,9 @@ class DownProjSpikeObserver:
     both_spike (L): sequences whose input and output both exceed ``threshold``.
     """
 
-    def __init__(self, n_layers: int, intermediate: int, hidden: int, threshold: float):
+    def __init__(self, n_layers: int, intermediate: int, hidden: int, threshold: float, layers: list[int] | None = None):
         self.threshold = threshold
+        self.layers = layers  # blocks with a dense down projection (None: all)
         self.batch: BatchInfo | None = None
         self._pending: dict[int, list[float]] = {}  # layer -> this batch's input peaks, until its output arrives
         self.tally = tally = Tally()
@@ -85,7 +85,7 @@ class DownProjSpikeObserver:
         tally.zeros("out_hits", n_layers, hidden, dtype=torch.int64)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
-        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post)
+        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post, self.layers)
 
     def _pre(self, layer: int):
         def hook(module, args):

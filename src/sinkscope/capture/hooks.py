@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from ..adapters import block_part, blocks
@@ -31,11 +32,18 @@ def scoped_hooks(forward: Iterable[tuple[nn.Module, Callable]] = (),
 
 
 def input_output_hooks(model: nn.Module, adapter, part: str, pre: Callable[[int], Callable],
-                       post: Callable[[int], Callable]) -> tuple[list, list]:
-    """(forward pre-hooks, forward hooks) on block part ``part`` of every layer; ``pre(layer)`` and
-    ``post(layer)`` make the hooks, so one observer reads the part's input and its output."""
-    modules = [block_part(model, adapter, layer, part) for layer in range(len(blocks(model, adapter)))]
-    return [(m, pre(layer)) for layer, m in enumerate(modules)], [(m, post(layer)) for layer, m in enumerate(modules)]
+                       post: Callable[[int], Callable], layers: Iterable[int] | None = None) -> tuple[list, list]:
+    """(forward pre-hooks, forward hooks) on block part ``part`` of every layer (or of ``layers``, the blocks
+    that have it); ``pre(layer)`` and ``post(layer)`` make the hooks, so one observer reads the part's input
+    and its output."""
+    chosen = range(len(blocks(model, adapter))) if layers is None else layers
+    modules = {layer: block_part(model, adapter, layer, part) for layer in chosen}
+    return [(m, pre(layer)) for layer, m in modules.items()], [(m, post(layer)) for layer, m in modules.items()]
+
+
+def as_tokens(x: torch.Tensor, batch) -> torch.Tensor:
+    """(B, T, W) view of a hooked activation; some families (OPT) flatten tokens to (B*T, W) in the MLP."""
+    return x.view(*batch.valid.shape, -1) if x.dim() == 2 else x
 
 
 def block_output_tensor(output):

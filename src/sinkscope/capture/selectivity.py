@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import Adapter, block_part, blocks, mlp_input_module
+from ..adapters import Adapter, block_part, mlp_input_module
 from .attention import BatchInfo
-from .chain import as_tokens
+from .hooks import as_tokens
 from .reducers import Tally, add_rows_by_position
 
 
@@ -28,8 +28,10 @@ class SelectivityObserver:
 
     batch: BatchInfo | None = None  # set by the runner before every forward
 
-    def __init__(self, n_layers: int, width: int, n_channels: int, max_len: int, max_positions: int):
+    def __init__(self, n_layers: int, width: int, n_channels: int, max_len: int, max_positions: int,
+                 layers: list[int] | None = None):
         self.tracked = min(max_len, max_positions)
+        self.layers = list(range(n_layers)) if layers is None else layers  # blocks with a dense FFN
         self.tally = tally = Tally()
         tally.zeros("count", n_layers, self.tracked)
         tally.zeros("x_sum", n_layers, self.tracked, width)
@@ -37,9 +39,9 @@ class SelectivityObserver:
         tally.zeros("act_sum", n_layers, self.tracked, n_channels)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
-        """(forward pre-hooks, no forward hooks) on every layer's first MLP projection and down projection."""
+        """(forward pre-hooks, no forward hooks) on every dense layer's first MLP projection and down projection."""
         pre = []
-        for layer in range(len(blocks(model, adapter))):
+        for layer in self.layers:
             pre.append((mlp_input_module(model, adapter, layer), self._input_hook(layer)))
             pre.append((block_part(model, adapter, layer, "mlp_down"), self._activation_hook(layer)))
         return pre, []

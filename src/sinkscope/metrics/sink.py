@@ -135,14 +135,24 @@ def ratio_interval(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Ten
     return mean, mean - half, mean + half
 
 
-def relative_onset(excess: torch.Tensor, present: torch.Tensor, fraction: float) -> int | None:
-    """First layer with a sink (``present``) whose excess over uniform reaches ``fraction`` of the peak's.
+def sustained_onset(excess: torch.Tensor, present: torch.Tensor, fraction: float, min_layers: int) -> int | None:
+    """First layer of the first sustained sink: the first run of consecutive sink layers (``present``) that
+    lasts ``min_layers`` layers or holds the strongest layer, and within it the first layer whose excess
+    over uniform reaches ``fraction`` of that run's own peak excess.
 
-    excess: (L,) head-mean sink score minus its uniform baseline; present: (L,) bool. None when no
-    layer has a sink. The peak is taken over the layers with a sink.
+    excess: (L,) head-mean sink score minus its uniform baseline; present: (L,) bool. None when no layer
+    has a sink. A later, higher run never pushes the onset deeper: the run's own peak is the reference.
     """
-    if not bool(present.any()):
+    layers = present.nonzero()[:, 0].tolist()
+    if not layers:
         return None
-    peak = float(excess[present].max())
-    reached = present & (excess >= fraction * peak)
-    return int(reached.nonzero()[0, 0])
+    strongest = layers[int(excess[present].argmax())]
+    runs: list[list[int]] = []
+    for k in layers:
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    run = next(r for r in runs if len(r) >= min_layers or strongest in r)
+    peak = max(float(excess[k]) for k in run)
+    return next(k for k in run if float(excess[k]) >= fraction * peak)

@@ -8,11 +8,11 @@ Shared experts (every token, no router) are listed with ``expert: "shared"``.
 
 from __future__ import annotations
 
-from .adapters import blocks
-from .adapters.coverage import blocks_with
-from .capture.experts import ExpertNeuronObserver, expert_down_column
-from .chain import COLUMN_DIMS, MAX_CANDIDATES
-from .metrics.neurons import column_profile
+from ..adapters import blocks
+from ..adapters.coverage import blocks_with
+from ..capture.experts import ExpertNeuronObserver, expert_down_column
+from .links import COLUMN_DIMS, MAX_CANDIDATES
+from ..metrics.neurons import column_profile
 
 
 def expert_observer(model, adapter, criteria) -> ExpertNeuronObserver | None:

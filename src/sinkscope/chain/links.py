@@ -1,153 +1,37 @@
-"""The causal chain of method.md sections 2-4, measured and linked with no coordinates given.
+"""The chain's links (method.md sections 2-4) reduced from the sweep's tallies: C1 variance, C2 neuron
+evidence, C3 disparity and massive dims, QK locking.
 
-variance discrepancy (C1) -> super neurons (C2) -> dimension disparity (C3) -> QK locking -> sink.
-
-:func:`chain_observers` builds the streamed observers ``probe`` adds to its sweep when
-``config.chain`` is on; :func:`reduce_chain` turns their (all-reduced) tallies into the ``variance``,
-``super_neurons``, ``disparity``, ``qk_locking`` and ``chain`` sections of probe.json plus Parquet
-tables. Layer and neuron indices are 0-based, as in the model's module lists. Disparity indices
-count layer *inputs*: k is the residual stream entering layer k (k = L: the final norm's input), so
-a neuron in layer l shows up at k = l + 1, the first layer whose attention can see it.
+Layer and neuron indices are 0-based, as in the model's module lists. Disparity indices count layer
+*inputs*: k is the residual stream entering layer k (k = L: the final norm's input), so a neuron in
+layer l shows up at k = l + 1, the first layer whose attention can see it. The spike ratios of
+``super_neurons.candidates`` are evidence; which neurons are super neurons is decided by attribution
+(:mod:`sinkscope.chain.episodes`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from .adapters import block_part, blocks, head_counts, key_weight, mlp_weights, weight_out_in
-from .capture.chain import DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver
-from .capture.reducers import few_threads
-from .capture.selectivity import SelectivityObserver
-from .capture.runner import Sweep
-from .config import ProbeConfig
-from .criteria import Criteria
-from .results import json_float, json_floats
-from .tables import long_table
-from .verdicts import chain_consistent, chain_verdict, first_position
-from .errors import SinkscopeError
-from .metrics.neurons import column_profile, selectivity_by_position, top_rows
-from .metrics.qk import NULL_POSITIVE_SHARE, cosine, key_rows, locked, top_principal_direction
-from .metrics.stats import histogram_quantile
-from .metrics.variance import std_across_samples, variance_summary
+from ..adapters import head_counts, key_weight, mlp_weights
+from ..adapters.coverage import blocks_with
+from ..capture.reducers import few_threads
+from ..capture.selectivity import SelectivityObserver
+from ..criteria import Criteria
+from ..metrics.neurons import column_profile, selectivity_by_position, top_rows
+from ..metrics.qk import NULL_POSITIVE_SHARE, cosine, key_rows, locked, top_principal_direction
+from ..metrics.stats import histogram_quantile
+from ..metrics.variance import std_across_samples, variance_summary
+from ..results import json_float, json_floats
+from ..tables import long_table
+from .observers import DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver
 
 # Display limits, not decision rules (those are all in sinkscope.criteria.Criteria).
 MAX_CANDIDATES = 16  # neuron candidates listed as evidence, strongest first
 MAX_SELECTIVITY_NEURONS = 4  # neurons whose selectivity by position is tabled
-# Down-column dims listed per candidate, largest energy share first; link_neurons looks no further. A column
-# whose massive dim ranks below this is spread over many dims, not a super neuron's (> 0.9 on one dim).
-COLUMN_DIMS = 5
+COLUMN_DIMS = 5  # down-column dims listed per candidate, largest energy share first
 DOWN_OUTPUT_DIMS = 3  # dims per layer in down_output_at_sink (what each MLP writes at the first token)
-
-
-def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
-    """The streamed chain observers, keyed by name; each has a ``.tally``."""
-    check_chain_config(config)
-    c = config.criteria
-    n_layers = len(blocks(model, adapter))
-    n_heads, _, head_dim = head_counts(model.config)
-    hidden = model.config.hidden_size
-    width_in = _in_features(block_part(model, adapter, 0, "o_proj"), adapter)
-    channels = mlp_weights(model, adapter, 0)["down"].shape[1]
-    observers = {
-        "values": ValueOutputObserver(n_layers, n_heads, width_in, hidden, max_len, config.variance_positions),
-        "neurons": NeuronObserver(n_layers, channels, hidden, c.spike_token_ratio, c.spike_channel_ratio),
-        "disparity": DisparityObserver(n_layers, hidden, max_len, c.massive_abs_paper, c.massive_rel_paper,
-                                       c.disparity_contrast),
-        "queries": QueryObserver(n_layers, n_heads, head_dim),
-    }
-    if config.selectivity_positions:  # the MLP input is a normalised residual-stream token: width = hidden
-        observers["selectivity"] = SelectivityObserver(n_layers, hidden, channels, max_len, config.selectivity_positions)
-    return observers
-
-
-def check_chain_config(config: ProbeConfig) -> None:
-    """Refuse chain settings that cannot mean anything, naming the flag to change."""
-    if config.variance_positions < 1:
-        raise SinkscopeError("--variance-positions must be at least 1")
-    if config.neuron_top_k < 1:
-        raise SinkscopeError("--neuron-top-k must be at least 1")
-    if config.selectivity_positions < 0:
-        raise SinkscopeError("--selectivity-positions must be 0 (no trace) or more")
-    check_criteria(config.criteria)
-
-
-def check_criteria(c: Criteria) -> None:
-    """Refuse criteria that cannot mean anything, naming the flag to change."""
-    for name in ("sink_ratio_min", "spike_token_ratio", "spike_channel_ratio", "weight_outlier",
-                 "disparity_contrast", "massive_abs_paper", "massive_rel_paper", "lock_alignment_z"):
-        if not getattr(c, name) >= 0:
-            raise SinkscopeError(f"--{name.replace('_', '-')} must be non-negative")
-    for name in ("sink_confidence", "onset_fraction", "spike_persistence", "dim_share_min", "massive_persistence",
-                 "lock_positive_share"):
-        if not 0 <= getattr(c, name) <= 1 or (name == "sink_confidence" and not 0 < c.sink_confidence < 1):
-            raise SinkscopeError(f"--{name.replace('_', '-')} must lie in [0, 1] (a share)")
-
-
-def _in_features(module, adapter) -> int:
-    return weight_out_in(module, adapter).shape[1]
-
-
-def extend_sweep(sweep: Sweep, observers: dict, model, adapter) -> Sweep:
-    """Add the chain observers' hooks to a probe sweep (in place) and return it."""
-    for name in ("values", "neurons", "selectivity"):
-        if name in observers:  # selectivity is optional (--selectivity-positions 0)
-            pre, post = observers[name].hooks(model, adapter)
-            sweep.forward_pre_hooks += pre
-            sweep.forward_hooks += post
-            sweep.batch_listeners.append(observers[name])
-    sweep.forward_hooks += observers["disparity"].hooks(model, adapter)
-    sweep.batch_listeners.append(observers["disparity"])
-    sweep.attention_observers.append(observers["queries"])
-    return sweep
-
-
-@dataclass
-class ChainResult:
-    payload: dict  # sections merged into probe.json
-    tables: dict[str, dict[str, list]]  # Parquet tables
-
-
-def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch.Tensor, sink: dict,
-                 sequences: list[list[int]]) -> ChainResult:
-    """All chain sections from the all-reduced tallies; ``sink_score`` is (L, H) for the first token and
-    ``sink`` the probe's sink verdict (:func:`sinkscope.verdicts.reduce_sink`)."""
-    model, adapter, c = loaded.model, loaded.adapter, config.criteria
-    onset = sink["onset_layer"]
-    tokens = observers.get("keys") or observers["effective_tokens"]  # either observer gives the effective tokens
-    variance, variance_tables = reduce_variance(observers["values"], tokens)
-    variance["first_position"] = first_position(sequences)
-    disparity = reduce_disparity(observers["disparity"], c)
-    neurons = reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k, c)
-    massive = disparity["massive_dims"]
-    linked = link_neurons(neurons["candidates"], disparity, c.dim_share_min)
-    traced = linked or neurons["candidates"][:1]
-    sel_table = selectivity_table(observers.get("selectivity"), model, adapter,
-                                  [(n["layer"], n["index"]) for n in traced[:MAX_SELECTIVITY_NEURONS]])
-    qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score, c)
-    chain = {
-        "super_neurons": [{"layer": n["layer"], "index": n["index"], "dims": n["writes_massive"]} for n in linked],
-        "massive_dims": massive,
-        "disparity_layer_input": disparity["disparity_layer_input"],
-        "onset_layer": onset,
-    }
-    chain["consistent"] = chain_consistent(chain)
-    chain["verdict"] = chain_verdict(chain, neurons, disparity, sink, variance, c)
-    chain["evidence"] = {
-        "neurons": linked,
-        "finders_agree": bool(linked) and all(n["weight_outlier"] for n in linked),
-        "disparity": {k: disparity[k] for k in ("sink_dom_ratio", "other_dom_ratio_median", "contrast")},
-        "sink_ratio": sink["ratio"],
-        "locked_heads": qk.get("locked_heads", []),
-    }
-    payload = {"variance": variance, "super_neurons": neurons, "disparity": disparity, "qk_locking": qk,
-               "chain": chain}
-    tables = {**variance_tables, "chain_qk": qk_table}
-    if sel_table["neuron"]:
-        tables["chain_neuron_selectivity"] = sel_table
-    return ChainResult(payload, tables)
 
 
 def selectivity_table(obs: SelectivityObserver | None, model, adapter, neurons: list[tuple[int, int]]) -> dict:
@@ -213,13 +97,14 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Crite
     other_mean_abs = tally["other_abs_sum"] / tally["other_tokens"].clamp(min=1)[:, None]
     channel_mean = tally["sink_channel_mean_sum"] / sequences[:, 0]  # (L,)
     weight = weight_finder(model, adapter, top_k, c.weight_outlier)
+    by_layer = {row["layer"]: row for row in weight}
     layers, index = (persistence >= c.spike_persistence).nonzero(as_tuple=True)
     order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
     candidates = []
     for i in order.tolist():
         layer, n = int(layers[i]), int(index[i])
         down = mlp_weights(model, adapter, layer)["down"]
-        outliers = {row["index"] for row in weight[layer]["outliers"]}
+        outliers = {row["index"] for row in by_layer[layer]["outliers"]}
         candidates.append({
             "layer": layer, "index": n, "persistence": float(persistence[layer, n]),
             "sink_activation": float(tally["sink_sum"][layer, n] / sequences[layer, 0]),
@@ -246,9 +131,9 @@ def _ratio(value, reference) -> float | None:
 
 
 def weight_finder(model, adapter, top_k: int, outlier: float) -> list[dict]:
-    """Per layer, the top-k gate and up (fc1) rows by L2 norm and the rows that stand out in both."""
+    """Per dense layer, the top-k gate and up (fc1) rows by L2 norm and the rows that stand out in both."""
     out = []
-    for layer in range(len(blocks(model, adapter))):
+    for layer in blocks_with(model, adapter, "mlp_down"):  # dense FFNs (experts are read by attribution)
         w = mlp_weights(model, adapter, layer)
         up = top_rows(w["up"], top_k)
         gate = top_rows(w["gate"], top_k) if w["gate"] is not None else None
@@ -258,22 +143,6 @@ def weight_finder(model, adapter, top_k: int, outlier: float) -> list[dict]:
             standing = [r for r in standing if r["index"] in gate_out]
         out.append({"layer": layer, "gate": gate, "up": up, "outliers": standing})
     return out
-
-
-def link_neurons(candidates: list[dict], disparity: dict, share_min: float) -> list[dict]:
-    """Candidates whose column writes a dim that dominates the first token right after their layer.
-
-    "Dominates" is the scale-free massive rule of :func:`reduce_disparity` (the dim alone lifts the
-    token's DomRatio above the other tokens'), whatever the dim's absolute size.
-    """
-    by_layer = disparity["massive_at_sink"]  # {k: [dims]}
-    linked = []
-    for cand in candidates:
-        seen = set(by_layer.get(cand["layer"] + 1, []))
-        dims = [d["dim"] for d in cand["down_column"]["dims"] if d["share"] >= share_min and d["dim"] in seen]
-        if dims:
-            linked.append({**cand, "writes_massive": dims})
-    return linked
 
 
 # ---- C3 -----------------------------------------------------------------------------------------
@@ -358,6 +227,7 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
     observed = cosine(top, sink_key)  # (L, H) against the mean sink key actually seen
     normed = disparity.pop("sink_normed_mean")
     start = disparity["disparity_layer_input"]
+    keys_readable = adapter.k_proj is not None or adapter.qkv_proj is not None  # latent attention has no W_K
     L = share.shape[0]
     table = {"layer": [], "head": [], "massive_dim": [], "alignment": [], "alignment_sink_key": [],
              "positive_share": [], "sink_score": []}
@@ -366,7 +236,7 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
         dims = disparity["massive_at_sink"].get(layer, [])
         dim = dims[0] if dims else None
         align = [math.nan] * n_heads
-        if dim is not None and top.shape[-1] == head_dim:
+        if dim is not None and top.shape[-1] == head_dim and keys_readable:
             column = key_rows(key_weight(model, adapter, layer, n_heads, n_kv, head_dim), n_kv, head_dim, n_heads)[..., dim]
             column = column * torch.sign(normed[layer, dim]).to(column.dtype)
             align = cosine(top[layer], column.to(top.device)).tolist()
@@ -388,6 +258,8 @@ def reduce_qk(obs: QueryObserver, model, adapter, disparity: dict, sink_score: t
                "lock_criteria": {"positive_share": c.lock_positive_share, "alignment": min_align,
                                  "null_positive_share": NULL_POSITIVE_SHARE,
                                  "null_alignment_std": 1 / math.sqrt(head_dim)},
-               "note": None if start is not None else "no dimension disparity, so no massive key to lock onto",
+               "note": ("no dimension disparity, so no massive key to lock onto" if start is None else None if
+                        keys_readable else "keys come from a shared latent (no W_K row to align with): alignment "
+                        "is against the mean sink key seen (alignment_sink_key) only"),
                "table": "chain_qk"}
     return section, table

@@ -22,17 +22,14 @@ from ..metrics.disparity import dominance_ratio, dominant_mask, log_bins, massiv
 from ..metrics.neurons import spike_ratios
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims, std_across_dims_and_heads
-from .attention import AttentionCall, BatchInfo
-from .hooks import block_output_tensor, input_output_hooks
-from .reducers import Tally, add_rows_by_position, effective_rank_sum, scatter_by_position
+from ..capture.attention import AttentionCall, BatchInfo
+from ..capture.hooks import as_tokens, block_output_tensor, input_output_hooks
+from ..capture.reducers import Tally, add_rows_by_position, effective_rank_sum, scatter_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
 RANK_TOKENS = 512  # effective rank over each sequence's first this-many real tokens (an eigvalsh of that size)
 
 
-def as_tokens(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
-    """(B, T, W) view of a hooked activation; some families (OPT) flatten tokens to (B*T, W) in the MLP."""
-    return x.view(*batch.valid.shape, -1) if x.dim() == 2 else x
 
 
 def _sink_rows(x: torch.Tensor, batch: BatchInfo) -> torch.Tensor:
@@ -114,8 +111,10 @@ class NeuronObserver(_Hooked):
       down_out_sink_abs_sum (L, D): |down-proj output| at the sink.
     """
 
-    def __init__(self, n_layers: int, n_channels: int, hidden: int, token_ratio: float, channel_ratio: float):
+    def __init__(self, n_layers: int, n_channels: int, hidden: int, token_ratio: float, channel_ratio: float,
+                 layers: list[int] | None = None):
         self.token_ratio, self.channel_ratio = token_ratio, channel_ratio
+        self.layers = list(range(n_layers)) if layers is None else layers  # blocks with a dense FFN
         self.tally = tally = Tally()
         tally.zeros("sequences", n_layers)
         tally.zeros("other_tokens", n_layers)
@@ -125,8 +124,8 @@ class NeuronObserver(_Hooked):
         tally.zeros("down_out_sink_abs_sum", n_layers, hidden)
 
     def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
-        """(forward pre-hooks, forward hooks) on every layer's down projection."""
-        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post)
+        """(forward pre-hooks, forward hooks) on every dense layer's down projection."""
+        return input_output_hooks(model, adapter, "mlp_down", self._pre, self._post, self.layers)
 
     def _pre(self, layer: int):
         def hook(module, args):
@@ -164,7 +163,8 @@ class DisparityObserver(_Hooked):
 
     Index k = 0..L. Pre-norm families: hooks on each block's ``attn_norm`` (its input is the
     residual stream, its output the normalised token) and on ``final_norm``. Post-norm families
-    (``adapter.pre_norm`` False): block k-1's output is both. Tallies (K = L + 1):
+    (``adapter.pre_norm`` False) and families with no norm before attention: block k-1's output (the
+    first block's input for k = 0) is both. Tallies (K = L + 1):
       sink_count (K); sink_dom_sum / sink_dom_norm_sum (K): sink-token DomRatio at the residual
       stream and at the norm output; other_count, other_dom_sum (K); max_other_dom,
       max_other_dom_norm (K); other_dom_hist / other_dom_norm_hist (K, bins) for the median;
@@ -197,16 +197,22 @@ class DisparityObserver(_Hooked):
         tally.zeros("massive_by_position", K, max_len)
         tally.zeros("dominant_by_position", K, max_len)
 
-    def hooks(self, model: nn.Module, adapter: Adapter) -> list:
-        """Forward hooks (module, hook)."""
+    def hooks(self, model: nn.Module, adapter: Adapter) -> tuple[list, list]:
+        """(forward pre-hooks, forward hooks) as (module, hook) pairs."""
         layers = blocks(model, adapter)
-        if not adapter.pre_norm or adapter.attn_norm is None:
-            return [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+        if not adapter.pre_norm or adapter.attn_norm is None:  # input 0 is the first block's input
+            outputs = [(block, self._block_hook(k + 1)) for k, block in enumerate(layers)]
+            return [(layers[0], self._input_hook(0))], outputs
         hooks = [(block_part(model, adapter, k, "attn_norm"), self._norm_hook(k)) for k in range(len(layers))]
         final = get_path(base_model(model), adapter.final_norm)
         if final is not None:
             hooks.append((final, self._norm_hook(len(layers))))
-        return hooks
+        return [], hooks
+
+    def _input_hook(self, k: int):
+        def hook(module, args):
+            self.observe(k, args[0], args[0])
+        return hook
 
     def _norm_hook(self, k: int):
         def hook(module, args, output):
