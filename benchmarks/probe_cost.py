@@ -212,7 +212,7 @@ def chain_cost(samples: int = 500, seq_len: int = 64, batch_size: int = 50, repe
 
     import sinkscope
     from sinkscope.adapters import adapter_for, blocks, head_counts
-    from sinkscope.capture.chain import ValueOutputObserver
+    from sinkscope.chain.observers import ValueOutputObserver
     from sinkscope.capture.runner import Sweep, run_sweep
     from sinkscope.capture.sink import EffectiveTokensObserver
 

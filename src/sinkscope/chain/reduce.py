@@ -16,7 +16,7 @@ from .verdict import chain_consistent, chain_verdict, first_position
 @dataclass
 class ChainResult:
     payload: dict  # sections merged into probe.json
-    tables: dict[str, dict[str, list]]  # Parquet tables
+    tables: dict[str, dict]  # Parquet tables: column name -> array or list
 
 
 def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch.Tensor, sink: dict,
