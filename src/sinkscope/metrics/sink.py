@@ -155,4 +155,6 @@ def sustained_onset(excess: torch.Tensor, present: torch.Tensor, fraction: float
             runs.append([k])
     run = next(r for r in runs if len(r) >= min_layers or strongest in r)
     peak = max(float(excess[k]) for k in run)
-    return next(k for k in run if float(excess[k]) >= fraction * peak)
+    # a sink layer's pooled score can sit below uniform (its lower bound passed on per-sequence ratios): then
+    # fraction * peak > peak, and the run's own peak must still reach its bar
+    return next(k for k in run if float(excess[k]) >= min(fraction * peak, peak))
