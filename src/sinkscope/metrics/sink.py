@@ -144,5 +144,5 @@ def relative_onset(excess: torch.Tensor, present: torch.Tensor, fraction: float)
     if not bool(present.any()):
         return None
     peak = float(excess[present].max())
-    reached = present & (excess >= fraction * peak)
+    reached = present & (excess >= min(fraction * peak, peak))  # a peak below uniform (excess < 0) still reaches itself
     return int(reached.nonzero()[0, 0])
