@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_module
 from sinkscope.cli import main
 from sinkscope.config import build, load_yaml
 from sinkscope.errors import SinkscopeError
@@ -60,7 +61,7 @@ def test_run_writes_logs_telemetry_checkpoint_and_loadable_model(corpus, tmp_pat
 
 
 def test_tensorboard_gets_the_telemetry_scalars(corpus, tmp_path):
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    event_accumulator = require_module("tensorboard.backend.event_processing.event_accumulator")
 
     train(tiny(corpus, tmp_path / "run", steps=6))
     board = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
