@@ -42,6 +42,15 @@ def require_module(name: str, fix: str = ""):
         missing(f"module {name}", fix or "pip install -e '.[dev]'")
 
 
+def require_embedded(name: str) -> str:
+    """``name`` when its checkpoint ships with the package, or :func:`missing` (a skip outside CI, a failure in it)."""
+    from sinkscope.models import embedded_path
+
+    if embedded_path(name) is None:
+        missing(f"the embedded {name} checkpoint", "reinstall sinkscope with its assets (src/sinkscope/assets/models)")
+    return name
+
+
 @pytest.fixture
 def llama():
     """A tiny random-weight grouped-query llama (hidden 32, 2 layers, 4 query / 2 kv heads)."""

@@ -5,17 +5,9 @@ isolation does not, because its super neuron keys on the BOS token (the third te
 organism-nobos, the same model with its first blocks retrained without BOS: its first position is a sink
 by structure, so isolating any token recreates the first token's state and a sink."""
 
-from conftest import missing
+from conftest import require_embedded as embedded
 from sinkscope.config import build
 from sinkscope.intervene import InterveneConfig, intervene
-from sinkscope.models import embedded_path
-
-
-def embedded(name: str) -> str:
-    """``name`` when its checkpoint ships with the package; otherwise a skip, or a failure where CI=true."""
-    if embedded_path(name) is None:
-        missing(f"the embedded {name} checkpoint", "reinstall sinkscope with its assets")
-    return name
 
 
 DATA = {"samples": 32, "seq_len": 64}
