@@ -200,3 +200,30 @@ def test_amplify_scores_intervals_and_decisions_match_a_hand_edited_eager_model(
     assert result["monotone"] == all(b >= a - 1e-6 for a, b in zip(scores, scores[1:]))
     assert result["control_differs"] is bool(want["amplify"][-1][1][0] > want["control"][-1][1][1])
     assert result["control_differs"] is differs  # each side of the rule is exercised by one case
+
+
+def test_ablate_perplexity_on_padded_batches_matches_cross_entropy_per_sequence():
+    """perplexity_before/after with its CI: each sequence alone through the plain (or column-zeroed) model,
+    torch's cross-entropy, and the normal interval on per-sequence mean NLL in numpy."""
+    import copy
+
+    model = tiny_llama(seed=2)
+    sequences = _sequences(seed=2)
+    layer, neuron = 1, 7
+    result = intervene(model, "ablate", _config(neurons=f"{layer}:{neuron}"), data=sequences)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.model.layers[layer].mlp.down_proj.weight[:, neuron] = 0
+    for key, reference in (("perplexity_before", model), ("perplexity_after", zeroed)):
+        rows = []
+        for seq in sequences:
+            ids = torch.tensor(seq)
+            with torch.no_grad():
+                logits = reference(ids[None]).logits[0].double()
+            rows.append((float(torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="sum")), len(seq) - 1))
+        rows = np.array(rows)
+        total = rows[:, 0].sum() / rows[:, 1].sum()
+        half = Z * (rows[:, 0] / rows[:, 1]).std(ddof=1) / math.sqrt(len(rows))
+        assert result[key]["perplexity"] == pytest.approx(math.exp(total), rel=1e-5)
+        assert result[key]["ci"] == pytest.approx([math.exp(total - half), math.exp(total + half)], rel=1e-5)
+    assert result["perplexity_after"]["perplexity"] != pytest.approx(result["perplexity_before"]["perplexity"])
