@@ -5,9 +5,10 @@ isolation does not, because its super neuron keys on the BOS token (the third te
 organism-nobos, the same model with its first blocks retrained without BOS: its first position is a sink
 by structure, so isolating any token recreates the first token's state and a sink."""
 
-from conftest import require_embedded as embedded
 from sinkscope.config import build
 from sinkscope.intervene import InterveneConfig, intervene
+
+from conftest import require_embedded as embedded
 
 
 DATA = {"samples": 32, "seq_len": 64}

@@ -22,12 +22,13 @@ import transformers
 from scipy.stats import norm
 from transformers import AttentionInterface
 
-from conftest import require_embedded as embedded
 from sinkscope.config import build
 from sinkscope.data import embedded_prompts
 from sinkscope.intervene import InterveneConfig, intervene
 from sinkscope.loading import load_model
 from sinkscope.testing import tiny_model
+
+from conftest import require_embedded as embedded
 
 POSITION = 5
 LENGTHS = (16, 12, 14, 9, 16, 11, 13, 16)

@@ -17,6 +17,8 @@ from sinkscope.report import build_report
 from sinkscope.testing import tiny_model, tiny_sinkscope_config
 from sinkscope.train import model as own_model
 
+from test_capture_parity import brute_force
+
 
 def _own(variant: str):
     torch.manual_seed(0)
@@ -61,14 +63,21 @@ def test_sinkscope_variants_report_the_learned_sink_mass(variant, monkeypatch):
 
 
 def test_the_verdict_and_the_report_show_the_learned_sink_beside_the_first_token(tmp_path):
-    result = sinkscope.probe(tiny_model("gpt_oss"), torch.randint(3, 96, (4, 12)), batch_size=4,
-                             out=tmp_path / "gpt-oss" / "probe")
+    """The verdict's numbers from float64 brute force on eager gpt-oss (test_capture_parity.brute_force: the
+    sink logit as an extra column with no value), not from the result it describes."""
+    model = tiny_model("gpt_oss")
+    sequences = torch.randint(3, 96, (4, 12)).tolist()
+    result = sinkscope.probe(model, sequences, batch_size=4, out=tmp_path / "gpt-oss" / "probe")
     verdict = result["learned_sink_verdict"]
-    mass = torch.tensor(result["learned_sink_mass"])
-    first = torch.tensor(result["sink_score"])
+    ref, _ = brute_force(model, sequences, "right", keys=(0,))
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    mass = torch.tensor([[ref.mean("learned_sink")[(layer, h)] for h in range(H)] for layer in range(L)])
+    first = torch.tensor([[ref.mean("score")[(layer, h, 0)] for h in range(H)] for layer in range(L)])
     assert f"on average {100 * mass.mean():.1f}% of their attention to their learned sink" in verdict
     assert f"{100 * first.mean():.1f}% to the first token" in verdict
-    assert f"{int((mass > first).sum())} of {mass.numel()} heads" in verdict
+    assert f"; {int((mass > first).sum())} of {mass.numel()} heads give" in verdict
+    layer, head = divmod(int(mass.argmax()), H)
+    assert f"(most: layer {layer} head {head}, {100 * mass.max():.1f}%)" in verdict
     assert "the super-neuron finder inside experts reports in expert_neurons" in result["chain_skipped"]
     page = build_report([tmp_path / "gpt-oss"], tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()

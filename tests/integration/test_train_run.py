@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_module
 from sinkscope.cli import main
 from sinkscope.config import build, load_yaml
 from sinkscope.errors import SinkscopeError
 from sinkscope.results import SCHEMA_VERSION, write_json
 from sinkscope.train.config import ModelSpec, OptimConfig, TrainConfig, TrainDataConfig
 from sinkscope.train.loop import Trainer, train
+
+from conftest import require_module
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

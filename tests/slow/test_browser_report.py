@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import missing
 from sinkscope.demo import DEFAULT_MODEL, DEFAULT_STRUCTURAL, DEFAULT_TWIN, DemoConfig, demo
 from sinkscope.models import embedded_path
 from sinkscope.report import SECTIONS
+
+from conftest import missing
 
 pytestmark = pytest.mark.slow
 
