@@ -96,7 +96,7 @@ def _by_hand(model, layer: int, expert, sequences, flag_dim: int) -> dict:
             sink_act.append(abs(float(torch.nn.functional.silu(g) * g)))
             if expert == "shared":
                 continue
-            probs = torch.softmax(x @ moe.gate.weight.double().T, -1)  # (T, E)
+            probs = torch.softmax(x @ moe.gate.weight.detach().double().T, -1)  # (T, E)
             top, index = probs.topk(model.config.num_experts_per_tok, -1)
             if model.config.norm_topk_prob:
                 top = top / top.sum(-1, keepdim=True)
