@@ -115,11 +115,19 @@ def _assert_sink_section(sink: dict, layer_score: list, ref: dict, ratio_min: fl
     assert sink["sequences"] == ref["sequences"]
     assert sink["present_by_layer"] == [bool(lo >= ratio_min) for lo in ref["low"]]
     assert sink["present"] == any(lo >= ratio_min for lo in ref["low"])
+    peak = int(np.argmax(ref["ratio"]))
+    assert sink["peak_layer"] == peak
+    ratio, lo, hi = ref["ratio"][peak], ref["low"][peak], ref["high"][peak]
+    quoted = (f"with {ratio:.1f}x the attention uniform attention would give it (95 % CI {lo:.1f}-{hi:.1f} over "
+              f"{ref['sequences']} sequences" if sink["present"] else
+              f"(highest: layer {peak}, {ratio:.2f}x uniform, 95 % CI {lo:.2f}-{hi:.2f})")
+    assert quoted in sink["verdict"]  # the sentence a researcher quotes carries the reference's numbers
 
 
-# mistral: a window on every layer; gemma3_text: window, full, window; bert: every query sees every key
+# mistral: a window on every layer; gemma2: soft-capped logits, window and full; gemma3_text: window, full,
+# window; bert: every query sees every key
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text", "bert"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2", "gemma3_text", "bert"])
 def test_sink_section_matches_eager_attention(family, padding_side):
     model = tiny_model(family)
     sequences = _sequences()
