@@ -13,6 +13,7 @@ the mean uniform baseline, the excess of the pooled score over it, and the prese
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -117,11 +118,19 @@ def _assert_sink_section(sink: dict, layer_score: list, ref: dict, ratio_min: fl
     assert sink["present"] == any(lo >= ratio_min for lo in ref["low"])
     peak = int(np.argmax(ref["ratio"]))
     assert sink["peak_layer"] == peak
-    ratio, lo, hi = ref["ratio"][peak], ref["low"][peak], ref["high"][peak]
-    quoted = (f"with {ratio:.1f}x the attention uniform attention would give it (95 % CI {lo:.1f}-{hi:.1f} over "
-              f"{ref['sequences']} sequences" if sink["present"] else
-              f"(highest: layer {peak}, {ratio:.2f}x uniform, 95 % CI {lo:.2f}-{hi:.2f})")
-    assert quoted in sink["verdict"]  # the sentence a researcher quotes carries the reference's numbers
+    # the sentence a researcher quotes carries the reference's numbers, to the digits it prints
+    if sink["present"]:
+        pattern, digits = r"peaks at layer (\d+) with ([\d.]+)x .* \(95 % CI ([\d.]+)-([\d.]+) over (\d+) sequences", 1
+    else:
+        pattern, digits = r"\(highest: layer (\d+), ([\d.]+)x uniform, 95 % CI ([\d.]+)-([\d.]+)\)", 2
+    quoted = re.search(pattern, sink["verdict"])
+    assert quoted is not None, sink["verdict"]
+    assert int(quoted[1]) == peak
+    numbers = [float(quoted[i]) for i in (2, 3, 4)]
+    want = [ref["ratio"][peak], ref["low"][peak], ref["high"][peak]]
+    assert numbers == pytest.approx(want, abs=0.5 * 10 ** -digits + TOL)
+    if sink["present"]:
+        assert int(quoted[5]) == ref["sequences"]
 
 
 # mistral: a window on every layer; gemma2: soft-capped logits, window and full; gemma3_text: window, full,
