@@ -119,8 +119,9 @@ def _assert_sink_section(sink: dict, layer_score: list, ref: dict, ratio_min: fl
     peak = int(np.argmax(ref["ratio"]))
     assert sink["peak_layer"] == peak
     # the sentence a researcher quotes carries the reference's numbers, to the digits it prints
-    if sink["present"]:
-        pattern, digits = r"peaks at layer (\d+) with ([\d.]+)x .* \(95 % CI ([\d.]+)-([\d.]+) over (\d+) sequences", 1
+    if sink["present"]:  # "peaks at layer K with Rx ... (95 % CI L-H over N sequences" or, in the onset rewrite's
+        # wording, "strongest at layer K (Rx uniform (95 % CI L-H)), over N sequences"
+        pattern, digits = r"at layer (\d+) (?:with |\()([\d.]+)x .*?95 % CI ([\d.]+)-([\d.]+)\)?\)?,? over (\d+) seq", 1
     else:
         pattern, digits = r"\(highest: layer (\d+), ([\d.]+)x uniform, 95 % CI ([\d.]+)-([\d.]+)\)", 2
     quoted = re.search(pattern, sink["verdict"])
