@@ -19,6 +19,38 @@ def family(request) -> str:
     return request.param
 
 
+def in_ci() -> bool:
+    """CI sets CI=true; there a test must run, not skip, whatever it needs."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def missing(what: str, fix: str = "") -> None:
+    """Skip the calling test because ``what`` is missing, except in CI, where the test fails instead."""
+    message = f"{what} is missing" + (f": {fix}" if fix else "")
+    if in_ci():
+        pytest.fail(f"CI must run this test, but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def require_module(name: str, fix: str = ""):
+    """``name`` imported, or :func:`missing` (a skip outside CI, a failure in it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"module {name}", fix or "pip install -e '.[dev]'")
+
+
+def require_embedded(name: str) -> str:
+    """``name`` when its checkpoint ships with the package, or :func:`missing` (a skip outside CI, a failure in it)."""
+    from sinkscope.models import embedded_path
+
+    if embedded_path(name) is None:
+        missing(f"the embedded {name} checkpoint", "reinstall sinkscope with its assets (src/sinkscope/assets/models)")
+    return name
+
+
 @pytest.fixture
 def llama():
     """A tiny random-weight grouped-query llama (hidden 32, 2 layers, 4 query / 2 kv heads)."""

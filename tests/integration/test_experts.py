@@ -48,22 +48,66 @@ def test_random_moe_models_have_no_expert_super_neuron():
         assert result["expert_neurons"]["candidates"] == [], family
 
 
-@pytest.mark.parametrize(("layer", "expert", "neuron", "dim"), [(1, 2, 5, 3), (0, 0, 17, 40), (2, "shared", 9, 7)])
-def test_the_expert_finder_recovers_the_planted_moe_neuron_exactly(layer, expert, neuron, dim):
+@pytest.mark.parametrize(("layer", "expert", "neuron", "dim", "renormalise"), [
+    (1, 2, 5, 3, False), (0, 0, 17, 40, False), (1, 2, 5, 3, True), (2, "shared", 9, 7, False)])
+def test_the_expert_finder_recovers_the_planted_moe_neuron_exactly(layer, expert, neuron, dim, renormalise):
     from sinkscope.fixtures_moe import planted_moe_model
 
     model, answer = planted_moe_model(layer=layer, expert=expert, neuron=neuron, dim=dim)
-    result = sinkscope.probe(model, answer.inputs(8, 24), batch_size=4)
+    if renormalise:  # qwen3_moe's other routing: the top-k weights divided by their sum
+        model.config.norm_topk_prob = True
+        for block in model.model.layers:
+            block.mlp.gate.norm_topk_prob = True
+    sequences = [s[:n] for s, n in zip(answer.inputs(8, 24), (24, 19, 24, 21, 16, 24, 23, 24))]  # padded batches
+    result = sinkscope.probe(model, sequences, batch_size=4)
     found = result["expert_neurons"]["candidates"]
     assert [(c["layer"], c["expert"], c["neuron"]) for c in found] == [(layer, expert, neuron)]
     hit = found[0]
     assert hit["persistence"] == 1.0 and hit["other_abs_mean"] == 0.0
     assert hit["down_column"]["dims"][0]["dim"] == dim and hit["down_column"]["dims"][0]["share"] == pytest.approx(1.0)
+    want = _by_hand(model, layer, expert, sequences, answer.flag_dim)
+    assert hit["sink_abs_mean"] == pytest.approx(want["sink_abs_mean"], rel=1e-5)
     if expert == "shared":
         assert hit["router_weight_sink"] is None and hit["sink_routed_share"] == 1.0
     else:  # the router sends every first token to the planted expert, with more weight than other tokens get
         assert hit["sink_routed_share"] == 1.0
+        assert hit["router_weight_sink"] == pytest.approx(want["router_weight_sink"], rel=1e-5)
+        assert hit["router_weight_other"] == pytest.approx(want["router_weight_other"], rel=1e-5)
         assert hit["router_weight_sink"] > 2 * hit["router_weight_other"]
+
+
+def _by_hand(model, layer: int, expert, sequences, flag_dim: int) -> dict:
+    """Each sequence alone: the MoE block's input x; the planted neuron's activation silu(g x) * u x at the first
+    token (its gate and up rows read only the flag dim, GATE_UP_WEIGHT each); and the router's own softmax over
+    experts, top-k, renormalised when the config says so (qwen3_moe's norm_topk_prob), averaged over first
+    tokens and over the other tokens (0 where e is not chosen)."""
+    from sinkscope.fixtures_moe import GATE_UP_WEIGHT
+
+    moe = model.model.layers[layer].mlp
+    seen = {}
+    handle = moe.register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0][0].double()))
+    sink_act, sink_weight, other_weight, others = [], 0.0, 0.0, 0
+    try:
+        for seq in sequences:
+            with torch.no_grad():
+                model(torch.tensor([seq]))
+            x = seen["x"]  # (T, D)
+            g = GATE_UP_WEIGHT * x[0, flag_dim]
+            sink_act.append(abs(float(torch.nn.functional.silu(g) * g)))
+            if expert == "shared":
+                continue
+            probs = torch.softmax(x @ moe.gate.weight.detach().double().T, -1)  # (T, E)
+            top, index = probs.topk(model.config.num_experts_per_tok, -1)
+            if model.config.norm_topk_prob:
+                top = top / top.sum(-1, keepdim=True)
+            weight = torch.zeros_like(probs).scatter_(1, index, top)[:, expert]  # (T,)
+            sink_weight += float(weight[0])
+            other_weight += float(weight[1:].sum())
+            others += len(seq) - 1
+    finally:
+        handle.remove()
+    return {"sink_abs_mean": sum(sink_act) / len(sink_act), "router_weight_sink": sink_weight / len(sequences),
+            "router_weight_other": other_weight / max(others, 1)}
 
 
 @pytest.mark.parametrize("expert", [2, "shared"])

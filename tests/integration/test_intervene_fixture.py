@@ -1,5 +1,8 @@
-"""On the hand-built model whose chain is known, ablation removes the planted disparity and sink,
-and isolation / amplification create a sink at the target exactly where the construction says."""
+"""On the hand-built model whose chain is known, ablation removes the planted disparity and sink, and
+isolation / amplification leave it exactly where the construction puts it: the sink is keyed on the
+massive dim, which only the planted neuron writes at BOS (every o_proj row of the reserved dims is zero),
+so neither edit at token p can give p that dim or take the sink off BOS. The values of both experiments
+against hand-edited eager models: tests/integration/test_intervene_values.py."""
 
 import pytest
 
@@ -95,3 +98,38 @@ def test_mean_ablation_takes_its_means_from_the_baseline_pass():
     got = [row["sink_score_after"] for row in result["per_layer"]]
     assert got == pytest.approx(expect.tolist(), rel=1e-5)
     assert got != pytest.approx([row["sink_score_before"] for row in result["per_layer"]], rel=1e-3)  # it did change
+
+
+def test_isolating_a_token_leaves_the_planted_sink_on_bos(planted):
+    model, answer = planted
+    p = 9
+    result = intervene(model, "isolate", build(InterveneConfig, {"position": p}), data=answer.inputs(8, 32))
+    for row in result["per_layer"][answer.onset_layer:]:
+        assert row["original_sink_before"] > 0.9 and row["original_sink_after"] > 0.9
+        assert row["sink_score_after"] < 0.05  # p gets no massive dim, so no query locks onto it
+    moved = [abs(row["sink_score_after"] - row["sink_score_before"]) for row in result["per_layer"][1:]]
+    assert max(moved) > 0  # the edit ran: p's own output changed, and with it its keys from layer 1 on
+
+
+def test_amplifying_a_token_cannot_write_the_massive_dim(planted):
+    import torch
+
+    from sinkscope.interventions import Amplify, applied
+
+    model, answer = planted
+    p, layers = 9, tuple(range(answer.onset_layer))
+    config = build(InterveneConfig, {"position": p, "lambdas": (1.0, 30.0), "layers": ",".join(map(str, layers)),
+                                     "observe": answer.onset_layer, "value_mean_tokens": 512})
+    result = intervene(model, "amplify", config, data=answer.inputs(8, 32))
+    assert max(result["sink_score"] + result["control_sink_score"]) < 0.05
+    ids = torch.tensor(answer.inputs(2, 32))
+    hidden = {}
+    hook = model.model.layers[answer.onset_layer].register_forward_pre_hook(
+        lambda module, args: hidden.__setitem__("h", args[0].detach()))
+    try:
+        with torch.no_grad(), applied(model, Amplify(position=p, lam=30.0, layers=layers, mean=None)):
+            model(ids)
+    finally:
+        hook.remove()
+    assert hidden["h"][:, p, answer.dim].abs().max() == 0  # by construction, whatever the attention output
+    assert hidden["h"][:, 0, answer.dim].abs().min() > 1000  # while BOS holds the massive value

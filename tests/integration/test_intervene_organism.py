@@ -5,23 +5,19 @@ isolation does not, because its super neuron keys on the BOS token (the third te
 organism-nobos, the same model with its first blocks retrained without BOS: its first position is a sink
 by structure, so isolating any token recreates the first token's state and a sink."""
 
-import pytest
-
 from sinkscope.config import build
 from sinkscope.intervene import InterveneConfig, intervene
-from sinkscope.models import embedded_path
 
-embedded = {name: pytest.mark.skipif(embedded_path(name) is None, reason=f"{name} checkpoint not embedded")
-            for name in ("organism-softmax", "organism-nobos")}
+from conftest import require_embedded as embedded
+
 
 DATA = {"samples": 32, "seq_len": 64}
 
 
-@embedded["organism-softmax"]
 def test_amplify_creates_a_sink_at_the_target_and_the_norm_control_does_not():
     config = build(InterveneConfig, {"data": DATA, "position": 9, "lambdas": (1.0, 10.0, 30.0), "layers": "0,1,2",
                                      "observe": 3, "value_mean_tokens": 1024})
-    result = intervene("organism-softmax", "amplify", config)
+    result = intervene(embedded("organism-softmax"), "amplify", config)
     baseline, amplified = result["sink_score"][0], result["sink_score"][-1]
     control = result["control_sink_score"][-1]
     # measured on the float32 run: 0.0091 -> 0.0267 -> 0.0356 (3.9x), control 0.0149 (1.6x)
@@ -30,10 +26,9 @@ def test_amplify_creates_a_sink_at_the_target_and_the_norm_control_does_not():
     assert result["control_differs"]
 
 
-@embedded["organism-nobos"]
 def test_isolate_creates_a_sink_where_the_first_position_is_a_sink_by_structure():
     config = build(InterveneConfig, {"data": DATA, "position": 9})
-    result = intervene("organism-nobos", "isolate", config)
+    result = intervene(embedded("organism-nobos"), "isolate", config)
     layer = result["max_gain_layer"]
     target = result["per_layer"][layer]
     # measured: 0.029 -> 0.133 at layer 3 (4.6x); token 9's DomRatio 6.9 -> 14.2 at layer 2
@@ -43,14 +38,12 @@ def test_isolate_creates_a_sink_where_the_first_position_is_a_sink_by_structure(
     assert max(row["dom_ratio_after"] / row["dom_ratio_before"] for row in rows) >= 2
 
 
-@embedded["organism-softmax"]
 def test_isolate_creates_no_sink_where_the_sink_is_keyed_on_bos():
     config = build(InterveneConfig, {"data": DATA, "position": 9})
-    result = intervene("organism-softmax", "isolate", config)
+    result = intervene(embedded("organism-softmax"), "isolate", config)
     assert result["max_gain"] < 1.5  # measured: 1.0x
 
 
-@embedded["organism-softmax"]
 def test_the_organisms_first_token_neuron_keys_on_the_bos_token_not_on_isolation():
     """Why isolate fails here (docs/training.md): the neuron that fires on the first token fires on a BOS
     token wherever it stands, and not on an ordinary token that attends only to itself."""
@@ -60,7 +53,7 @@ def test_the_organisms_first_token_neuron_keys_on_the_bos_token_not_on_isolation
     from sinkscope.interventions import Isolate, applied
     from sinkscope.loading import load_model
 
-    loaded = load_model("organism-softmax")
+    loaded = load_model(embedded("organism-softmax"))
     model, tokenizer = loaded.model.float(), loaded.tokenizer
     rows = [tokenizer(d["text"])["input_ids"][:64] for d in embedded_prompts()]
     ids = torch.tensor([r for r in rows if len(r) == 64][:8])

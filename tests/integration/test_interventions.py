@@ -135,7 +135,9 @@ def test_column_and_activation_ablation_agree():
     assert (by_activation - model(ids).logits).abs().max() > 1e-4
 
 
-def test_intervene_payload_keys_and_isolate_creates_attention_to_target():
+def test_intervene_payload_keys():
+    """The keys and shapes of each experiment's payload; its values are checked against hand-edited eager
+    models in test_intervene_values.py (isolate, amplify) and test_intervene_fixture.py (ablate)."""
     model = tiny_llama()
     config = build(InterveneConfig, {"data": {"random_tokens": True, "samples": 8, "seq_len": 16}, "position": POSITION})
     iso = intervene(model, "isolate", config)

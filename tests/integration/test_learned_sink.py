@@ -8,6 +8,7 @@ brute force, and the verdict and the report set it beside the first-token sink.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ import sinkscope
 from sinkscope.report import build_report
 from sinkscope.testing import tiny_model, tiny_sinkscope_config
 from sinkscope.train import model as own_model
+
+from test_capture_parity import brute_force
 
 
 def _own(variant: str):
@@ -61,14 +64,24 @@ def test_sinkscope_variants_report_the_learned_sink_mass(variant, monkeypatch):
 
 
 def test_the_verdict_and_the_report_show_the_learned_sink_beside_the_first_token(tmp_path):
-    result = sinkscope.probe(tiny_model("gpt_oss"), torch.randint(3, 96, (4, 12)), batch_size=4,
-                             out=tmp_path / "gpt-oss" / "probe")
+    """The verdict's numbers from float64 brute force on eager gpt-oss (test_capture_parity.brute_force: the
+    sink logit as an extra column with no value), not from the result it describes."""
+    model = tiny_model("gpt_oss")
+    sequences = torch.randint(3, 96, (4, 12)).tolist()
+    result = sinkscope.probe(model, sequences, batch_size=4, out=tmp_path / "gpt-oss" / "probe")
     verdict = result["learned_sink_verdict"]
-    mass = torch.tensor(result["learned_sink_mass"])
-    first = torch.tensor(result["sink_score"])
-    assert f"on average {100 * mass.mean():.1f}% of their attention to their learned sink" in verdict
-    assert f"{100 * first.mean():.1f}% to the first token" in verdict
-    assert f"{int((mass > first).sum())} of {mass.numel()} heads" in verdict
+    ref, _ = brute_force(model, sequences, "right", keys=(0,))
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    mass = torch.tensor([[ref.mean("learned_sink")[(layer, h)] for h in range(H)] for layer in range(L)])
+    first = torch.tensor([[ref.mean("score")[(layer, h, 0)] for h in range(H)] for layer in range(L)])
+    quoted = re.search(r"on average ([\d.]+)% of their attention to their learned sink logit \(most: layer (\d+) "
+                       r"head (\d+), ([\d.]+)%\) and ([\d.]+)% to the first token; (\d+) of (\d+) heads give", verdict)
+    assert quoted is not None, verdict
+    percents = [float(quoted[i]) for i in (1, 4, 5)]  # printed to one decimal: compare to half a unit of it
+    want = [100 * float(mass.mean()), 100 * float(mass.max()), 100 * float(first.mean())]
+    assert percents == pytest.approx(want, abs=0.05 + 1e-4)
+    assert (int(quoted[2]), int(quoted[3])) == divmod(int(mass.argmax()), H)
+    assert (int(quoted[6]), int(quoted[7])) == (int((mass > first).sum()), mass.numel())
     assert "chain_skipped" not in result.payload and "episodes" in result["chain"]
     page = build_report([tmp_path / "gpt-oss"], tmp_path / "report.html")
     text = (tmp_path / "report.html").read_text()

@@ -18,6 +18,8 @@ from sinkscope.results import SCHEMA_VERSION, write_json
 from sinkscope.train.config import ModelSpec, OptimConfig, TrainConfig, TrainDataConfig
 from sinkscope.train.loop import Trainer, train
 
+from conftest import require_module
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -60,7 +62,7 @@ def test_run_writes_logs_telemetry_checkpoint_and_loadable_model(corpus, tmp_pat
 
 
 def test_tensorboard_gets_the_telemetry_scalars(corpus, tmp_path):
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    event_accumulator = require_module("tensorboard.backend.event_processing.event_accumulator")
 
     train(tiny(corpus, tmp_path / "run", steps=6))
     board = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))

@@ -22,24 +22,33 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _imports(source: str, name: str, package: str, modules) -> set[str]:
+    """The package modules that ``source`` (module ``name`` in ``package``) imports, in either form:
+    ``from x import y`` (relative or absolute) and plain ``import sinkscope.x`` (``as`` or not)."""
+    deps = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            deps.update(alias.name for alias in node.names if alias.name in modules)
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ""
+        subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
+        deps.update(subs or ([target] if target in modules else []))
+    deps.discard(name)
+    return deps
+
+
 def _graph() -> dict[str, set[str]]:
     modules = {_module(p): p for p in ROOT.rglob("*.py") if "assets" not in p.parts}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in modules]
-            deps.update(subs or ([target] if target in modules else []))
-        deps.discard(name)
-        graph[name] = deps
+        graph[name] = _imports(path.read_text(), name, package, modules)
     return graph
 
 
@@ -77,6 +86,15 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_import_reader_sees_every_form_of_import():
+    modules = {"sinkscope.metrics.sink", "sinkscope.probe", "sinkscope.capture.sink", "sinkscope.verdicts",
+               "sinkscope.chain"}
+    source = ("def lazy():\n    import sinkscope.probe\n    import sinkscope.capture.sink as s\n"
+              "from ..verdicts import reduce_sink\nfrom sinkscope import chain\nimport torch\n")
+    assert _imports(source, "sinkscope.metrics.sink", "sinkscope.metrics", modules) == {
+        "sinkscope.probe", "sinkscope.capture.sink", "sinkscope.verdicts", "sinkscope.chain"}
 
 
 def test_no_import_cycle_in_the_package():
