@@ -239,6 +239,31 @@ def run_demo(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def run_criteria(args: argparse.Namespace, config) -> int:
+    """Every decision criterion with its value (the defaults, or as --config sets them), why and source.
+
+    Plain lines, not a table: each reason is a sentence, and a grep for a flag finds its whole entry.
+    """
+    from .config import build, load_yaml
+    from .criteria import Criteria, describe
+
+    values = (load_yaml(args.config).get("criteria") or {}) if args.config else {}
+    criteria = build(Criteria, values, prefix="criteria.")
+    rows = describe()
+    print(f"{len(rows)} decision criteria, " + (f"as {args.config} sets them" if args.config else "at their defaults")
+          + "; set any by flag on probe, intervene, stream, demo or train (--sink-ratio-min 3), or under "
+          "'criteria:' in a --config YAML file.\n")
+    for row in rows:
+        value = getattr(criteria, row["name"])
+        changed = "" if value == row["value"] else f" (default {row['value']})"
+        print(f"--{row['name'].replace('_', '-')} {value}{changed}\n    why: {row['why']}\n    source: {row['source']}")
+    return 0
+
+
+COMMANDS.append(Command("criteria", "list every decision criterion with its value, why and source", None,
+                        run_criteria, positionals=(
+                            ("--config", {"metavar": "FILE", "default": None,
+                                          "help": "show the values a YAML config sets (its 'criteria:' keys)"}),)))
 COMMANDS.append(Command("report", "draw every result under RUN folders into one offline HTML page (+ PNG/SVG)", None,
                         run_report, positionals=(
                             ("runs", {"nargs": "+", "metavar": "RUN", "help": "folders holding probe.json, "

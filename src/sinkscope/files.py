@@ -50,3 +50,24 @@ def read_log(path: Path) -> list[dict]:
     for _, record in jsonl_records(path, torn_tail_ok=True):
         by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
+
+
+def check_output(path: str | Path) -> None:
+    """Refuse an output path that exists as a file, or whose folder cannot be created, in one line.
+
+    Nothing is created here: a run that fails later leaves no empty folder behind. A path ending in
+    .json is a result file (``compare --out x.json``), so only its folder has to be creatable.
+    """
+    import os
+
+    path = Path(path).expanduser()
+    folder = path.parent if path.suffix == ".json" else path
+    if folder.exists() and not folder.is_dir():
+        raise SinkscopeError(f"--out {path}: {folder} exists and is a file; pass a folder (it is created if missing)")
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SinkscopeError(f"--out {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SinkscopeError(f"--out {path} cannot be created: no permission to write in {ancestor}")
