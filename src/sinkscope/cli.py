@@ -13,10 +13,12 @@ import dataclasses
 import os
 import sys
 import typing
+from pathlib import Path
 
 from .commands import COMMANDS, Command
 from .config import build, load_yaml
 from .errors import SinkscopeError
+from .files import check_output
 
 
 def _flag(name: str) -> str:
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         config = config_from_args(command.config_class(), args) if command.config is not None else None
+        for out in (getattr(config, "out", None), getattr(args, "output", None) and Path(args.output).parent):
+            if out:  # before the model loads: a bad --out must not cost a run
+                check_output(out)
         code = command.run(args, config)
     except SinkscopeError as err:
         if args.debug:

@@ -55,19 +55,26 @@ def read_log(path: Path) -> list[dict]:
 def check_output(path: str | Path) -> None:
     """Refuse an output path that exists as a file, or whose folder cannot be created, in one line.
 
-    Nothing is created here: a run that fails later leaves no empty folder behind. A path ending in
-    .json is a result file (``compare --out x.json``), so only its folder has to be creatable.
+    The missing folders are made and removed again, which is the one test of "can be created" that also
+    holds for root and for special file systems; a run that fails later leaves no empty folder behind.
+    A path ending in .json is a result file (``compare --out x.json``), so only its folder must be creatable.
     """
-    import os
-
     path = Path(path).expanduser()
     folder = path.parent if path.suffix == ".json" else path
     if folder.exists() and not folder.is_dir():
         raise SinkscopeError(f"--out {path}: {folder} exists and is a file; pass a folder (it is created if missing)")
-    ancestor = folder
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise SinkscopeError(f"--out {path} cannot be created: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise SinkscopeError(f"--out {path} cannot be created: no permission to write in {ancestor}")
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    try:
+        for part in reversed(missing):
+            part.mkdir()
+            made.append(part)
+    except OSError as err:
+        reason = f"{folder} is a file, not a folder" if folder.is_file() else (err.strerror or str(err))
+        raise SinkscopeError(f"--out {path} cannot be created: {reason}") from None
+    finally:
+        for part in reversed(made):
+            part.rmdir()
