@@ -16,6 +16,9 @@ from importlib import import_module
 from .config import EXPERIMENT_KINDS
 
 
+MODEL_HELP = "hub id, local folder (save_pretrained), .gguf file (or a folder holding one) or embedded checkpoint name"
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -155,10 +158,10 @@ def run_models(args: argparse.Namespace, config) -> int:
 COMMANDS = [
     Command("probe", "measure sink score, sink rate and onset per layer and head", "sinkscope.config:ProbeConfig",
             run_probe,
-            positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
+            positionals=(("model", {"help": MODEL_HELP}),)),
     Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate, massive)",
             "sinkscope.config:InterveneConfig", run_intervene,
-            positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
+            positionals=(("model", {"help": MODEL_HELP}),
                          ("kind", {"choices": EXPERIMENT_KINDS, "help": "which experiment"}))),
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
             positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
@@ -229,9 +232,14 @@ def run_report(args: argparse.Namespace, config) -> int:
 
 
 def run_demo(args: argparse.Namespace, config) -> int:
-    from .demo import demo
+    if args.model:
+        from .demo_model import demo_model
 
-    result = demo(config)
+        result = demo_model(args.model, config)
+    else:
+        from .demo import demo
+
+        result = demo(config)
     print(f"report: {result['report']}")
     for line in result["summary"]:
         print(line)
@@ -272,8 +280,12 @@ COMMANDS.append(Command("report", "draw every result under RUN folders into one 
                                     "help": "the HTML page to write (default: report.html); PNG and SVG figures go to "
                                     "<name>_figures/ beside it"}),
                             ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
-COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
-                        "sinkscope.demo:DemoConfig", run_demo))
+COMMANDS.append(Command("demo", "the whole story in one command: probe, C1 on random tokens, isolate, amplify, ablate, "
+                        "stream and the report, on MODEL or (without it) on the embedded organisms, offline",
+                        "sinkscope.demo:DemoConfig", run_demo, positionals=(
+                            ("model", {"nargs": "?", "default": None, "metavar": "MODEL",
+                                       "help": "hub id, local folder or .gguf file (default: the embedded organism, "
+                                       "its HeadNorm twin and organism-nobos; see --model)"}),)))
 
 
 def run_stream(args: argparse.Namespace, config) -> int:
@@ -308,4 +320,4 @@ def run_stream(args: argparse.Namespace, config) -> int:
 
 COMMANDS.append(Command("stream", "perplexity under a KV budget per cache policy; which tokens must the cache keep",
                         "sinkscope.stream.config:StreamConfig", run_stream,
-                        positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),)))
+                        positionals=(("model", {"help": MODEL_HELP}),)))
