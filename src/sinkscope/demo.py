@@ -64,11 +64,12 @@ class DemoConfig:
 
 
 def _label(name: str) -> str:
-    """A short name for the report: the folder's name (its run folder's for a training run's ``model/``)."""
+    """A short name for the report: the folder's name (its run folder's for a training run's ``model/``), or a
+    GGUF file's name without its extension."""
     path = Path(name.rstrip("/"))
     if path.name == "model" and path.parent.name:
         return path.parent.name
-    return path.name or name
+    return path.name.removesuffix(".gguf") or name
 
 
 def _data(config: DemoConfig, natural: str | None = None) -> DataConfig:

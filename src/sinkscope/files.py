@@ -61,20 +61,21 @@ def check_output(path: str | Path) -> None:
     """
     path = Path(path).expanduser()
     folder = path.parent if path.suffix == ".json" else path
-    if folder.exists() and not folder.is_dir():
-        raise SinkscopeError(f"--out {path}: {folder} exists and is a file; pass a folder (it is created if missing)")
+    if folder is path and path.exists() and not path.is_dir():
+        raise SinkscopeError(f"--out {path}: {path} exists and is a file; pass a folder (it is created if missing)")
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
+    if not folder.is_dir():
+        raise SinkscopeError(f"--out {path} cannot be created: {folder} is a file, not a folder")
     made = []
     try:
         for part in reversed(missing):
             part.mkdir()
             made.append(part)
     except OSError as err:
-        reason = f"{folder} is a file, not a folder" if folder.is_file() else (err.strerror or str(err))
-        raise SinkscopeError(f"--out {path} cannot be created: {reason}") from None
+        raise SinkscopeError(f"--out {path} cannot be created: {err.strerror or err}") from None
     finally:
         for part in reversed(made):
             part.rmdir()
