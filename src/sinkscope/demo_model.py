@@ -24,6 +24,9 @@ from .errors import SinkscopeError
 
 STREAM_SEQ_LEN = 256  # stream's own default document length, cut to the context where it is shorter
 STREAM_BUDGET_SHARE = 8  # budget = document length / this: stream's default 32 of 256 tokens
+# Documents stream evaluates: each costs one forward pass per cache policy (five), at four times the probe's
+# length, so stream would be most of the demo's time at --samples; `sinkscope stream` keeps its own 32.
+STREAM_DOCUMENTS = 8
 STEPS = 8  # load, probe natural, probe random, isolate, amplify, ablate, stream, report
 
 
@@ -64,8 +67,8 @@ def _stream(loaded, config: DemoConfig, context: int | None, folder: Path) -> di
 
     seq_len = min(STREAM_SEQ_LEN, context or STREAM_SEQ_LEN)
     stream_config = StreamConfig(data=config.data, seq_len=seq_len, budget=max(seq_len // STREAM_BUDGET_SHARE, 2),
-                                 samples=config.samples, batch_size=config.batch_size, seed=config.seed,
-                                 criteria=config.criteria)
+                                 samples=min(config.samples, STREAM_DOCUMENTS), batch_size=config.batch_size,
+                                 seed=config.seed, criteria=config.criteria)
     try:
         return stream(loaded.model, tokenizer=loaded.tokenizer, config=stream_config, out=folder)
     except SinkscopeError as err:
