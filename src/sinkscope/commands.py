@@ -16,6 +16,9 @@ from importlib import import_module
 from .config import EXPERIMENT_KINDS
 
 
+MODEL_HELP = "hub id, local folder (save_pretrained), .gguf file (or a folder holding one) or embedded checkpoint name"
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -153,10 +156,10 @@ def run_models(args: argparse.Namespace, config) -> int:
 COMMANDS = [
     Command("probe", "measure sink score, sink rate and onset per layer and head", "sinkscope.config:ProbeConfig",
             run_probe,
-            positionals=(("model", {"help": "hub id, local folder (save_pretrained) or embedded checkpoint name"}),)),
+            positionals=(("model", {"help": MODEL_HELP}),)),
     Command("intervene", "create a sink anywhere (isolate, amplify) or remove it (ablate, massive)",
             "sinkscope.config:InterveneConfig", run_intervene,
-            positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),
+            positionals=(("model", {"help": MODEL_HELP}),
                          ("kind", {"choices": EXPERIMENT_KINDS, "help": "which experiment"}))),
     Command("models", "list the checkpoints shipped with sinkscope", None, run_models,
             positionals=(("--path", {"metavar": "NAME", "help": "print the folder of one embedded checkpoint"}),)),
@@ -227,9 +230,14 @@ def run_report(args: argparse.Namespace, config) -> int:
 
 
 def run_demo(args: argparse.Namespace, config) -> int:
-    from .demo import demo
+    if args.model:
+        from .demo_model import demo_model
 
-    result = demo(config)
+        result = demo_model(args.model, config)
+    else:
+        from .demo import demo
+
+        result = demo(config)
     print(f"report: {result['report']}")
     for line in result["summary"]:
         print(line)
@@ -237,6 +245,31 @@ def run_demo(args: argparse.Namespace, config) -> int:
     return 0
 
 
+def run_criteria(args: argparse.Namespace, config) -> int:
+    """Every decision criterion with its value (the defaults, or as --config sets them), why and source.
+
+    Plain lines, not a table: each reason is a sentence, and a grep for a flag finds its whole entry.
+    """
+    from .config import build, load_yaml
+    from .criteria import Criteria, describe
+
+    values = (load_yaml(args.config).get("criteria") or {}) if args.config else {}
+    criteria = build(Criteria, values, prefix="criteria.")
+    rows = describe()
+    print(f"{len(rows)} decision criteria, " + (f"as {args.config} sets them" if args.config else "at their defaults")
+          + "; set any by flag on probe, intervene, stream, demo or train (--sink-ratio-min 3), or under "
+          "'criteria:' in a --config YAML file.\n")
+    for row in rows:
+        value = getattr(criteria, row["name"])
+        changed = "" if value == row["value"] else f" (default {row['value']})"
+        print(f"--{row['name'].replace('_', '-')} {value}{changed}\n    why: {row['why']}\n    source: {row['source']}")
+    return 0
+
+
+COMMANDS.append(Command("criteria", "list every decision criterion with its value, why and source", None,
+                        run_criteria, positionals=(
+                            ("--config", {"metavar": "FILE", "default": None,
+                                          "help": "show the values a YAML config sets (its 'criteria:' keys)"}),)))
 COMMANDS.append(Command("report", "draw every result under RUN folders into one offline HTML page (+ PNG/SVG)", None,
                         run_report, positionals=(
                             ("runs", {"nargs": "+", "metavar": "RUN", "help": "folders holding probe.json, "
@@ -245,8 +278,12 @@ COMMANDS.append(Command("report", "draw every result under RUN folders into one 
                                     "help": "the HTML page to write (default: report.html); PNG and SVG figures go to "
                                     "<name>_figures/ beside it"}),
                             ("--title", {"default": None, "help": "page title (default: sinkscope report)"}))))
-COMMANDS.append(Command("demo", "the whole story on the embedded organism and its HeadNorm twin, offline, in minutes",
-                        "sinkscope.demo:DemoConfig", run_demo))
+COMMANDS.append(Command("demo", "the whole story in one command: probe, C1 on random tokens, isolate, amplify, ablate, "
+                        "stream and the report, on MODEL or (without it) on the embedded organisms, offline",
+                        "sinkscope.demo:DemoConfig", run_demo, positionals=(
+                            ("model", {"nargs": "?", "default": None, "metavar": "MODEL",
+                                       "help": "hub id, local folder or .gguf file (default: the embedded organism, "
+                                       "its HeadNorm twin and organism-nobos; see --model)"}),)))
 
 
 def run_stream(args: argparse.Namespace, config) -> int:
@@ -281,4 +318,4 @@ def run_stream(args: argparse.Namespace, config) -> int:
 
 COMMANDS.append(Command("stream", "perplexity under a KV budget per cache policy; which tokens must the cache keep",
                         "sinkscope.stream.config:StreamConfig", run_stream,
-                        positionals=(("model", {"help": "hub id, local folder or embedded checkpoint name"}),)))
+                        positionals=(("model", {"help": MODEL_HELP}),)))

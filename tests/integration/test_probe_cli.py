@@ -227,3 +227,30 @@ def test_probe_runs_end_to_end_on_moe_families_with_the_chain_on(family, tmp_pat
     assert "chain_skipped" not in result and result["chain"]["verdict"] in shown
     assert result["expert_neurons"]["router"] and result["learned_sink_mass"]
     assert result["model"]["learned_sink"] == (family == "gpt_oss")
+
+
+OUT_COMMANDS = {  # argv of each command that writes under --out, short of the --out itself
+    "probe": ["probe", "organism-softmax", "--random-tokens"],
+    "intervene": ["intervene", "organism-softmax", "isolate"],
+    "stream": ["stream", "organism-softmax"],
+    "demo": ["demo"],
+    "train": ["train", "--steps", "1"],
+    "compare": ["compare", "runs/none"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_out_that_is_a_file_or_cannot_be_created_is_one_line_exit_2(tmp_path, capsys, command):
+    """Checked before anything loads: the model names here would take seconds to minutes to run."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file the user keeps")
+    cases = {taken: f"--out {taken}: {taken} exists and is a file; pass a folder",
+             taken / "sub": f"--out {taken / 'sub'} cannot be created: {taken} is a file, not a folder"}
+    if command == "compare":  # compare writes a .json file: only its folder must be creatable
+        cases = {taken / "compare.json": f"cannot be created: {taken} is a file, not a folder"}
+    for out, words in cases.items():
+        assert main([*OUT_COMMANDS[command], "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert taken.read_text() == "a file the user keeps"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -28,8 +28,10 @@ def test_every_probe_field_has_a_reason_and_a_flag():
         assert all(f.metadata.get("why") for f in dataclasses.fields(section))
 
 
-@pytest.mark.parametrize("command", ["probe", "intervene", "demo", "train"])
-def test_every_command_that_judges_takes_the_criteria_as_flags(command):
+@pytest.mark.parametrize("command", ["probe", "intervene", "demo", "train", "stream"])
+def test_every_command_that_judges_takes_the_criteria_as_flags_listed_by_criteria(command, capsys):
+    """Criteria are settable flags on every judging command, kept out of its --help, and `sinkscope criteria`
+    lists each with its value, why and source."""
     from sinkscope.criteria import Criteria
 
     sub = make_parser()._subparsers._group_actions[0].choices[command]
@@ -37,7 +39,22 @@ def test_every_command_that_judges_takes_the_criteria_as_flags(command):
     for f in dataclasses.fields(Criteria):
         flag = "--" + f.name.replace("_", "-")
         assert flag in helps, f"{command} has no {flag}"
-        assert f.metadata["source"] in helps[flag] and f.metadata["why"] in helps[flag]
+        assert helps[flag] == "==SUPPRESS==", f"{command} --help shows {flag}"
+    assert main(["criteria"]) == 0
+    listed = capsys.readouterr().out
+    for f in dataclasses.fields(Criteria):
+        entry = (f"--{f.name.replace('_', '-')} {f.default}\n    why: {f.metadata['why']}\n"
+                 f"    source: {f.metadata['source']}\n")
+        assert entry in listed, f.name
+
+
+def test_criteria_command_shows_the_values_a_yaml_sets(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("criteria:\n  sink_ratio_min: 3.5\n")
+    assert main(["criteria", "--config", str(path)]) == 0
+    assert "3.5 (default 2.0)" in capsys.readouterr().out
+    assert main(["criteria", "--config", "configs/criteria-paper.yaml"]) == 0
+    assert "paper (default scale-free)" in capsys.readouterr().out
 
 
 def test_criteria_are_frozen_recorded_and_validated(tmp_path):

@@ -17,8 +17,12 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 HEAVY = ("torch", "transformers", "matplotlib", "scipy", "pyarrow")
 
 
+HELP_COLUMNS = "80"  # the classic terminal: argparse wraps every help to it
+HELP_LINES = 100  # most lines a command's --help may take (issue 21)
+
+
 def _python(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", COLUMNS=HELP_COLUMNS)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                           check=False)
 
@@ -45,6 +49,21 @@ print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules], "helps":
     assert result["heavy"] == []
     assert all("usage: sinkscope" in text for text in result["helps"])
     assert len(result["helps"]) == len(COMMANDS) + 1
+    lines = {argv[0]: len(text.splitlines()) for argv, text in zip(argvs, result["helps"])}
+    assert max(lines.values()) <= HELP_LINES, lines
+
+
+def test_help_groups_flags_by_what_they_set(capsys):
+    from sinkscope.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    text = capsys.readouterr().out
+    sections = [text.index(f"\n{name}:\n") for name in ("model", "data", "what to measure", "output")]
+    assert sections == sorted(sections)
+    model, data, measure, output = (text[start:end] for start, end in zip(sections, sections[1:] + [len(text)]))
+    assert "--dtype" in model and "--seq-len" in data and "--no-chain" in measure and "--out" in output
+    assert "--onset-fraction" not in text and "--spike-token-ratio" not in text and "sinkscope criteria" in text
 
 
 def test_import_sinkscope_is_cheap_and_registers_when_transformers_loads():

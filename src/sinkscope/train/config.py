@@ -38,16 +38,16 @@ class ModelSpec:
     headnorm_shared: bool = field(False, why="headnorm: share one gamma (head_dim,) across heads instead of one per "
                                   "head (H, head_dim)")
     gate: str = field("elementwise", why="gated: one gate per channel or one per head", choices=("elementwise", "headwise"))
-    init_from: str | None = field(None, why="continue-pretrain this HF llama-family folder/hub id instead of a "
-                                  "fresh model (with --variant headnorm, HeadNorm is added and calibrated)")
+    init_from: str | None = field(None, why="continue-pretrain this llama-family folder, GGUF file or hub "
+                                  "id; headnorm adds HeadNorm")
 
 
 @dataclass
 class TrainDataConfig:
     """Where training text comes from and how windows are cut."""
 
-    source: str = field("stdlib", why="'stdlib' (Python's own sources, no download), a .txt/.jsonl file or "
-                        "folder, or hf:NAME[:CONFIG] for a Hugging Face dataset (streamed)")
+    source: str = field("stdlib", why="stdlib (Python's sources, offline), a .txt/.jsonl file or folder, or "
+                        "hf:NAME[:CONFIG] (streamed)")
     split: str = field("train", why="hf: dataset split to stream")
     text_field: str = field("text", why="hf/jsonl: record field holding the text")
     max_documents: int | None = field(None, why="read at most this many documents (hf streams need a bound)", min=1)
@@ -66,8 +66,8 @@ class OptimConfig:
 
     lr: float = field(3e-3, why="peak learning rate")
     min_lr_ratio: float = field(0.1, why="the schedule decays to lr * this")
-    cooldown: int = field(0, why="if > 0: constant lr, then a linear decay over these last steps (warm-up-stable-decay), "
-                          "so a run can be extended without changing its curve; 0: cosine over the whole run")
+    cooldown: int = field(0, why="> 0: constant lr, then linear decay over these last steps "
+                          "(extendable runs); 0: cosine")
     warmup: int = field(100, why="linear warm-up steps", min=0)
     weight_decay: float = field(0.1, why="AdamW decay, matrices only (not norms, gains, biases, sink logits)")
     beta1: float = field(0.9, why="AdamW beta1 (paper: 0.9)")
@@ -76,9 +76,8 @@ class OptimConfig:
     batch_size: int = field(32, why="sequences per micro-batch per process", min=1)
     grad_accum: int = field(1, why="micro-batches per optimizer step", min=1)
     steps: int = field(1000, why="optimizer steps in total (the cosine ends here)", min=1)
-    trainable: str | None = field(None, why="comma-separated parameter-name prefixes to train, all others frozen "
-                                  "(e.g. 'model.layers.0.,model.layers.1.' retrains the first two blocks of an "
-                                  "--init-from model); default: every parameter")
+    trainable: str | None = field(None, why="parameter-name prefixes to train (comma-separated, e.g. "
+                                  "model.layers.0.); default: all")
 
 
 @dataclass
