@@ -133,3 +133,28 @@ def test_kept_index_lists_each_sequence_in_stream_order():
     kept[0, [5, 1]] = True
     kept[2, 7] = True
     assert kept_index(kept).tolist() == [[1, 5], [-1, -1], [7, -1]]
+
+
+def discovered_row(trials):
+    kept = [t["class"] for t in trials if t["entered"]]
+    return {"name": "discovered", "positions": "cache", "classes": kept, "perplexity": 12.56,
+            "calibration": [{"perplexity_without": 0.0, "perplexity_with": 0.0, **t} for t in trials]}
+
+
+def test_summary_says_when_nothing_beyond_the_first_token_pays_off():
+    from sinkscope.stream.run import summary
+
+    first = {"class": "'<|im_start|>' (first token)", "token_id": None, "entered": True}
+    the = {"class": "' the' (occurrence 1)", "token_id": 278, "entered": False}
+    dependence = [{"positions": "cache", "best_first_k": "first-1", "perplexity_window": 22.72,
+                   "perplexity_best_first_k": 12.56, "window_over_best_first_k": 1.809,
+                   "window_over_best_first_k_ci": [1.6, 2.0], "discovered_over_best_first_k": 1.0,
+                   "discovered_over_best_first_k_ci": [1.0, 1.0], "discovered_sink_eviction_ratio": 1.809}]
+    lines = summary(dependence, [discovered_row([first, the])], None)
+    assert lines[0].startswith("cache positions: evicting the first tokens") and "1.81x [1.60, 2.00]" in lines[0]
+    assert "keeps '<|im_start|>' (first token); nothing beyond the first token lowered" in lines[1]
+    assert "' the' (occurrence 1)" in lines[1]
+    both = summary(dependence, [discovered_row([first, {**the, "entered": True}])], None)
+    assert "nothing beyond" not in both[1]
+    none = summary([], [discovered_row([{**first, "entered": False}])], None)
+    assert "keeps nothing (the plain window)" in none[0]
