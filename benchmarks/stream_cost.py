@@ -85,7 +85,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     print(f"{args.model or f'random llama {args.layers} layers, d={args.hidden}'}, {args.tokens} tokens, budget "
-          f"{args.budget}, {args.threads} thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{args.budget}, {args.threads} thread(s), torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
     results = {}
     if not args.skip_decoding:
         ids = torch.randint(0, vocab, (args.batch, args.tokens), generator=generator)

@@ -112,7 +112,8 @@ class CachePositions:
 
     def __call__(self, call: AttentionCall) -> None:
         if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:
-            raise SinkscopeError("--positions cache re-positions plain softmax attention only; use --positions original")
+            raise SinkscopeError("--positions cache re-positions plain softmax attention only; "
+                                 "use --positions original")
         B, H, T, _ = call.query.shape
         device = call.query.device
         window, kept = self.window.to(device), self.kept.to(device)

@@ -85,7 +85,8 @@ def _windows(cfg: StreamConfig, loaded: LoadedModel) -> tuple[list[list[int]], l
 def _check(cfg: StreamConfig) -> None:
     unknown = [p for p in cfg.positions if p not in POSITIONS]
     if unknown or not cfg.positions:
-        raise SinkscopeError(f"--positions takes {','.join(POSITIONS)} (comma-separated), got {','.join(cfg.positions)}")
+        raise SinkscopeError(f"--positions takes {','.join(POSITIONS)} (comma-separated), "
+                             f"got {','.join(cfg.positions)}")
     if not 2 <= cfg.budget < cfg.seq_len:
         raise SinkscopeError(f"--budget must lie in [2, {cfg.seq_len - 1}] (below --seq-len, or nothing is evicted)")
     if cfg.discovered:
@@ -226,7 +227,8 @@ def summary(dependence: list[dict], rows: list[dict], discovery: dict | None) ->
     lines = []
     for d in dependence:
         lo, hi = d["window_over_best_first_k_ci"]
-        lines.append(f"{d['positions']} positions: evicting the first tokens (plain window {d['perplexity_window']:.2f} "
+        lines.append(f"{d['positions']} positions: evicting the first tokens (plain window "
+                     f"{d['perplexity_window']:.2f} "
                      f"vs {d['best_first_k']} {d['perplexity_best_first_k']:.2f}) multiplies perplexity by "
                      f"{d['window_over_best_first_k']:.2f}x [{lo:.2f}, {hi:.2f}]")
     for row in (r for r in rows if r["name"] == "discovered"):
@@ -246,7 +248,8 @@ def _discovered_line(row: dict, dependence: dict | None) -> str:
     line = f"discovered policy ({row['positions']} positions): keeps {kept}{why}; perplexity {row['perplexity']:.2f}"
     if dependence is not None and "discovered_over_best_first_k" in dependence:
         lo, hi = dependence["discovered_over_best_first_k_ci"]
-        line += (f", {dependence['discovered_over_best_first_k']:.3f}x {dependence['best_first_k']} [{lo:.3f}, {hi:.3f}]; "
+        line += (f", {dependence['discovered_over_best_first_k']:.3f}x {dependence['best_first_k']} "
+                 f"[{lo:.3f}, {hi:.3f}]; "
                  f"evicting its sinks costs {dependence['discovered_sink_eviction_ratio']:.2f}x")
     return line
 
