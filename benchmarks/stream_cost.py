@@ -1,15 +1,19 @@
-"""What does a SinkCache cost? Token-by-token decoding through it against plain decoding with a DynamicCache.
+"""What do stream's policies cost? Decoding through a SinkCache against a DynamicCache, and one policy pass
+against one plain forward.
 
-    python benchmarks/stream_cost.py --tokens 1024 --budget 64 256
+    python benchmarks/stream_cost.py --model /path/to/SmolLM2-135M-Instruct --tokens 1024 --budget 128
 
-Model: random-weight llama (``--layers``, ``--hidden``; heads of 64 dims, SwiGLU 4x, vocab 32000),
-float32, batch ``--batch``, CPU threads ``--threads``. Each run decodes ``--tokens`` tokens one at a
-time (teacher-forced on random ids, so every run does the same work), after a one-token prompt.
-Reported: decoding tokens per wall second and per CPU second (best of ``--repeats``, runs
-interleaved so other work on the machine disturbs all alike; with one thread CPU time is the steadier
-figure on a busy machine), ms per step in the last quarter of the run (where the DynamicCache is
-longest), and the cache's key/value bytes at the end. The SinkCache re-rotates its cached keys at
-every step (O(budget * head_dim) per layer and head), the price of StreamingLLM's re-assigned positions.
+1. Decoding (``--tokens`` tokens one at a time after a one-token prompt, teacher-forced on random ids so
+   every run does the same work, batch ``--batch``): tokens per wall second and per CPU second through
+   transformers' ``DynamicCache`` and through ``SinkCache(budget, keep_first)``; the ratio SinkCache /
+   DynamicCache is the figure to read (above 1: the bounded cache decodes faster).
+2. Policy passes (``--documents`` random documents of ``--tokens`` tokens, in one batch): seconds of one
+   plain forward (the model's own attention, no cache) against ``stream``'s exact pass of each policy,
+   ``window`` and ``first-k`` in original and cache positions; the ratio policy / plain forward.
+
+Model: ``--model`` (a local folder or hub id) or, without it, a random-weight llama (``--layers``,
+``--hidden``). Float32, CPU threads ``--threads``. Runs are interleaved and the best of ``--repeats`` kept,
+so that other work on the machine disturbs baseline and candidate alike.
 """
 
 from __future__ import annotations
@@ -22,69 +26,106 @@ import torch
 import transformers
 from transformers import DynamicCache
 
+from sinkscope.config import LoadConfig
+from sinkscope.loading import prepare_model
 from sinkscope.stream.cache import SinkCache
+from sinkscope.stream.config import StreamConfig
+from sinkscope.stream.evaluate import policy_nll
+from sinkscope.stream.policy import first_tokens
 
 
-def build(layers: int, hidden: int, vocab: int = 32000):
-    config = transformers.LlamaConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                                      num_attention_heads=hidden // 64, vocab_size=vocab,
-                                      max_position_embeddings=1 << 16)
+def build(args):
+    if args.model:
+        return transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    config = transformers.LlamaConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                                      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
+                                      vocab_size=32000, max_position_embeddings=1 << 16)
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-def cache_bytes(cache) -> int:
-    return sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
-               for layer in cache.layers)
+def timed(run) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
 
 
-def decode(model, ids: torch.Tensor, cache) -> dict:
-    steps = []
+def decode(model, ids: torch.Tensor, cache) -> None:
     with torch.no_grad():
-        model(ids[:, :1], cache=cache, use_cache=True)
-        cpu = time.process_time()
-        for i in range(1, ids.shape[1]):
-            start = time.perf_counter()
+        for i in range(ids.shape[1]):
             model(ids[:, i:i + 1], cache=cache, use_cache=True)
-            steps.append(time.perf_counter() - start)
-        cpu = time.process_time() - cpu
-    tail = steps[-max(1, len(steps) // 4):]
-    return {"tokens_per_second": ids.shape[0] * len(steps) / sum(steps),
-            "cpu_tokens_per_second": ids.shape[0] * len(steps) / cpu,
-            "ms_per_step_last_quarter": 1000 * sum(tail) / len(tail), "cache_mib": cache_bytes(cache) / 2**20}
+
+
+def interleaved(cases: dict, repeats: int) -> dict[str, dict]:
+    """Best wall and CPU seconds of each case over ``repeats`` rounds, the cases run in turn within a round."""
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for name, run in cases.items():
+            took = timed(run)
+            best[name] = {k: min(v, best.get(name, took)[k]) for k, v in took.items()}
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="local folder or hub id; default: a random-weight llama")
     parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--budget", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--budget", type=int, default=128)
     parser.add_argument("--keep-first", type=int, default=4)
+    parser.add_argument("--documents", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-decoding", action="store_true", help="time the policy passes only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build(args.layers, args.hidden)
-    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
-    modes = {"DynamicCache (plain decoding)": lambda: DynamicCache(config=model.config)}
-    for budget in args.budget:
-        modes[f"SinkCache budget {budget}, first {args.keep_first}"] = \
-            lambda b=budget: SinkCache(model, budget=b, keep_first=args.keep_first)
-    best: dict[str, dict] = {}
-    for _ in range(args.repeats):
-        for name, make in modes.items():
-            run = decode(model, ids, make())
-            if name not in best or run["tokens_per_second"] > best[name]["tokens_per_second"]:
-                best[name] = run
-    print(f"llama {args.layers} layers, d={args.hidden}, batch {args.batch}, {args.tokens} tokens, "
-          f"{args.threads} thread(s), torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"{'mode':40s} {'tokens/s':>10s} {'tokens/CPU-s':>13s} {'ms/step (last 1/4)':>20s} {'cache MiB':>10s}")
-    for name, run in best.items():
-        print(f"{name:40s} {run['tokens_per_second']:10.1f} {run['cpu_tokens_per_second']:13.1f} "
-              f"{run['ms_per_step_last_quarter']:20.2f} {run['cache_mib']:10.2f}")
-    print(json.dumps(best))
+    model = build(args)
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    print(f"{args.model or f'random llama {args.layers} layers, d={args.hidden}'}, {args.tokens} tokens, budget "
+          f"{args.budget}, {args.threads} thread(s), torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    results = {}
+    if not args.skip_decoding:
+        ids = torch.randint(0, vocab, (args.batch, args.tokens), generator=generator)
+        steps = args.batch * args.tokens
+        decoding = interleaved({
+            "DynamicCache": lambda: decode(model, ids, DynamicCache(config=model.config)),
+            f"SinkCache first {args.keep_first}": lambda: decode(model, ids, SinkCache(model, args.budget,
+                                                                                        args.keep_first))},
+            args.repeats)
+        base = decoding["DynamicCache"]
+        print(f"\ndecoding, batch {args.batch}")
+        print(f"{'cache':28s} {'tokens/s':>10s} {'tokens/CPU-s':>13s} {'vs DynamicCache (wall, CPU)':>30s}")
+        for name, took in decoding.items():
+            print(f"{name:28s} {steps / took['seconds']:10.1f} {steps / took['cpu_seconds']:13.1f} "
+                  f"{base['seconds'] / took['seconds']:14.2f}x {base['cpu_seconds'] / took['cpu_seconds']:13.2f}x")
+        results["decoding"] = decoding
+    loaded = prepare_model(model, None, LoadConfig())
+    docs = torch.randint(0, vocab, (args.documents, args.tokens), generator=generator)
+    cfg = StreamConfig(batch_size=args.documents, budget=args.budget)
+
+    def plain():
+        with torch.no_grad():
+            model(docs, use_cache=False)
+
+    cases = {"plain forward": plain}
+    for k in (0, 1, args.keep_first):
+        kept = first_tokens(args.documents, args.tokens, k)
+        for positions in ("original", "cache") if k else ("original",):
+            cases[f"{'window' if k == 0 else f'first-{k}'} {positions}"] = \
+                lambda kept=kept, positions=positions: policy_nll(loaded, docs, kept, args.budget, positions, cfg)
+    passes = interleaved(cases, args.repeats)
+    base = passes["plain forward"]
+    print(f"\npolicy passes over {args.documents} x {args.tokens} tokens")
+    print(f"{'pass':22s} {'seconds':>9s} {'CPU s':>9s} {'vs plain forward (wall, CPU)':>30s}")
+    for name, took in passes.items():
+        print(f"{name:22s} {took['seconds']:9.2f} {took['cpu_seconds']:9.2f} "
+              f"{took['seconds'] / base['seconds']:14.2f}x {took['cpu_seconds'] / base['cpu_seconds']:13.2f}x")
+    results["passes"] = passes
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ class Criteria:
         8, why="a key needs at least this many far queries to be judged (the last keys are seen by too few)",
         source="ours")
     secondary_pool_share: float = rule(
-        0.5, why="the discovered policy keeps a token class (first token, or n-th occurrence of an id) that acts as "
-        "a sink in at least this share of the sequences having it ...", source="ours")
+        0.5, why="a token class (first token, or n-th occurrence of an id) is a candidate of the discovered policy "
+        "(kept only if it lowers calibration perplexity) when it acts as a sink in at least this share of the "
+        "sequences having it ...", source="ours")
     secondary_pool_min_support: float = rule(
         0.25, why="... and that occurs in at least this share of all sequences", source="ours: a class two "
         "sequences have is an anecdote")

@@ -1,19 +1,21 @@
 import json
+import math
 
 import pytest
 import torch
 import transformers
 
-from sinkscope.errors import SinkscopeError
-from sinkscope.loading import prepare_model
 from sinkscope.config import LoadConfig
 from sinkscope.criteria import Criteria
+from sinkscope.errors import SinkscopeError
+from sinkscope.loading import prepare_model
 from sinkscope.stream.cache import SinkCache
 from sinkscope.stream.config import StreamConfig
+from sinkscope.stream.discover import SinkKeyObserver, discover_from_observer, sink_keys
+from sinkscope.stream.evaluate import decode_nll, full_nll, policy_nll, token_nll
 from sinkscope.stream.fixture import planted_secondary_sink_model, secondary_sink_inputs
 from sinkscope.stream.policy import first_tokens, policy_mask
-from sinkscope.stream.run import decode_nll, full_pass, masked_nll, stream, token_nll
-from sinkscope.stream.discover import discover_from_observer, sink_keys
+from sinkscope.stream.run import documents, stream
 
 
 def tiny_llama(layers=2, seed=0):
@@ -28,17 +30,47 @@ def loaded(model):
     return prepare_model(model, None, LoadConfig())
 
 
+def kept_at(n, T, *positions_per_row):
+    kept = torch.zeros(n, T, dtype=torch.bool)
+    for row, positions in enumerate(positions_per_row):
+        kept[row, list(positions)] = True
+    return kept
+
+
+def eager_policy_nll(model, ids, kept, budget):
+    """Reference for original positions: eager attention under an additive mask written by a loop over (i, j)."""
+    N, T = ids.shape
+    mask = torch.full((N, 1, T, T), torch.finfo(torch.float32).min)
+    for n in range(N):
+        window = budget - int(kept[n].sum())
+        for i in range(T):
+            for j in range(i + 1):
+                if kept[n, j] or i - j < window:
+                    mask[n, 0, i, j] = 0.0
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits.double()
+    model.set_attn_implementation(previous)
+    return -logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]
+
+
+def decoded_nll(model, ids, kept):
+    """Reference for cache positions: each document decoded token by token through a SinkCache."""
+    return torch.cat([decode_nll(model, ids[n:n + 1], BUDGET, frozenset(kept[n].nonzero()[:, 0].tolist()))[0]
+                      for n in range(len(ids))]).double()
+
+
+BUDGET = 12
+
+
 @pytest.mark.parametrize("k", [0, 2])
 def test_original_positions_match_a_hand_built_eager_mask(k):
     model = tiny_llama()
     ids = torch.randint(0, 64, (3, 40), generator=torch.Generator().manual_seed(1))
-    mask = policy_mask(first_tokens(3, 40, k), budget=10)
-    ours = masked_nll(loaded(model), ids, first_tokens(3, 40, k), 10, StreamConfig(batch_size=2))
-    model.set_attn_implementation("eager")
-    additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)[:, None]
-    with torch.no_grad():
-        reference = token_nll(model(ids, attention_mask=additive).logits, ids)
-    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    ours = policy_nll(loaded(model), ids, first_tokens(3, 40, k), 10, "original", StreamConfig(batch_size=2))
+    reference = eager_policy_nll(model, ids, first_tokens(3, 40, k), 10)
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-4, atol=1e-5)
     full = token_nll(model(ids).logits, ids)
     assert (ours[:, 12:] - full[:, 12:]).abs().max() > 1e-3  # the policy did change something
 
@@ -46,18 +78,38 @@ def test_original_positions_match_a_hand_built_eager_mask(k):
 @pytest.mark.parametrize("keep", [frozenset({0, 1}), frozenset({0, 13})])
 def test_cache_positions_match_a_from_scratch_rerun(keep):
     """One layer: a token's key and value depend only on itself and its position, so decoding through
-    the cache equals re-running the kept tokens from scratch at positions 0..n-1."""
+    the cache, and the parallel cache pass, equal re-running the kept tokens from scratch at positions 0..n-1."""
     model = tiny_llama(layers=1)
     T, budget = 36, 8
     window = budget - len(keep)
     ids = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(2))
-    nll, _ = decode_nll(model, ids, budget, keep)
+    decoded, _ = decode_nll(model, ids, budget, keep)
+    parallel = policy_nll(loaded(model), ids, kept_at(1, T, keep), budget, "cache", StreamConfig())
     with torch.no_grad():
         for i in range(T - 1):
             kept = sorted({j for j in keep if j <= i} | set(range(max(0, i - window + 1), i + 1)))
             logits = model(ids[:, kept]).logits[:, -1]
             reference = torch.nn.functional.cross_entropy(logits, ids[:, i + 1])
-            assert float((nll[0, i] - reference).abs() / reference.abs()) < 1e-4
+            assert float((decoded[0, i] - reference).abs() / reference.abs()) < 1e-4
+            assert float((parallel[0, i] - reference).abs() / reference.abs()) < 1e-4
+
+
+@pytest.mark.parametrize("rows", [
+    ({0},) * 3,  # StreamingLLM's first token
+    ({0, 1, 2, 3},) * 3,  # first 4: the number held outside the window grows from 1 to 4 (s_i)
+    ({0, 9}, {0}, {4, 6, 20}),  # a discovered policy: its own kept keys per document, some after the window
+    ({0}, (), {3, 30}),  # a document keeping nothing beside others that keep keys
+])
+def test_parallel_cache_pass_matches_token_by_token_decoding(rows):
+    """Three layers, so keys and values depend on the history each token saw: the one-pass simulation of
+    cache positions must equal decoding through the SinkCache step by step, with batches mixing kept sets."""
+    model = tiny_llama(layers=3)
+    ids = torch.randint(0, 64, (3, 44), generator=torch.Generator().manual_seed(5))
+    kept = kept_at(3, 44, *rows)
+    parallel = policy_nll(loaded(model), ids, kept, BUDGET, "cache", StreamConfig(batch_size=2))
+    torch.testing.assert_close(parallel.double(), decoded_nll(model, ids, kept), rtol=1e-5, atol=1e-5)
+    original = policy_nll(loaded(model), ids, kept, BUDGET, "original", StreamConfig())
+    assert (parallel - original).abs().max() > 1e-3  # the kept keys' distances did change something
 
 
 def test_cache_window_equals_original_window_and_full_when_nothing_is_evicted():
@@ -65,7 +117,7 @@ def test_cache_window_equals_original_window_and_full_when_nothing_is_evicted():
     model = tiny_llama(layers=3)
     ids = torch.randint(0, 64, (2, 30), generator=torch.Generator().manual_seed(3))
     cached, _ = decode_nll(model, ids, budget=8, keep=frozenset())
-    masked = masked_nll(loaded(model), ids, first_tokens(2, 30, 0), 8, StreamConfig())
+    masked = policy_nll(loaded(model), ids, first_tokens(2, 30, 0), 8, "original", StreamConfig())
     torch.testing.assert_close(cached, masked, rtol=1e-4, atol=1e-5)
     roomy, _ = decode_nll(model, ids, budget=31, keep=frozenset({0}))
     torch.testing.assert_close(roomy, token_nll(model(ids).logits, ids), rtol=1e-4, atol=1e-5)
@@ -74,10 +126,19 @@ def test_cache_window_equals_original_window_and_full_when_nothing_is_evicted():
 def test_sink_cache_in_generate_holds_at_most_the_budget():
     model = tiny_llama()
     cache = SinkCache(model, budget=6, keep_first=2)
-    out = model.generate(torch.tensor([[1, 5, 7, 9]]), cache=cache, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+    out = model.generate(torch.tensor([[1, 5, 7, 9]]), cache=cache, max_new_tokens=20, min_new_tokens=20,
+                         do_sample=False, pad_token_id=0)
     assert out.shape[1] == 24
-    assert all(layer.keys.shape[2] == 5 for layer in cache.layers)  # budget - 1: room for the next token
-    assert cache.layers[0].index[:2].tolist() == [0, 1]
+    for layer in cache.layers:  # budget - 1 entries: room for the next token
+        assert layer.keys.shape[2] + layer.sink_keys.shape[2] == 5
+    assert cache.layers[0].index.tolist() == [0, 1, 20, 21, 22]
+
+
+def test_sink_cache_follows_beam_search():
+    model = tiny_llama()
+    out = model.generate(torch.tensor([[1, 5, 7, 9]]), cache=SinkCache(model, budget=6, keep_first=2), num_beams=2,
+                         num_return_sequences=2, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 16)
 
 
 def test_cache_positions_refuse_a_model_that_ignores_the_cache():
@@ -93,6 +154,16 @@ def test_cache_refuses_models_it_cannot_rerotate():
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(SinkscopeError, match="--positions original"):
         SinkCache(gpt2, budget=8)
+    with pytest.raises(SinkscopeError, match="--positions original"):
+        policy_nll(loaded(gpt2), torch.zeros(1, 16, dtype=torch.long), first_tokens(1, 16, 1), 8, "cache",
+                   StreamConfig())
+
+
+def observe(model, sequences, cfg=None):
+    cfg = cfg or StreamConfig(query_chunk=32)
+    observer = SinkKeyObserver(len(model.model.layers), cfg.criteria, cfg.query_chunk)
+    full_nll(loaded(model), torch.tensor(sequences), cfg, [observer])
+    return observer
 
 
 @pytest.mark.parametrize("lock_logit,seq_len", [(6.0, 64), (12.0, 160)])
@@ -100,39 +171,55 @@ def test_discovery_finds_exactly_the_planted_secondary_sink(lock_logit, seq_len)
     model, answer = planted_secondary_sink_model(secondary_id=7, lock_logit=lock_logit)
     at = seq_len // 3
     sequences = secondary_sink_inputs(answer, 7, n=4, seq_len=seq_len, at=(at,))
-    _, observer = full_pass(loaded(model), torch.tensor(sequences), StreamConfig(query_chunk=32))
-    found = discover_from_observer(observer, sequences)
+    found = discover_from_observer(observe(model, sequences), sequences)
     assert {(o["position"], tuple(o["layers"])) for o in found["occurrences"]} == \
         {(0, (2, 3)), (at, (2, 3))}
-    assert [(c["token_id"], c["occurrence"], c["share"], c["kept"]) for c in found["classes"]] == \
-        [(None, 0, 1.0, True), (7, 1, 1.0, True)]
+    assert sorted((c["token_id"] or 0, c["occurrence"], c["share"], c["candidate"]) for c in found["classes"]) == \
+        [(0, 0, 1.0, True), (7, 1, 1.0, True)]
+    # the attention each class takes, from eager attention weights: head mean, mean over the queries that see it
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = model(torch.tensor(sequences), output_attentions=True).attentions
+    for c in found["classes"]:
+        position = 0 if c["token_id"] is None else at
+        for layer, taken in c["attention_by_layer"].items():
+            hand = weights[layer].mean(1)[:, position:, position].mean(1).mean()
+            assert taken == pytest.approx(float(hand), rel=1e-4)
+        assert c["attention_mass"] == pytest.approx(sum(c["attention_by_layer"].values()), rel=1e-6)
 
 
 def test_discovery_finds_nothing_on_a_random_model():
     model = tiny_llama(layers=3)
     sequences = torch.randint(0, 64, (4, 128), generator=torch.Generator().manual_seed(4)).tolist()
-    _, observer = full_pass(loaded(model), torch.tensor(sequences), StreamConfig())
-    stats = observer.tensors()
+    stats = observe(model, sequences, StreamConfig()).tensors()
     c = Criteria()
     assert not sink_keys(stats["votes"], stats["far"], c.secondary_query_share, c.secondary_min_far_queries).any()
 
 
-def test_stream_end_to_end_writes_stream_json(tmp_path):
+def planted_data(tmp_path, n=6):
     model, answer = planted_secondary_sink_model(secondary_id=7)
+    rows = secondary_sink_inputs(answer, 7, n=n, seq_len=48, at=(20,))
     data = tmp_path / "ids.jsonl"
-    rows = secondary_sink_inputs(answer, 7, n=3, seq_len=48, at=(20,))
     data.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
-    config = StreamConfig(data=str(data), seq_len=48, budget=12, keep_first=(0, 1), positions=("original", "cache"))
+    return model, data
+
+
+def test_stream_end_to_end_writes_stream_json(tmp_path):
+    model, data = planted_data(tmp_path)
+    config = StreamConfig(data=str(data), seq_len=48, budget=12, samples=3, calibration=3, keep_first=(0, 1),
+                          positions=("original", "cache"))
     payload = stream(model, config=config, out=tmp_path)
     saved = json.loads((tmp_path / "stream.json").read_text())
     assert saved["kind"] == "stream" and saved["provenance"]["config"]["budget"] == 12
+    assert saved["data"]["calibration_split"] == "documents" and saved["data"]["calibration_documents"] == 3
     names = [(p["name"], p["positions"]) for p in payload["policies"]]
     assert names == [(n, pos) for pos in ("original", "cache") for n in ("window", "first-1", "discovered")]
-    discovered = [p for p in payload["policies"] if p["name"] == "discovered"]
-    assert all(p["kept"] == 2.0 for p in discovered)  # BOS and the planted token
     assert [d["positions"] for d in payload["sink_dependence"]] == ["original", "cache"]
     for p in payload["policies"]:
         assert p["perplexity_ci"][0] <= p["perplexity"] <= p["perplexity_ci"][1]
+    for d in payload["sink_dependence"]:
+        for key in ("window_over_best_first_k", "discovered_sink_eviction_ratio", "discovered_over_best_first_k"):
+            assert d[f"{key}_ci"][0] <= d[key] <= d[f"{key}_ci"][1]
     from sinkscope.report import build_report
 
     report = build_report([tmp_path], tmp_path / "report.html")
@@ -140,11 +227,89 @@ def test_stream_end_to_end_writes_stream_json(tmp_path):
     assert 'id="stream-table-' in (tmp_path / "report.html").read_text()
 
 
+def hand_kept(sequences, classes):
+    """Kept positions of token classes, by a plain scan: position 0, or the n-th occurrence after it."""
+    kept = torch.zeros(len(sequences), len(sequences[0]), dtype=torch.bool)
+    for row, ids in enumerate(sequences):
+        for c in classes:
+            hits = [p for p in range(1, len(ids)) if ids[p] == c["token_id"]]
+            if c["token_id"] is None:
+                kept[row, 0] = True
+            elif len(hits) >= c["occurrence"]:
+                kept[row, hits[c["occurrence"] - 1]] = True
+    return kept
+
+
+def reference_nll(model, ids, kept, positions):
+    return eager_policy_nll(model, ids, kept, BUDGET) if positions == "original" else decoded_nll(model, ids, kept)
+
+
+def test_stream_values_and_decisions_match_an_independent_computation(tmp_path):
+    """Every perplexity, past-budget perplexity and dependence ratio of stream.json, and every calibration trial
+    of the discovered policy, recomputed with eager attention under a hand-built mask (original positions) or
+    token-by-token decoding (cache positions)."""
+    model, data = planted_data(tmp_path)
+    config = StreamConfig(data=str(data), seq_len=48, budget=BUDGET, samples=3, calibration=3, keep_first=(0, 1, 2),
+                          positions=("original", "cache"), sink_slots=2)
+    payload = stream(model, config=config)
+    evaluated, calibration, _ = documents(config, loaded(model))
+    ids, calibration_ids = torch.tensor(evaluated), torch.tensor(calibration)
+    reference = {}
+    for row in payload["policies"]:
+        discovered = row["name"] == "discovered"
+        kept = hand_kept(evaluated, row["kept_classes"]) if discovered else first_tokens(3, 48, row["keep_first"])
+        nll = reference[row["name"], row["positions"]] = reference_nll(model, ids, kept, row["positions"])
+        assert row["perplexity"] == pytest.approx(math.exp(float(nll.mean())), rel=1e-4)
+        assert row["perplexity_past_budget"] == pytest.approx(math.exp(float(nll[:, BUDGET - 1:].mean())), rel=1e-4)
+        assert row["kept"] == pytest.approx(float(kept.sum(1).double().mean()))
+    for d in payload["sink_dependence"]:
+        pos = d["positions"]
+        perplexity = {name: math.exp(float(nll.mean())) for (name, p), nll in reference.items() if p == pos}
+        best = min(("first-1", "first-2"), key=perplexity.get)
+        assert d["best_first_k"] == best
+        assert d["window_over_best_first_k"] == pytest.approx(perplexity["window"] / perplexity[best], rel=1e-4)
+        assert d["discovered_sink_eviction_ratio"] == pytest.approx(perplexity["window"] / perplexity["discovered"],
+                                                                    rel=1e-4)
+        window, top = reference["window", pos], reference[best, pos]
+        past = math.exp(float(window[:, BUDGET - 1:].mean() - top[:, BUDGET - 1:].mean()))
+        assert d["window_over_best_first_k_past_budget"] == pytest.approx(past, rel=1e-4)
+    for row in (r for r in payload["policies"] if r["name"] == "discovered"):
+        kept_so_far = []
+        for trial in row["calibration"]:
+            cls = {"token_id": trial["token_id"], "occurrence": trial["occurrence"]}
+            without = reference_nll(model, calibration_ids, hand_kept(calibration, kept_so_far), row["positions"])
+            with_it = reference_nll(model, calibration_ids, hand_kept(calibration, [*kept_so_far, cls]),
+                                    row["positions"])
+            assert trial["perplexity_without"] == pytest.approx(math.exp(float(without.mean())), rel=1e-4)
+            assert trial["perplexity_with"] == pytest.approx(math.exp(float(with_it.mean())), rel=1e-4)
+            assert trial["entered"] == (trial["perplexity_with"] < trial["perplexity_without"])
+            kept_so_far += [cls] if trial["entered"] else []
+        assert row["kept_classes"] == kept_so_far
+
+
+def test_calibration_documents_are_disjoint_from_the_evaluated_ones(tmp_path):
+    model, data = planted_data(tmp_path, n=5)
+    config = StreamConfig(data=str(data), seq_len=48, samples=3, calibration=2)
+    evaluated, calibration, split = documents(config, loaded(model))
+    assert split == "documents" and len(evaluated) == 3 and len(calibration) == 2
+    rows = [json.loads(line)["input_ids"] for line in data.read_text().splitlines()]
+    assert sorted(map(rows.index, evaluated + calibration)) == [0, 1, 2, 3, 4]
+    one = tmp_path / "one.jsonl"  # one long document: disjoint windows of it, said so
+    one.write_text(json.dumps({"input_ids": sum(rows, [])}) + "\n")
+    evaluated, calibration, split = documents(StreamConfig(data=str(one), seq_len=48, samples=3, calibration=2),
+                                              loaded(model))
+    assert split == "windows" and not {tuple(w) for w in evaluated} & {tuple(w) for w in calibration}
+    with pytest.raises(SinkscopeError, match="leave 2 for calibration"):
+        documents(StreamConfig(data=str(data), seq_len=48, samples=3, calibration=3), loaded(model))
+
+
 def test_stream_checks_its_flags():
     with pytest.raises(SinkscopeError, match="--budget must lie"):
         stream(tiny_llama(), config=StreamConfig(seq_len=64, budget=64))
     with pytest.raises(SinkscopeError, match="--positions takes"):
         stream(tiny_llama(), config=StreamConfig(positions=("rotated",)))
+    with pytest.raises(SinkscopeError, match="--budget 4 leaves no room"):
+        stream(tiny_llama(), config=StreamConfig(seq_len=64, budget=4, sink_slots=4, keep_first=(0,)))
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])

@@ -100,6 +100,9 @@ class AttentionCall:
     sink_logit: torch.Tensor | None = None  # (H,) logit of a virtual extra key with a zero value (softmax1, learned sink)
     sigmoid_bias: float | None = None  # sigmoid attention: weights sigmoid(logit + bias), no normalisation
     isolated: torch.Tensor | None = None  # (B,) query index that may attend only to itself (-1: none); set by editors
+    # keys outside ``key`` with a logit of their own per query: (logits (B, H, T, K) float32, -inf where unseen;
+    # values (B, H, K, Dv)); set by editors (stream's sinks re-positioned as in a StreamingLLM cache)
+    extra_keys: tuple[torch.Tensor, torch.Tensor] | None = None
     lse: torch.Tensor | None = None  # for sigmoid attention: log of each query's total attention mass
     output: torch.Tensor | None = None
 
@@ -182,7 +185,7 @@ class AttentionObserver(Protocol):
     def observe(self, call: AttentionCall) -> None: ...
 
 
-MaskEditor = Callable[[AttentionCall], None]  # edits call.visible / call.isolated in place, before attention runs
+MaskEditor = Callable[[AttentionCall], None]  # edits call.visible / .isolated / .extra_keys before attention runs
 
 
 class _Session:
@@ -293,6 +296,18 @@ def _add_virtual_sink(output: torch.Tensor, lse: torch.Tensor, sink_logit: torch
     return output * torch.exp(lse - total).unsqueeze(-1).to(output.dtype), total
 
 
+def _add_extra_keys(output: torch.Tensor, lse: torch.Tensor, logits: torch.Tensor, values: torch.Tensor):
+    """Fold keys with their own per-query logits (B, H, T, K) and values (B, H, K, Dv) into softmax attention.
+
+    The merged softmax over both key sets: lse' = logaddexp(lse, logsumexp(logits)); the real keys' output is
+    rescaled by exp(lse - lse') and the extra keys add sum_k exp(logit_k - lse') v_k.
+    """
+    total = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))  # (B, H, T)
+    weights = torch.exp(logits - total[..., None])  # (B, H, T, K), 0 where a key is unseen
+    merged = output.float() * torch.exp(lse - total)[..., None] + torch.matmul(weights, values.float())
+    return merged.to(output.dtype), total
+
+
 def _sink_logit(module: nn.Module, dropout: float, kwargs: dict) -> torch.Tensor | None:
     """The learned sink logit (H,) if the call passes one; refuses any argument this capture would drop."""
     if dropout:
@@ -336,6 +351,8 @@ def sinkscope_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         fused = _isolate_rows(call, *fused)
     chunk = session.query_chunk if session else QUERY_CHUNK
     call.output, call.lse = fused if fused is not None else _chunked_attention(call, chunk)
+    if call.extra_keys is not None:
+        call.output, call.lse = _add_extra_keys(call.output, call.lse, *call.extra_keys)
     if call.sink_logit is not None and call.sigmoid_bias is None:
         call.output, call.lse = _add_virtual_sink(call.output, call.lse, call.sink_logit)
     for observer in session.observers if session else ():

@@ -24,8 +24,13 @@ class StreamConfig:
                      choices=("auto", "always", "never"))
     budget: int = field(32, why="KV budget B: most keys any query may attend (kept tokens + recent window)", min=1)
     keep_first: tuple[int, ...] = field((0, 1, 4), why="policies keeping the first k tokens (0 = plain window)")
-    discovered: bool = field(True, why="also evaluate the policy that keeps the discovered sinks instead",
-                             off="skip the policy that keeps the discovered sinks")
+    discovered: bool = field(True, why="also evaluate the policy that keeps the discovered sinks that pay off instead",
+                             off="skip the discovered policy (and its calibration documents)")
+    sink_slots: int = field(4, why="most token classes the discovered policy may keep beside its window: StreamingLLM "
+                            "keeps 4 initial tokens (Xiao et al. 2023), and each kept sink costs the window a slot",
+                            min=1)
+    calibration: int = field(4, why="documents, disjoint from the evaluated ones, on which sinks are discovered and "
+                             "each candidate must lower perplexity to be kept", min=1)
     positions: tuple[str, ...] = field(("original",), why="original: each token keeps its position (exact mask "
                                        "simulation); cache: positions re-assigned within the cache (StreamingLLM)")
     batch_size: int = field(8, why="documents per forward pass; lower it if memory runs out", min=1)

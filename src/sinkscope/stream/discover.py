@@ -5,7 +5,8 @@ times their uniform share of attention (head mean). The uniform share of query i
 the number of keys it sees, so the rule is scale-free: it needs no magnitude that only one model
 has, and it adapts to each key's position (key j is seen by T - j causal queries, each with its own
 baseline). Occurrences are then pooled by token identity across sequences ("BOS in 100 % of
-sequences, '\\n' at its first occurrence in 63 %").
+sequences, '\\n' at its first occurrence in 63 %"), and each pooled class is measured by the attention it
+takes: the head-mean attention that the queries seeing it give it, in each layer where it acts as a sink.
 
 The pass is the chunked exact one of :class:`~sinkscope.capture.sink.KeyStatsObserver`: attention
 weights come from ``AttentionCall.probs_block`` one query chunk at a time, so memory is O(B*H*chunk*T)
@@ -24,6 +25,9 @@ from ..capture.sink import check_finite
 from ..criteria import Criteria
 from ..errors import SinkscopeError
 
+STATISTICS = ("votes", "far", "received", "uniform", "seen")  # SinkKeyObserver's tallies, each (N, L, T)
+
+
 class SinkKeyObserver:
     """Per sequence, layer and key: far-query votes, far-query count and received attention vs uniform.
 
@@ -31,7 +35,8 @@ class SinkKeyObserver:
       votes: far queries (i >= j + local_span) whose head-mean attention to j is >= ratio / n_i;
       far: the number of those far queries;
       received / uniform: sum over queries i >= j of the head-mean a_ij and of 1 / n_i (their ratio is
-      Gu et al.'s importance over its uniform baseline).
+      Gu et al.'s importance over its uniform baseline);
+      seen: the number of queries i >= j (received / seen is the mean attention j takes).
     Padded batches are fine: only real queries vote, and each row is stored from its first real token,
     padded with zeros to ``max_len`` (default: the first batch's width). ``chunk``: queries per exact pass,
     the caller's --query-chunk.
@@ -40,7 +45,7 @@ class SinkKeyObserver:
     def __init__(self, n_layers: int, criteria: Criteria, chunk: int, max_len: int | None = None):
         self.criteria, self.chunk, self.max_len = criteria, chunk, max_len
         self.ratio, self.local_span = criteria.secondary_ratio, criteria.secondary_local_span
-        self.stats = {name: [[] for _ in range(n_layers)] for name in ("votes", "far", "received", "uniform")}
+        self.stats = {name: [[] for _ in range(n_layers)] for name in STATISTICS}
 
     def observe(self, call: AttentionCall) -> None:
         check_finite(call)
@@ -51,6 +56,7 @@ class SinkKeyObserver:
         far = torch.zeros(B, S)
         received = torch.zeros(B, S)
         uniform = torch.zeros(B, S)
+        seen_by = torch.zeros(B, S)
         keys = torch.arange(S, device=call.query.device)
         valid = call.batch.valid if call.batch is not None else torch.ones(B, T, dtype=torch.bool)
         for t0 in range(0, T, self.chunk):
@@ -64,9 +70,10 @@ class SinkKeyObserver:
             far += is_far.sum(1).cpu()
             received += probs.sum(1).cpu()
             uniform += (block_share * seen).sum(1).cpu()
+            seen_by += seen.sum(1).cpu()
         first = call.batch.first.cpu() if call.batch is not None else torch.zeros(B, dtype=torch.long)
         width = self.max_len = self.max_len or S
-        for name, value in (("votes", votes), ("far", far), ("received", received), ("uniform", uniform)):
+        for name, value in zip(STATISTICS, (votes, far, received, uniform, seen_by)):
             aligned = torch.zeros(B, width)
             for b in range(B):  # from each row's first real token (left padding shifts it)
                 row = value[b, int(first[b]):][:width]
@@ -118,52 +125,60 @@ def token_class(ids: list[int], position: int) -> TokenClass:
     return TokenClass(ids[position], ids[1:position + 1].count(ids[position]))
 
 
-def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Tensor, criteria: Criteria,
-             tokenizer=None) -> dict:
-    """Pool the per-sequence sink keys by token class.
+def discover(sequences: list[list[int]], is_sink: torch.Tensor, ratio: torch.Tensor, attention: torch.Tensor,
+             criteria: Criteria, tokenizer=None) -> dict:
+    """Pool the per-sequence sink keys by token class, strongest class first.
 
-    is_sink (N, L, T) bool, ratio (N, L, T) received attention over its uniform baseline. Returns
-    {"occurrences": [...], "classes": [...], "tokens": [...]} ready for stream.json: ``classes`` pools
-    by (token, occurrence), ``tokens`` by token id over all its occurrences.
+    is_sink (N, L, T) bool; ratio (N, L, T) received attention over its uniform baseline; attention (N, L, T)
+    the mean head-mean attention that the queries seeing a key give it. Returns {"occurrences": [...],
+    "classes": [...], "tokens": [...]} ready for stream.json: ``classes`` pools by (token, occurrence),
+    ranked by ``attention_mass`` (the attention a class takes in the layers where it acts as a sink, summed
+    over those layers, mean over the sequences having it); ``tokens`` pools by token id.
     """
     N, L, T = is_sink.shape
-    pool_share, min_support = criteria.secondary_pool_share, criteria.secondary_pool_min_support
     occurrences = []
-    sink_sequences: dict[TokenClass, set[int]] = defaultdict(set)
-    layers_of: dict[TokenClass, Counter] = defaultdict(Counter)
-    ratios: dict[TokenClass, list[float]] = defaultdict(list)
+    found: dict[TokenClass, list[dict]] = defaultdict(list)
     for n, ids in enumerate(sequences):
-        any_layer = is_sink[n].any(0)  # (T,)
-        for position in any_layer.nonzero()[:, 0].tolist():
+        for position in is_sink[n].any(0).nonzero()[:, 0].tolist():
             layers = is_sink[n, :, position].nonzero()[:, 0].tolist()
-            cls = token_class(ids, position)
-            best = float(ratio[n, layers, position].max())
-            occurrences.append({"sequence": n, "position": position, "token_id": ids[position],
-                                "token": token_text(tokenizer, ids[position]), "layers": layers,
-                                "ratio_to_uniform": best})
-            sink_sequences[cls].add(n)
-            layers_of[cls].update(layers)
-            ratios[cls].append(best)
-    classes = []
-    for cls, hit in sink_sequences.items():
-        having = sum(1 for ids in sequences if cls.positions(ids))
-        share = len(hit) / having
-        classes.append({"token_id": cls.token_id, "occurrence": cls.occurrence,
-                        "token": "<first token>" if cls.token_id is None else token_text(tokenizer, cls.token_id),
-                        "first_token_ids": sorted({ids[0] for ids in sequences}) if cls.token_id is None else None,
-                        "sequences_with": having, "sequences_sink": len(hit), "share": share,
-                        "layers": dict(sorted(layers_of[cls].items())),
-                        "median_ratio_to_uniform": float(torch.tensor(ratios[cls]).median()),
-                        "kept": share >= pool_share and having >= min_support * N})
-    classes.sort(key=lambda c: (-c["sequences_sink"], c["occurrence"]))
-    if classes and classes[0]["token_id"] is None and tokenizer is not None and len(classes[0]["first_token_ids"]) == 1:
-        classes[0]["token"] = token_text(tokenizer, classes[0]["first_token_ids"][0])
+            taken = attention[n, layers, position].tolist()
+            occurrence = {"sequence": n, "position": position, "token_id": ids[position],
+                          "token": token_text(tokenizer, ids[position]), "layers": layers,
+                          "ratio_to_uniform": float(ratio[n, layers, position].max()),
+                          "attention": dict(zip(layers, taken)), "attention_mass": sum(taken)}
+            occurrences.append(occurrence)
+            found[token_class(ids, position)].append(occurrence)
+    classes = [_pooled(cls, hits, sequences, criteria, tokenizer) for cls, hits in found.items()]
+    classes.sort(key=lambda c: (-c["attention_mass"], c["occurrence"]))
     return {"occurrences": occurrences, "classes": classes, "tokens": _by_token(sequences, occurrences, tokenizer),
             "n_sequences": N,
             "rule": {"sink_ratio": criteria.secondary_ratio, "query_share": criteria.secondary_query_share,
                      "local_span": criteria.secondary_local_span,
-                     "min_far_queries": criteria.secondary_min_far_queries, "pool_share": pool_share,
-                     "pool_min_support": min_support}}
+                     "min_far_queries": criteria.secondary_min_far_queries,
+                     "pool_share": criteria.secondary_pool_share,
+                     "pool_min_support": criteria.secondary_pool_min_support}}
+
+
+def _pooled(cls: TokenClass, hits: list[dict], sequences: list[list[int]], criteria: Criteria, tokenizer) -> dict:
+    """One class's row: where it sinks, how much attention it takes there, and whether it is a candidate."""
+    having = sum(1 for ids in sequences if cls.positions(ids))
+    share = len(hits) / having  # a class has at most one position per sequence, so hits are sequences
+    layers = Counter(layer for hit in hits for layer in hit["layers"])
+    by_layer = {layer: sum(hit["attention"].get(layer, 0.0) for hit in hits) / count
+                for layer, count in sorted(layers.items())}
+    first_ids = sorted({ids[0] for ids in sequences})
+    token = "<first token>" if cls.token_id is None else token_text(tokenizer, cls.token_id)
+    if cls.token_id is None and tokenizer is not None and len(first_ids) == 1:
+        token = token_text(tokenizer, first_ids[0])
+    return {"token_id": cls.token_id, "occurrence": cls.occurrence, "token": token,
+            "first_token_ids": first_ids if cls.token_id is None else None,
+            "sequences_with": having, "sequences_sink": len(hits), "share": share,
+            "layers": dict(sorted(layers.items())),
+            "median_ratio_to_uniform": float(torch.tensor([h["ratio_to_uniform"] for h in hits]).median()),
+            "attention_by_layer": by_layer,
+            "attention_mass": sum(h["attention_mass"] for h in hits) / having,
+            "candidate": share >= criteria.secondary_pool_share
+            and having >= criteria.secondary_pool_min_support * len(sequences)}
 
 
 def _by_token(sequences: list[list[int]], occurrences: list[dict], tokenizer) -> list[dict]:
@@ -187,11 +202,13 @@ def discover_from_observer(observer: SinkKeyObserver, sequences: list[list[int]]
     """:func:`discover` on what a :class:`SinkKeyObserver` saw of ``sequences`` (in the order it saw them)."""
     stats, c = observer.tensors(), observer.criteria
     is_sink = sink_keys(stats["votes"], stats["far"], c.secondary_query_share, c.secondary_min_far_queries)
-    return discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30), c, tokenizer)
+    return discover(sequences, is_sink, stats["received"] / stats["uniform"].clamp(min=1e-30),
+                    stats["received"] / stats["seen"].clamp(min=1), c, tokenizer)
 
 
-def kept_classes(discovery: dict) -> list[TokenClass]:
-    return [TokenClass(c["token_id"], c["occurrence"]) for c in discovery["classes"] if c["kept"]]
+def candidate_classes(discovery: dict) -> list[TokenClass]:
+    """The classes the discovered policy may keep, strongest first (the order of ``discovery["classes"]``)."""
+    return [TokenClass(c["token_id"], c["occurrence"]) for c in discovery["classes"] if c["candidate"]]
 
 
 def kept_positions(sequences: list[list[int]], classes: list[TokenClass], seq_len: int) -> torch.Tensor:
@@ -211,12 +228,26 @@ def token_text(tokenizer, token_id: int) -> str:
     return repr(tokenizer.decode([token_id]))[1:-1]
 
 
+def class_label(c: dict) -> str:
+    """"'the' (occurrence 1)" or "'<|im_start|>' (first token)" for one row of ``discovery["classes"]``."""
+    return f"'{c['token']}' ({'first token' if c['token_id'] is None else 'occurrence ' + str(c['occurrence'])})"
+
+
+def layer_span(layers) -> str:
+    """"2-10" for consecutive layers, else "1, 3, 5"."""
+    layers = sorted(layers)
+    if len(layers) > 2 and layers[-1] - layers[0] == len(layers) - 1:
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
 def describe(discovery: dict, limit: int = 5) -> list[str]:
-    """One line per pooled class, e.g. "'<bos>' (first token) in 100 % of sequences"."""
+    """One line per pooled class, strongest first: where it acts as a sink and how much attention it takes."""
     lines = []
     for c in discovery["classes"][:limit]:
-        where = "first token" if c["token_id"] is None else f"occurrence {c['occurrence']}"
-        lines.append(f"'{c['token']}' ({where}) acts as a sink in {100 * c['share']:.0f} % of the "
-                     f"{c['sequences_with']} sequences that have it; layers {sorted(c['layers'])}"
-                     f"{'; kept' if c['kept'] else ''}")
+        low, high = (f"{100 * f(c['attention_by_layer'].values()):.0f}" for f in (min, max))
+        lines.append(f"{class_label(c)} acts as a sink in {100 * c['share']:.0f} % of the {c['sequences_with']} "
+                     f"sequences that have it; layers {layer_span(c['layers'])}, taking "
+                     f"{low if low == high else low + '-' + high} % of the attention there "
+                     f"(mass {c['attention_mass']:.2f}){'; candidate' if c['candidate'] else ''}")
     return lines

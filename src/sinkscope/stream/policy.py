@@ -1,9 +1,20 @@
-"""KV-cache policies as visibility rules, and their exact simulation through the attention interface.
+"""KV-cache policies as visibility rules, and their exact simulation in one parallel pass.
 
-A policy with budget B keeps a set of sink keys plus the most recent ``B - |sinks|`` tokens. With
-``original`` positions every token keeps its own position, so the policy is exactly a mask: query i
-attends key j iff j <= i and (j is a kept sink or i - j < window). ``keep_first=k`` keeps keys 0..k-1
-(StreamingLLM); the discovered policy keeps the keys sinkscope found acting as sinks.
+A policy with budget B keeps a set of sink keys plus the most recent ``W = B - |sinks|`` tokens.
+``keep_first=k`` keeps keys 0..k-1 (StreamingLLM); the discovered policy keeps the token classes that
+act as sinks and pay off on calibration text.
+
+With ``original`` positions every token keeps its own position, so the policy is exactly a mask: query
+i attends key j iff j <= i and (j is a kept sink or i - j < W).
+
+With ``cache`` positions (StreamingLLM, :class:`~sinkscope.stream.cache.SinkCache`) the cache holds, when
+query i arrives, the kept keys older than its window, ``s_i = #{kept j <= i - W}`` of them, then the W
+tokens i-W+1..i, at consecutive positions ending at i. Rotary attention sees only distances, so a window
+key keeps its true distance i - j, and the kept key of rank r (0-based among the kept) sits at slot r of
+``s_i + W``, distance ``W - 1 + s_i - r`` instead of i - j. Keys and values are those each token computed
+when it was the query, as in decoding. So one pass reproduces token-by-token decoding exactly: the window
+by mask, and each evicted kept key as an extra key whose logit uses its key rotated to position
+``i - (W - 1 + s_i - r)`` (:class:`CachePositions`).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import torch
 
 from ..capture.attention import AttentionCall
 from ..errors import SinkscopeError
+from .cache import Rotation
 
 
 @dataclass(frozen=True)
@@ -58,16 +70,77 @@ def first_tokens(n: int, seq_len: int, k: int) -> torch.Tensor:
     return kept
 
 
-class PolicyMask:
-    """Mask editor that makes every attention layer follow one policy mask (N, T, T) for the current batch.
+def kept_index(kept: torch.Tensor) -> torch.Tensor:
+    """(N, K) long: each sequence's kept keys in stream order, padded with -1 (K = most kept in a sequence)."""
+    K = int(kept.sum(1).max()) if kept.numel() else 0
+    ranked = torch.where(kept, torch.arange(kept.shape[1]), kept.shape[1]).sort(1).values[:, :K]
+    return torch.where(ranked < kept.shape[1], ranked, -1)
 
-    The caller sets ``mask`` to the batch's rows before each forward.
+
+class PolicyMask:
+    """Mask editor: every attention layer follows the policy in original positions, for the current batch.
+
+    The caller calls :meth:`set` with the batch's kept keys before each forward.
     """
 
-    def __init__(self, mask: torch.Tensor | None = None):
-        self.mask = mask
+    mask: torch.Tensor | None = None  # (B, T, T) bool, from policy_mask
+
+    def set(self, kept: torch.Tensor, budget: int) -> None:
+        self.mask = policy_mask(kept, budget)
 
     def __call__(self, call: AttentionCall) -> None:
         T, S = call.query.shape[2], call.key.shape[2]
         block = self.mask[:, None, S - T:S, :S].to(call.query.device)  # (B, 1, T, S)
         call.visible = block if call.visible is None else call.visible & block
+
+
+class CachePositions:
+    """Mask editor: every attention layer follows the policy in cache positions (module docstring), exactly.
+
+    The caller calls :meth:`set` with the batch's kept keys before each forward; the pass must start at the
+    first token of the stream (no KV cache), with position ids 0..T-1.
+    """
+
+    kept: torch.Tensor | None = None  # (B, K) kept key indices in stream order, -1 padded
+    window: torch.Tensor | None = None  # (B,) W = budget - kept per sequence
+
+    def __init__(self, rotation: Rotation):
+        self.rotation = rotation
+
+    def set(self, kept: torch.Tensor, budget: int) -> None:
+        self.kept, self.window = kept_index(kept), budget - kept.sum(1)
+
+    def __call__(self, call: AttentionCall) -> None:
+        if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:
+            raise SinkscopeError("--positions cache re-positions plain softmax attention only; "
+                                 "use --positions original")
+        B, H, T, _ = call.query.shape
+        device = call.query.device
+        window, kept = self.window.to(device), self.kept.to(device)
+        i = torch.arange(T, device=device)
+        distance = i[:, None] - i[None, :]  # (T, S) query minus key
+        recent = (distance >= 0)[None] & (distance[None] < window[:, None, None])  # (B, T, S)
+        call.visible = recent[:, None] if call.visible is None else call.visible & recent[:, None]
+        if kept.shape[1]:
+            call.extra_keys = self._evicted_sinks(call, kept, window)
+
+    def _evicted_sinks(self, call: AttentionCall, kept: torch.Tensor, window: torch.Tensor):
+        """Logits (B, H, T, K) and values (B, H, K, Dv) of the kept keys outside each query's window."""
+        B, H, T, _ = call.query.shape
+        K = kept.shape[1]
+        i = torch.arange(T, device=kept.device)
+        index = kept.clamp(min=0)
+        evicted = (kept >= 0)[:, None, :] & (index[:, None, :] <= (i[None, :] - window[:, None])[..., None])  # (B,T,K)
+        held = evicted.sum(-1, keepdim=True)  # (B, T, 1): s_i
+        slot_position = i[None, :, None] - (window[:, None, None] - 1 + held - torch.arange(K, device=kept.device))
+        rows = torch.arange(B, device=kept.device)[:, None]
+        keys = call.key.transpose(1, 2)[rows, index].transpose(1, 2)  # (B, H, K, D), rotated at their own index
+        values = call.value.transpose(1, 2)[rows, index].transpose(1, 2)  # (B, H, K, Dv)
+        pre_rotary = self.rotation.apply(keys, index, inverse=True)  # (B, H, K, D) float32
+        query = call.query.float()
+        logits = []
+        for r in range(K):
+            moved = self.rotation.apply(pre_rotary[:, :, r:r + 1].expand(-1, -1, T, -1), slot_position[:, :, r])
+            logits.append((query * moved).sum(-1) * call.scale)  # (B, H, T)
+        logits = torch.stack(logits, -1).masked_fill(~evicted[:, None], -torch.inf)
+        return logits, values

@@ -1,36 +1,60 @@
-"""``sinkscope stream``: perplexity under a KV budget for each cache policy, plus the discovered sinks.
+"""``sinkscope stream``: perplexity under a KV budget for each cache policy, and which sinks a cache should keep.
 
-One full-attention pass finds the sinks (and gives the reference perplexity); each policy is then
-evaluated either with ``original`` positions (an exact mask, through sinkscope's attention function)
-or with ``cache`` positions (token-by-token decoding through :class:`~sinkscope.stream.cache.SinkCache`).
+Each policy runs as one exact parallel pass per batch, in ``original`` positions (a mask) or ``cache``
+positions (StreamingLLM's re-assigned positions; see :mod:`sinkscope.stream.policy`). The discovered policy
+is chosen on calibration documents disjoint from the evaluated ones (:mod:`sinkscope.stream.select`):
+one full-attention pass over them finds the sinks, and a class is kept only if it lowers their perplexity.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..adapters import blocks
-from ..capture.attention import BatchInfo, capture_attention
 from ..data import read_documents, special_tokens, windows
 from ..errors import SinkscopeError
 from ..loading import LoadedModel, prepare_model
 from ..results import SCHEMA_VERSION, provenance, write_json
-from .cache import SinkCache
 from .config import POSITIONS, StreamConfig
-from .discover import SinkKeyObserver, describe, discover_from_observer, kept_classes, kept_positions
-from .policy import Policy, PolicyMask, first_tokens, policy_mask, window_size
+from .discover import SinkKeyObserver, candidate_classes, class_label, describe, discover_from_observer, kept_positions
+from .evaluate import full_nll, perplexity_ratio, policy_nll, summarize
+from .policy import first_tokens, window_size
+from .select import choose_classes
 
-BOOTSTRAP_RESAMPLES = 1000  # percentile bootstrap over documents for the 95 % interval
-INTERVAL = (0.025, 0.975)  # its percentiles: 95 %, the level of every other interval sinkscope reports
 HELD_OUT_EVERY = 50  # the organisms' training split held out every 50th stdlib document (docs/training.md)
 
 
-def documents(cfg: StreamConfig, loaded: LoadedModel) -> list[list[int]]:
-    """Up to ``cfg.samples`` windows of exactly ``cfg.seq_len`` tokens, chosen by seed."""
+def documents(cfg: StreamConfig, loaded: LoadedModel) -> tuple[list[list[int]], list[list[int]], str]:
+    """(evaluated, calibration, split): windows of exactly ``cfg.seq_len`` tokens, chosen by seed.
+
+    ``cfg.samples`` evaluated windows, then (for the discovered policy) ``cfg.calibration`` others, taken
+    from documents no evaluated window comes from where there are enough (split "documents"), else
+    from other windows of the same documents (split "windows"); never an evaluated window.
+    """
+    found, source = _windows(cfg, loaded)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(found), generator=generator).tolist()
+    evaluated = sorted(order[: cfg.samples])
+    if not cfg.discovered:
+        return [found[i] for i in evaluated], [], "none"
+    used = {source[i] for i in evaluated}
+    rest = order[cfg.samples:]
+    others = [i for i in rest if source[i] not in used]
+    calibration = (others + [i for i in rest if source[i] in used])[: cfg.calibration]
+    if len(calibration) < cfg.calibration:
+        raise SinkscopeError(f"{len(found)} windows of {cfg.seq_len} tokens leave {len(calibration)} for calibration "
+                             f"beside {len(evaluated)} evaluated; pass more text with --data, lower --samples or "
+                             "--calibration, or pass --no-discovered")
+    split = "documents" if all(source[i] not in used for i in calibration) else "windows"
+    return [found[i] for i in evaluated], [found[i] for i in sorted(calibration)], split
+
+
+def _windows(cfg: StreamConfig, loaded: LoadedModel) -> tuple[list[list[int]], list[int]]:
+    """Every full window of the text and the index of the document it comes from."""
     if cfg.data:
         docs = read_documents(cfg.data)
     else:
@@ -39,111 +63,74 @@ def documents(cfg: StreamConfig, loaded: LoadedModel) -> list[list[int]]:
         docs = [{"text": t} for t in split_documents(stdlib_documents(), HELD_OUT_EVERY)[1]]
     tokenizer = loaded.tokenizer
     prefix, suffix = special_tokens(tokenizer, cfg.bos, getattr(loaded.model.config, "bos_token_id", None))
-    found = []
-    for doc in docs:
+    found, source = [], []
+    for n, doc in enumerate(docs):
         if "input_ids" in doc:
             ids, pre = [int(i) for i in doc["input_ids"]], []
         elif tokenizer is None:
             raise SinkscopeError("this model folder has no tokenizer; pass --data FILE.jsonl with input_ids")
         else:
             ids, pre = tokenizer(doc["text"], add_special_tokens=False)["input_ids"], prefix
-        found += windows(ids, cfg.seq_len, pre, suffix, full_only=True)
+        cut = windows(ids, cfg.seq_len, pre, suffix, full_only=True)
+        found += cut
+        source += [n] * len(cut)
     if not found:
         raise SinkscopeError(f"no document has {cfg.seq_len} tokens; pass longer text with --data or lower --seq-len")
     vocab = loaded.model.config.vocab_size
     if any(t < 0 or t >= vocab for w in found for t in w):
         raise SinkscopeError(f"token ids must lie in [0, {vocab}) for this model")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(found), generator=generator)[: cfg.samples].sort().values
-    return [found[i] for i in order.tolist()]
+    return found, source
 
 
 def _check(cfg: StreamConfig) -> None:
     unknown = [p for p in cfg.positions if p not in POSITIONS]
     if unknown or not cfg.positions:
-        raise SinkscopeError(f"--positions takes {','.join(POSITIONS)} (comma-separated), got {','.join(cfg.positions)}")
+        raise SinkscopeError(f"--positions takes {','.join(POSITIONS)} (comma-separated), "
+                             f"got {','.join(cfg.positions)}")
     if not 2 <= cfg.budget < cfg.seq_len:
         raise SinkscopeError(f"--budget must lie in [2, {cfg.seq_len - 1}] (below --seq-len, or nothing is evicted)")
+    if cfg.discovered:
+        window_size(cfg.budget, cfg.sink_slots)
     for k in cfg.keep_first:
         window_size(cfg.budget, k)
         if k < 0:
             raise SinkscopeError(f"--keep-first values must be >= 0, got {k}")
 
 
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """(N, T-1) float32 negative log-likelihood of tokens 1..T-1 given their prefix."""
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+class PolicyRuns:
+    """NLL of each (document set, policy) pass, run once: a discovered policy keeping exactly the first token
+    is the first-1 policy, and a plain window is the same pass in both position modes."""
+
+    def __init__(self, loaded: LoadedModel, cfg: StreamConfig):
+        self.loaded, self.cfg, self.done = loaded, cfg, {}
+
+    def nll(self, ids: torch.Tensor, kept: torch.Tensor, positions: str) -> torch.Tensor:
+        mode = positions if bool(kept.any()) else "any"  # nothing kept: distances are equal in both modes
+        key = (ids.numpy().tobytes(), mode, kept.numpy().tobytes())
+        if key not in self.done:
+            self.done[key] = policy_nll(self.loaded, ids, kept, self.cfg.budget, positions, self.cfg)
+        return self.done[key]
+
+    def perplexity(self, ids: torch.Tensor, kept: torch.Tensor, positions: str) -> float:
+        return math.exp(float(self.nll(ids, kept, positions).double().mean()))
 
 
-def full_pass(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig) -> tuple[torch.Tensor, SinkKeyObserver]:
-    """Full-attention NLL and the per-sequence sink statistics, in one pass."""
-    model = loaded.model
-    observer = SinkKeyObserver(len(blocks(model, loaded.adapter)), cfg.criteria, cfg.query_chunk)
-    device = next(model.parameters()).device
-    nll = []
-    with torch.no_grad(), capture_attention(model, loaded.adapter, [observer], query_chunk=cfg.query_chunk) as session:
-        for batch in ids.split(cfg.batch_size):
-            session.batch = BatchInfo.from_attention_mask(torch.ones_like(batch, device=device))
-            nll.append(token_nll(model(batch.to(device), use_cache=False).logits.cpu(), batch))
-    return torch.cat(nll), observer
+def discovered_policies(runs: PolicyRuns, calibration: list[list[int]]) -> tuple[dict, dict]:
+    """(discovery, {positions: (kept classes, trials)}): sinks found on the calibration documents, then
+    the classes that lower their perplexity, chosen separately for each position mode."""
+    loaded, cfg = runs.loaded, runs.cfg
+    ids = torch.tensor(calibration)
+    observer = SinkKeyObserver(len(blocks(loaded.model, loaded.adapter)), cfg.criteria, cfg.query_chunk)
+    full_nll(loaded, ids, cfg, [observer])
+    discovery = discover_from_observer(observer, calibration, loaded.tokenizer)
+    candidates = candidate_classes(discovery)
+    chosen = {}
+    for positions in cfg.positions:
+        def perplexity(classes, positions=positions):
+            return runs.perplexity(ids, kept_positions(calibration, classes, cfg.seq_len), positions)
 
-
-def masked_nll(loaded: LoadedModel, ids: torch.Tensor, kept: torch.Tensor, budget: int,
-               cfg: StreamConfig) -> torch.Tensor:
-    """(N, T-1) NLL with every attention layer restricted to the policy mask: original positions.
-
-    kept (N, T) bool as in :func:`~sinkscope.stream.policy.policy_mask`; masks are built one batch at a time.
-    """
-    editor = PolicyMask()
-    device = next(loaded.model.parameters()).device
-    nll = []
-    with torch.no_grad(), capture_attention(loaded.model, loaded.adapter, mask_editors=[editor],
-                                            query_chunk=cfg.query_chunk) as session:
-        for start in range(0, len(ids), cfg.batch_size):
-            batch = ids[start:start + cfg.batch_size]
-            editor.mask = policy_mask(kept[start:start + len(batch)], budget).to(device)
-            session.batch = BatchInfo.from_attention_mask(torch.ones_like(batch, device=device))
-            nll.append(token_nll(loaded.model(batch.to(device), use_cache=False).logits.cpu(), batch))
-    return torch.cat(nll)
-
-
-def decode_nll(model, ids: torch.Tensor, budget: int, keep: frozenset[int]) -> tuple[torch.Tensor, float]:
-    """(N, T-1) NLL decoding token by token through a SinkCache, and decoding tokens per second.
-
-    The first ``window`` tokens go in one forward: every query among them sees all its keys under
-    the policy, so that prefill is exact.
-    """
-    device = next(model.parameters()).device
-    window = budget - len(keep)
-    cache = SinkCache(model, budget, keep=keep)
-    ids_device = ids.to(device)
-    with torch.no_grad():
-        logits = [model(ids_device[:, :window], cache=cache, use_cache=True).logits.float().cpu()]
-        if cache.get_seq_length() != window:  # a model that takes the argument but never updates the cache
-            raise SinkscopeError(f"{type(model).__name__} does not use a transformers KV cache, so --positions cache "
-                                 "cannot run on it; use --positions original")
-        start = time.perf_counter()
-        for i in range(window, ids.shape[1]):
-            logits.append(model(ids_device[:, i:i + 1], cache=cache, use_cache=True).logits.float().cpu())
-        seconds = time.perf_counter() - start
-    steps = (ids.shape[1] - window) * ids.shape[0]
-    return token_nll(torch.cat(logits, 1), ids), steps / max(seconds, 1e-9)
-
-
-def summarize(nll: torch.Tensor, budget: int, seed: int) -> dict:
-    """Perplexity, its bootstrap 95 % interval over documents, and the NLL by position."""
-    if not bool(torch.isfinite(nll).all()):
-        bad = int((~torch.isfinite(nll)).any(1).nonzero()[0, 0])
-        raise SinkscopeError(f"non-finite log-likelihood in document {bad}; try --dtype float32 or check the model")
-    per_doc = nll.double().mean(1)  # (N,) documents have equal length, so the mean of means is the mean
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, len(per_doc), (BOOTSTRAP_RESAMPLES, len(per_doc)), generator=generator)
-    boot = per_doc[draws].mean(1).exp()
-    past = nll[:, budget - 1:]  # targets at positions >= budget: the only ones a policy can change
-    return {"perplexity": float(per_doc.mean().exp()),
-            "perplexity_ci": [float(boot.quantile(q)) for q in INTERVAL],
-            "perplexity_past_budget": float(past.double().mean().exp()),
-            "nll_by_position": nll.double().mean(0).tolist()}
+        chosen[positions] = choose_classes(candidates, perplexity, cfg.sink_slots)
+    return discovery, chosen
 
 
 def stream(model, *, tokenizer=None, config: StreamConfig | None = None, out: str | Path | None = None) -> dict:
@@ -156,71 +143,119 @@ def stream(model, *, tokenizer=None, config: StreamConfig | None = None, out: st
     >>> model = transformers.AutoModelForCausalLM.from_config(cfg)
     >>> import json, tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "ids.jsonl").write_text(json.dumps({"input_ids": list(range(64)) * 2}) + "\\n")
+    >>> _ = (folder / "ids.jsonl").write_text(json.dumps({"input_ids": list(range(64)) * 4}) + "\\n")
     >>> result = run.stream(model, config=StreamConfig(data=str(folder / "ids.jsonl"), seq_len=64, budget=16,
-    ...                                                 keep_first=(0, 4), positions=("original", "cache")))
+    ...                     samples=2, calibration=2, keep_first=(0, 4), positions=("original", "cache")))
     >>> [(p["name"], p["positions"]) for p in result["policies"]][:2]
     [('window', 'original'), ('first-4', 'original')]
     """
+    started = time.perf_counter()
     config = config or StreamConfig()
     _check(config)
     loaded = prepare_model(model, tokenizer, config.load)
-    sequences = documents(config, loaded)
-    ids = torch.tensor(sequences)
-    full_nll, observer = full_pass(loaded, ids, config)
-    discovery = discover_from_observer(observer, sequences, loaded.tokenizer)
-    discovered_keep = kept_positions(sequences, kept_classes(discovery), config.seq_len)
-    policies = [Policy(config.budget, k, "window" if k == 0 else f"first-{k}") for k in config.keep_first]
-    if config.discovered:
-        if int(discovered_keep.sum(1).max()) >= config.budget:
-            raise SinkscopeError(f"the discovered sinks fill --budget {config.budget}; raise it or pass --no-discovered")
-        policies.append(Policy(config.budget, None, "discovered"))
-    rows = []
+    evaluated, calibration, split = documents(config, loaded)
+    ids = torch.tensor(evaluated)
+    runs = PolicyRuns(loaded, config)
+    full = summarize(full_nll(loaded, ids, config), config.budget, config.seed)
+    discovery, chosen = discovered_policies(runs, calibration) if config.discovered else (None, {})
+    rows, nll = [], {}
     for positions in config.positions:
-        for policy in policies:
-            kept = discovered_keep if policy.discovered else first_tokens(len(ids), config.seq_len, policy.keep_first)
-            rows.append(_evaluate(loaded, ids, policy, kept, positions, config))
-    payload = _payload(loaded, config, sequences, rows, summarize(full_nll, config.budget, config.seed), discovery)
+        for k in config.keep_first:
+            name = "window" if k == 0 else f"first-{k}"
+            kept = first_tokens(len(ids), config.seq_len, k)
+            nll[name, positions] = runs.nll(ids, kept, positions)
+            rows.append(_row(name, k, positions, kept, nll[name, positions], config))
+        if positions in chosen:
+            classes, trials = chosen[positions]
+            kept = kept_positions(evaluated, classes, config.seq_len)
+            nll["discovered", positions] = runs.nll(ids, kept, positions)
+            row = _row("discovered", None, positions, kept, nll["discovered", positions], config)
+            labels = {(c["token_id"], c["occurrence"]): class_label(c) for c in discovery["classes"]}
+            row["classes"] = [labels[c.token_id, c.occurrence] for c in classes]
+            row["kept_classes"] = [{"token_id": c.token_id, "occurrence": c.occurrence} for c in classes]
+            row["calibration"] = [{"class": labels[t["token_id"], t["occurrence"]], **t} for t in trials]
+            rows.append(row)
+    dependence = sink_dependence(nll, rows, config)
+    payload = _payload(loaded, config, (evaluated, calibration, split), rows, full, discovery, dependence)
+    payload["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(Path(out) / "stream.json", payload)
     return payload
 
 
-def _evaluate(loaded, ids, policy: Policy, kept: torch.Tensor, positions: str, cfg: StreamConfig) -> dict:
-    throughput = None
-    if positions == "original":
-        nll = masked_nll(loaded, ids, kept, policy.budget, cfg)
-    elif policy.discovered:  # each document keeps its own positions, so decode one at a time
-        parts = [decode_nll(loaded.model, ids[n:n + 1], policy.budget, frozenset(kept[n].nonzero()[:, 0].tolist()))
-                 for n in range(len(ids))]
-        nll, throughput = torch.cat([p[0] for p in parts]), sum(p[1] for p in parts) / len(parts)
-    else:
-        parts = [decode_nll(loaded.model, batch, policy.budget, frozenset(range(policy.keep_first)))
-                 for batch in ids.split(cfg.batch_size)]
-        nll, throughput = torch.cat([p[0] for p in parts]), sum(p[1] for p in parts) / len(parts)
+def _row(name: str, keep_first: int | None, positions: str, kept: torch.Tensor, nll: torch.Tensor,
+         cfg: StreamConfig) -> dict:
     n_kept = kept.sum(1).double()
-    row = {"name": policy.name, "keep_first": policy.keep_first, "window": float((policy.budget - n_kept).mean()),
-           "positions": positions, "kept": float(n_kept.mean()), "budget": policy.budget}
-    row.update(summarize(nll, policy.budget, cfg.seed))
-    row["decode_tokens_per_second"] = throughput
+    row = {"name": name, "keep_first": keep_first, "window": float((cfg.budget - n_kept).mean()),
+           "positions": positions, "kept": float(n_kept.mean()), "budget": cfg.budget}
+    row.update(summarize(nll, cfg.budget, cfg.seed))
     return row
 
 
-def sink_dependence(rows: list[dict]) -> list[dict]:
-    """Per positions mode: perplexity cost of evicting the discovered sinks at equal budget (window vs discovered)."""
+def sink_dependence(nll: dict, rows: list[dict], cfg: StreamConfig) -> list[dict]:
+    """Per position mode, StreamingLLM's dependence: perplexity of the plain window over that of the best
+    first-k policy (k > 0) at the same budget, with a paired bootstrap CI over documents; beside it, the
+    window over the discovered policy (evicting the discovered sinks) and the discovered policy over the
+    best first-k (below 1: discovery beats the blind rule)."""
     result = []
-    for positions in dict.fromkeys(r["positions"] for r in rows):
-        by_name = {r["name"]: r for r in rows if r["positions"] == positions}
-        if "window" in by_name and "discovered" in by_name:
-            keep, evict = by_name["discovered"], by_name["window"]
-            result.append({"positions": positions, "perplexity_keep": keep["perplexity"],
-                           "perplexity_evict": evict["perplexity"],
-                           "ratio": evict["perplexity"] / keep["perplexity"],
-                           "ratio_past_budget": evict["perplexity_past_budget"] / keep["perplexity_past_budget"]})
+    for positions in cfg.positions:
+        firsts = [r for r in rows if r["positions"] == positions and (r["keep_first"] or 0) > 0]
+        if ("window", positions) not in nll or not firsts:
+            continue
+        best = min(firsts, key=lambda r: r["perplexity"])["name"]
+        entry = {"positions": positions, "best_first_k": best,
+                 "perplexity_window": _perplexity(nll["window", positions]),
+                 "perplexity_best_first_k": _perplexity(nll[best, positions])}
+        pairs = {"window_over_best_first_k": ("window", best)}
+        if ("discovered", positions) in nll:
+            pairs |= {"discovered_sink_eviction_ratio": ("window", "discovered"),
+                      "discovered_over_best_first_k": ("discovered", best)}
+        for key, (top, bottom) in pairs.items():
+            ratio = perplexity_ratio(nll[top, positions], nll[bottom, positions], cfg.budget, cfg.seed)
+            entry |= {key: ratio["ratio"], f"{key}_ci": ratio["ratio_ci"],
+                      f"{key}_past_budget": ratio["ratio_past_budget"]}
+        result.append(entry)
     return result
 
 
-def _payload(loaded, config, sequences, rows, full, discovery) -> dict:
+def _perplexity(nll: torch.Tensor) -> float:
+    return math.exp(float(nll.double().mean()))
+
+
+def summary(dependence: list[dict], rows: list[dict], discovery: dict | None) -> list[str]:
+    """The lines a reader takes away: StreamingLLM's dependence, what the discovered policy keeps and why."""
+    lines = []
+    for d in dependence:
+        lo, hi = d["window_over_best_first_k_ci"]
+        lines.append(f"{d['positions']} positions: evicting the first tokens (plain window "
+                     f"{d['perplexity_window']:.2f} "
+                     f"vs {d['best_first_k']} {d['perplexity_best_first_k']:.2f}) multiplies perplexity by "
+                     f"{d['window_over_best_first_k']:.2f}x [{lo:.2f}, {hi:.2f}]")
+    for row in (r for r in rows if r["name"] == "discovered"):
+        lines.append(_discovered_line(row, next((d for d in dependence if d["positions"] == row["positions"]), None)))
+    return lines + (describe(discovery) if discovery else [])
+
+
+def _discovered_line(row: dict, dependence: dict | None) -> str:
+    kept = " and ".join(row["classes"]) or "nothing (the plain window)"
+    refused = [t for t in row["calibration"] if not t["entered"]]
+    why = ""
+    if row["classes"] and all(t["token_id"] is None for t in row["calibration"] if t["entered"]) and refused:
+        why = "; nothing beyond the first token lowered calibration perplexity"
+    if refused:
+        why += " (" + ", ".join(f"{t['class']} {t['perplexity_without']:.2f} -> {t['perplexity_with']:.2f}"
+                                 for t in refused) + ")"
+    line = f"discovered policy ({row['positions']} positions): keeps {kept}{why}; perplexity {row['perplexity']:.2f}"
+    if dependence is not None and "discovered_over_best_first_k" in dependence:
+        lo, hi = dependence["discovered_over_best_first_k_ci"]
+        line += (f", {dependence['discovered_over_best_first_k']:.3f}x {dependence['best_first_k']} "
+                 f"[{lo:.3f}, {hi:.3f}]; "
+                 f"evicting its sinks costs {dependence['discovered_sink_eviction_ratio']:.2f}x")
+    return line
+
+
+def _payload(loaded, config, split_documents, rows, full, discovery, dependence) -> dict:
+    evaluated, calibration, split = split_documents
     model_config = loaded.model.config
     parameter = next(loaded.model.parameters())
     max_positions = getattr(model_config, "max_position_embeddings", None)
@@ -231,16 +266,17 @@ def _payload(loaded, config, sequences, rows, full, discovery) -> dict:
                                  dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
                                  model_config=model_config.to_dict()),
         "model": {"model_type": model_config.model_type, "max_position_embeddings": max_positions},
-        "data": {"documents": len(sequences), "seq_len": config.seq_len,
-                 "source": config.data or "stdlib-heldout"},
+        "data": {"documents": len(evaluated), "seq_len": config.seq_len, "source": config.data or "stdlib-heldout",
+                 "calibration_documents": len(calibration), "calibration_split": split},
         "budget": config.budget,
+        "sink_slots": config.sink_slots if config.discovered else None,
         "full_perplexity": full["perplexity"],
         "full_perplexity_ci": full["perplexity_ci"],
         "full_perplexity_past_budget": full["perplexity_past_budget"],
         "full_nll_by_position": full["nll_by_position"],
         "full_fits": max_positions is None or config.seq_len <= max_positions,
         "policies": rows,
-        "sink_dependence": sink_dependence(rows),
+        "sink_dependence": dependence,
         "discovered_sinks": discovery,
-        "summary": describe(discovery),
+        "summary": summary(dependence, rows, discovery),
     }
