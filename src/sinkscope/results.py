@@ -155,10 +155,12 @@ def provenance(*, model: str | None = None, revision: str | None = None, config:
     import transformers
 
     from . import __version__
+    from .files import weights_digest
 
     return {
         "model": model,
         "revision": revision,
+        "weights_sha256": weights_digest(model),
         "model_config_hash": config_hash(model_config) if model_config is not None else None,
         "config": to_jsonable(config),
         "config_hash": config_hash(config) if config is not None else None,

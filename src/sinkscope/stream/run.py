@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..adapters import blocks
 from ..capture.attention import BatchInfo, capture_attention
-from ..data import read_documents, special_tokens, windows
+from ..data import describe_data, read_documents, special_tokens, windows
 from ..errors import SinkscopeError
 from ..loading import LoadedModel, prepare_model
 from ..results import SCHEMA_VERSION, provenance, write_json
@@ -231,8 +231,9 @@ def _payload(loaded, config, sequences, rows, full, discovery) -> dict:
                                  dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
                                  model_config=model_config.to_dict()),
         "model": {"model_type": model_config.model_type, "max_position_embeddings": max_positions},
-        "data": {"documents": len(sequences), "seq_len": config.seq_len,
-                 "source": config.data or "stdlib-heldout"},
+        "data": {**describe_data(config.data, random_tokens=False, bos=config.bos, seq_len=config.seq_len,
+                                 sequences=sequences, default=("held-out Python standard-library documents", None)),
+                 "documents": len(sequences), "source": config.data or "stdlib-heldout"},
         "budget": config.budget,
         "full_perplexity": full["perplexity"],
         "full_perplexity_ci": full["perplexity_ci"],
