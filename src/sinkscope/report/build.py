@@ -197,9 +197,10 @@ def _chain(results: Results, draw: _Drawer) -> Section:
     def fill(s: Series):
         probe = s.probe
         return [draw.slot("chain", s.label, "the chain with the coordinates found",
-                          lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour))]
+                          lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour,
+                                                          s.random.payload if s.random else None))]
     return Section("chain", "The chain", "variance discrepancy -> super neuron -> dimension disparity -> QK locking "
-                   "-> sink, each box with what the probe found (grey: not found).", [_columns(results, fill)])
+                   "-> sink, each box with what the probe found (dashed: not found).", [_columns(results, fill)])
 
 
 def _interventions(results: Results, draw: _Drawer) -> Section:

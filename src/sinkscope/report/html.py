@@ -25,7 +25,7 @@ section > p.intro { margin: 0 0 10px 0; color: #555; font-size: 13px; max-width:
 .column h3 { font-size: 14px; margin: 6px 0; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }
 figure { margin: 0 0 12px 0; }
-figure svg { width: 100%; max-width: 980px; height: auto; display: block; }
+figure svg { max-width: 100%; height: auto; display: block; }  /* drawn at its own size: one font size */
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .missing { font-size: 12px; color: #8a5a00; background: #fff7e6; border-left: 3px solid #e6a100; padding: 6px 10px;
            margin: 6px 0 12px 0; }

@@ -15,8 +15,7 @@ from .cite import Source, fmt
 NO_CHANGE_ABS = 0.01  # sink scores are shares of attention: a move under 1 % of the attention is no change
 NO_CHANGE_REL = 0.2  # ... nor is one under 20 % of the score, where no CI is recorded (isolate's single pass)
 EPISODES_TOLD = 2  # the headline names the first episodes; the chain figure draws every one
-UNIFORM = ("x uniform (the first token's attention divided by what it would get if every query spread its "
-           "attention evenly over the tokens it sees)")
+UNIFORM = "x uniform ({} times the attention it would get if each query attended evenly to every token it sees; "
 
 
 def data_words(payload: dict) -> str:
@@ -38,9 +37,9 @@ def sink_sentence(probe: Source, random: Source | None) -> str:
     peak = sink.get("peak_layer")
     if peak is None:
         return "The probe recorded no per-layer sink ratio."
-    where = (f"peaks at layer {probe.num(('sink', 'peak_layer'), 'd')} with {probe.num(('sink', 'ratio', peak), '.1f')}"
-             f"{UNIFORM} (95 % CI {probe.num(('sink', 'ratio_ci', peak, 0), '.1f')}–"
-             f"{probe.num(('sink', 'ratio_ci', peak, 1), '.1f')})")
+    ratio = probe.num(("sink", "ratio", peak), ".1f")
+    where = (f"peaks at layer {probe.num(('sink', 'peak_layer'), 'd')} with {ratio}{UNIFORM.format(ratio)}"
+             f"95 % CI {probe.num(('sink', 'ratio_ci', peak, 0), '.1f')}–{probe.num(('sink', 'ratio_ci', peak, 1), '.1f')})")
     if sink.get("present"):
         text = (f"The attention sink sits on the first token: it sets in at layer "
                 f"{probe.num(('sink', 'onset_layer'), 'd')} and {where}, on {data_words(probe.payload)}.")
@@ -49,8 +48,9 @@ def sink_sentence(probe: Source, random: Source | None) -> str:
     rand = (random.get("sink") or {}) if random else {}
     if rand.get("peak_layer") is not None:
         k = rand["peak_layer"]
-        text += (f" On {data_words(random.payload)} it peaks at layer {random.num(('sink', 'peak_layer'), 'd')} "
-                 f"with {random.num(('sink', 'ratio', k), '.1f')}x uniform.")
+        text = text[:-1] + (f"; on {data_words(random.payload)} it peaks at layer "
+                            f"{random.num(('sink', 'peak_layer'), 'd')} with {random.num(('sink', 'ratio', k), '.1f')}x "
+                            "uniform.")
     return text
 
 
@@ -114,6 +114,15 @@ def monotone_within_ci(scores: list[float], cis: list[list[float]]) -> bool:
     return all(cis[j][1] >= cis[i][0] for i in range(len(scores)) for j in range(i + 1, len(scores)))
 
 
+def _neurons_words(neurons: list) -> str:
+    """[[11, 1229], [11, 1487]] -> 'neurons 1229 and 1487 of layer 11'."""
+    by_layer: dict = {}
+    for layer, index in neurons:
+        by_layer.setdefault(layer, []).append(str(index))
+    return "; ".join(f"neuron{'s' if len(ids) > 1 else ''} {' and '.join(ids)} of layer {layer}"
+                     for layer, ids in by_layer.items())
+
+
 def ablate_sentence(a: Source) -> str:
     rows = a.get("per_layer") or []
     if not rows:
@@ -123,7 +132,7 @@ def ablate_sentence(a: Source) -> str:
     ratio_before, ci = a.get("sink_before", "ratio", top), a.get("sink_after", "ratio_ci", top)
     word = (_change(ratio_before, a.get("sink_after", "ratio", top), ci) if ratio_before is not None and ci
             else _change(before, after))  # judged on the ratio's CI where the file has one
-    what = " and ".join(x for x in (", ".join(f"neuron {n} of layer {k}" for k, n in a.get("neurons") or []),
+    what = " and ".join(x for x in (_neurons_words(a.get("neurons") or []),
                                      ("dim " + ", ".join(map(str, a.get("dims")))) if a.get("dims") else "") if x)
     text = (f"Ablating {what or 'nothing'} {word} the first token's sink score at layer "
             f"{a.num(('per_layer', top, 'layer'), 'd')} (read where it peaks before ablation): "
@@ -154,10 +163,10 @@ def amplify_sentence(a: Source) -> str:
     observe = a.get("observe")
     reason = ("the first layer after the amplified ones" if layers and observe == max(layers) + 1
               else "the layer set by --observe")
-    word = _change(scores[0], scores[-1], cis[0] if cis else None)
+    word = _change(scores[0], scores[-1], cis[-1] if cis else None)
     shape = "monotone within its CI" if cis and monotone_within_ci(scores, cis) else "not monotone"
     last = len(scores) - 1
-    text = (f"Amplifying token {a.num(('position',), 'd')}'s attention-output variance in layers "
+    text = (f"amplifying token {a.num(('position',), 'd')}'s attention-output variance in layers "
             f"{', '.join(map(str, layers))} (lambda {a.num(('lambdas', 0), 'g')} → {a.num(('lambdas', last), 'g')}) "
             f"{word} its sink score at layer {a.num(('observe',), 'd')} ({reason}): "
             f"{a.num(('sink_score', 0), '.3f')} → {a.num(('sink_score', last), '.3f')}, {shape}")
@@ -166,12 +175,28 @@ def amplify_sentence(a: Source) -> str:
     return text + "."
 
 
+def _policy_words(name: str, discovered: str) -> str:
+    if name.startswith("first-"):
+        count = name.removeprefix("first-")
+        return "the first token" if count == "1" else f"the first {count} tokens"
+    return f"the discovered sinks ({discovered})" if name == "discovered" else f"the {name} policy"
+
+
 def stream_sentence(s: Source) -> str:
+    """What a KV cache must keep: the policy with the lowest perplexity at the budget, against a recent window."""
+    policies = s.get("policies") or []
+    if not policies:
+        return ""
+    mode = policies[0]["positions"]  # the first positions mode the stream command ran (the table shows all)
+    rows = [(i, p) for i, p in enumerate(policies) if p["positions"] == mode]
+    window = next((i for i, p in rows if p["name"] == "window"), None)
+    best = min((i for i, p in rows if p["name"] != "window"), key=lambda i: policies[i]["perplexity"], default=None)
+    if best is None:
+        return ""
     kept = [c for c in (s.get("discovered_sinks", "classes") or []) if c.get("kept")]
-    tokens = ", ".join(html.escape(repr(c["token"])) for c in kept[:3]) or "no token"
-    dependence = s.get("sink_dependence") or []
-    text = f"Under a KV budget of {s.num(('budget',), 'd')} tokens the cache must keep {tokens}"
-    if dependence:
-        text += (f": keeping the discovered sinks gives perplexity {s.num(('sink_dependence', 0, 'perplexity_keep'), '.2f')}, "
-                 f"a recent window alone {s.num(('sink_dependence', 0, 'perplexity_evict'), '.2f')}")
-    return text + (f" (full attention {s.num(('full_perplexity',), '.2f')}), on {data_words(s.payload)}.")
+    tokens = ", ".join(html.escape(repr(c["token"])) for c in kept[:3]) or "none"
+    text = (f"Under a KV budget of {s.num(('budget',), 'd')} tokens a cache must keep "
+            f"{_policy_words(policies[best]['name'], tokens)}: perplexity {s.num(('policies', best, 'perplexity'), '.2f')}")
+    if window is not None:
+        text += f" against {s.num(('policies', window, 'perplexity'), '.2f')} for a recent window alone"
+    return text + f" (full attention {s.num(('full_perplexity',), '.2f')}), on {data_words(s.payload)}."

@@ -56,7 +56,8 @@ def headline(s: Series) -> list[str]:
         sentences.append(ablate_sentence(by_kind["ablate"]))
     made = [f(by_kind[k]) for k, f in (("isolate", isolate_sentence), ("amplify", amplify_sentence)) if k in by_kind]
     if made:
-        sentences.append("; ".join(m.rstrip(".") for m in made if m) + ".")
+        joined = "; ".join(m.rstrip(".") for m in made if m) + "."
+        sentences.append(joined[:1].upper() + joined[1:])
     if "stream" in by_kind:
         sentences.append(stream_sentence(by_kind["stream"]))
     return [x for x in sentences if x]
