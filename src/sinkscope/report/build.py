@@ -153,6 +153,7 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
                   "top dims": ", ".join(str(d["dim"]) for d in (r.get("down_column") or {}).get("dims", [])[:3]),
                   "weight outlier": r.get("weight_outlier")} for r in rows[:8]]
         parts = [table(shown, f"neuron-table--{slug(s.label)}")] if shown else []
+        parts.append(_super_weight_line(probe.payload if probe else {}))
         experts = expert_neuron_rows(probe.payload) if probe else []
         if experts:  # a mixture of experts: the finder inside experts, with the router beside each neuron
             parts.append(table(experts, f"expert-neuron-table--{slug(s.label)}"))
@@ -163,6 +164,19 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
         return parts
     return Section("neurons", "C2 super neurons", "FFN neurons that fire only at the first token; their "
                    "down-projection column writes one or two hidden dims (channel-sparse).", [_columns(results, fill)])
+
+
+def _super_weight_line(probe: dict) -> str:
+    """Yu et al.'s super weights beside the neurons: the coordinates their procedure found, and whether the
+    published ones for this model were found again."""
+    found = ", ".join(str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", []))
+    published = (probe.get("published_super_weights") or {}).get("matches")
+    if not found and published is None:
+        return ""
+    label = html.escape("super weights (Yu's procedure)")
+    return (f"<p>{label}: {html.escape(found or 'none')}"
+            + (f"; published super weights found: {html.escape(str(published))}" if published is not None else "")
+            + "</p>")
 
 
 def _disparity(results: Results, draw: _Drawer) -> Section:
