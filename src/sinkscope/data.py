@@ -120,7 +120,8 @@ def load_sequences(cfg: DataConfig, tokenizer, vocab_size: int, bos_token_id: in
 def describe_data(source: str | None, *, random_tokens: bool, bos: str, seq_len: int, sequences: list[list[int]],
                   default: tuple[str, Path | None] = ("embedded prompts", PROMPTS_FILE)) -> dict:
     """What a result file says about its data: the source (a file or folder with its SHA-256, the embedded
-    prompts or random tokens; ``default`` names the data used when no source is given), the BOS setting and the counts, so a report can say which data each run used."""
+    prompts or random tokens; ``default`` names the data used when no source is given), the BOS setting and
+    the counts, so a report can say which data each run used."""
     if random_tokens:
         name, digest = "random tokens", None
     elif source is None:

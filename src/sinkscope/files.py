@@ -82,8 +82,11 @@ def file_digest(path: Path, suffixes: tuple[str, ...] | None = None) -> str | No
 
 
 def weights_digest(model: str | None) -> str | None:
-    """SHA-256 of a local checkpoint's weight files (a folder or one GGUF file); None for a hub id or a model
-    passed in memory, whose hub revision says which weights they were."""
-    if model is None or not Path(model).exists():
+    """SHA-256 of a local or embedded checkpoint's weight files (a folder or one GGUF file); None for a hub id
+    or a model passed in memory, whose hub revision says which weights they were."""
+    from .models import embedded_path
+
+    if model is None:
         return None
-    return file_digest(Path(model), WEIGHT_SUFFIXES)
+    path = embedded_path(model) or Path(model)
+    return file_digest(path, WEIGHT_SUFFIXES) if path.exists() else None

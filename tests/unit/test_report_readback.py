@@ -148,7 +148,8 @@ def test_stream_lines_are_the_moving_mean_of_each_policys_nll():
                                          for n, v in nll.items()]}
     fig = stream_fig.stream_perplexity(payload, "a")
     for name, values in nll.items():
-        expected = [np.exp(np.mean(values[max(0, i + 1 - stream_fig.SMOOTH_TOKENS): i + 1])) for i in range(len(values))]
+        span = stream_fig.SMOOTH_TOKENS
+        expected = [np.exp(np.mean(values[max(0, i + 1 - span): i + 1])) for i in range(len(values))]
         x, y = artist(fig, f"stream-{name}-original").get_data()
         assert list(x) == list(range(2, len(values) + 2)) and np.allclose(y, expected)
 

@@ -3,55 +3,19 @@ provenance and flags. Expected values are read from the files here, with this te
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
-
 import pytest
 
 from sinkscope.report import build_report
 from sinkscope.report.load import load_results
 from sinkscope.results import write_json
 
+from report_pages import check_cited_numbers, headline
 from test_report import amplify_payload, full_run, per_layer_payload, probe_payload, write_probe  # noqa: F401
-
-NUM = re.compile(r'<span class="num" data-file="([^"]+)" data-field="([^"]+)" data-fmt="([^"]+)">([^<]*)</span>')
-
-
-def walk(payload, dotted: str):
-    """The field ``a.b.3.c`` of a JSON payload (digits index lists), written independently of the report's."""
-    value = payload
-    for part in dotted.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
-    return value
-
-
-def cited(html: str) -> list[tuple[str, str, str, str]]:
-    import html as h
-
-    return [(h.unescape(f), h.unescape(d), s, t) for f, d, s, t in NUM.findall(html)]
-
-
-def check_cited_numbers(html: str) -> int:
-    """Every cited number equals its file's field, and one field always reads the same; returns how many."""
-    numbers = cited(html)
-    files: dict[str, dict] = {}
-    seen: dict[tuple[str, str], str] = {}
-    for file, dotted, spec, text in numbers:
-        payload = files.setdefault(file, json.loads(Path(file).read_text()))
-        assert text == format(walk(payload, dotted), spec), (file, dotted, text)
-        assert seen.setdefault((file, dotted), text) == text
-    return len(numbers)
-
 
 def page_of(folders, tmp_path, name="r.html") -> str:
     build_report(folders, tmp_path / name)
     return (tmp_path / name).read_text()
-
-
-def headline(html: str, model: str) -> str:
-    story = re.search(rf'<article class="story" id="model-{model}".*?</article>', html, re.DOTALL).group(0)
-    return re.sub(r"<[^>]+>", "", re.search(r'<p class="headline">(.*?)</p>', story, re.DOTALL).group(1))
 
 
 @pytest.fixture(scope="module")

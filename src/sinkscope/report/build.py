@@ -125,7 +125,8 @@ def _variance(results: Results, draw: _Drawer) -> Section:
         tables = {key: p.table("chain_variance_by_position") for key, p in (("natural", s.natural), ("random", s.random))
                   if p is not None}
         return [draw.slot("variance", s.label, "std of the o_proj input by position; solid natural text, dashed "
-                          "random tokens, dotted the fitted s/sqrt(t+1)",
+                          "random tokens, dotted the fitted s/sqrt(t+1); R2 'BOS': position 0 holds the same BOS "
+                          "token in every sample, so its std over samples is 0 by construction",
                           lambda: chain_fig.variance_by_position(s.natural and s.natural.payload,
                                                                  s.random and s.random.payload, tables, s.label,
                                                                  s.colour))]

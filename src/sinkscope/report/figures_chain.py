@@ -77,8 +77,8 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
                 fit = _fit(probe, layer, summary_key)
                 constant = row == 0 and ((probe["variance"].get("first_position") or {}).get("same_token_every_sample"))
                 r2 = (fit or {}).get("r2")
-                if constant:
-                    r2s.append("BOS: 0 by construction")
+                if constant:  # the same BOS token in every sample: std 0 by construction
+                    r2s.append("BOS")
                 elif r2 is None or not math.isfinite(r2) or r2 < 0:
                     r2s.append("no fit")
                 elif math.isfinite(fit.get("s") or math.nan):
@@ -86,7 +86,7 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
                     fitted, = ax.plot(t, fit["s"] / np.sqrt(t + 1), ":", color=FIT_COLOUR, linewidth=1.2,
                                       label="fit s/sqrt(t+1)" if key == runs[0][0] else None)
                     tag(fitted, f"fit-{column}-{layer}-{key}")
-                    r2s.append(f"{r2:.4f}")
+                    r2s.append(f"{r2:.3f}")
             if row == 0:
                 ax.set_title(f"layer {layer}")
             if r2s:  # inside the axes, so neighbouring panels' texts never meet

@@ -39,7 +39,8 @@ def sink_sentence(probe: Source, random: Source | None) -> str:
         return "The probe recorded no per-layer sink ratio."
     ratio = probe.num(("sink", "ratio", peak), ".1f")
     where = (f"peaks at layer {probe.num(('sink', 'peak_layer'), 'd')} with {ratio}{UNIFORM.format(ratio)}"
-             f"95 % CI {probe.num(('sink', 'ratio_ci', peak, 0), '.1f')}–{probe.num(('sink', 'ratio_ci', peak, 1), '.1f')})")
+             f"95 % CI {probe.num(('sink', 'ratio_ci', peak, 0), '.1f')}–"
+             f"{probe.num(('sink', 'ratio_ci', peak, 1), '.1f')})")
     if sink.get("present"):
         text = (f"The attention sink sits on the first token: it sets in at layer "
                 f"{probe.num(('sink', 'onset_layer'), 'd')} and {where}, on {data_words(probe.payload)}.")
@@ -49,8 +50,8 @@ def sink_sentence(probe: Source, random: Source | None) -> str:
     if rand.get("peak_layer") is not None:
         k = rand["peak_layer"]
         text = text[:-1] + (f"; on {data_words(random.payload)} it peaks at layer "
-                            f"{random.num(('sink', 'peak_layer'), 'd')} with {random.num(('sink', 'ratio', k), '.1f')}x "
-                            "uniform.")
+                            f"{random.num(('sink', 'peak_layer'), 'd')} with "
+                            f"{random.num(('sink', 'ratio', k), '.1f')}x uniform.")
     return text
 
 
@@ -89,7 +90,8 @@ def chain_sentence(probe: Source) -> str | None:
     if jump is None:
         text = "No hidden dim dominates the first token's residual stream"
     else:
-        dims = ", ".join(probe.num(("chain", "massive_dims", i), "d") for i in range(len(chain.get("massive_dims") or [])))
+        count = len(chain.get("massive_dims") or [])
+        dims = ", ".join(probe.num(("chain", "massive_dims", i), "d") for i in range(count))
         text = (f"Dim {dims or '–'} dominates the first token's residual stream from layer input "
                 f"{probe.num(('chain', 'disparity_layer_input'), 'd')} on")
     if neurons:
@@ -98,6 +100,11 @@ def chain_sentence(probe: Source) -> str | None:
                                  for i in range(min(len(neurons), EPISODES_TOLD))) + " write it"
     order = "in" if chain.get("consistent") else "not in"
     return text + f"; the links are {order} the paper's order (super neuron, then disparity, then onset)."
+
+
+def _arrow(src: Source, before: tuple, after: tuple, spec: str) -> str:
+    """'a → b', each number cited from its field."""
+    return f"{src.num(before, spec)} → {src.num(after, spec)}"
 
 
 def _change(before: float, after: float, lo_hi: tuple | None = None) -> str:
@@ -136,12 +143,14 @@ def ablate_sentence(a: Source) -> str:
                                      ("dim " + ", ".join(map(str, a.get("dims")))) if a.get("dims") else "") if x)
     text = (f"Ablating {what or 'nothing'} {word} the first token's sink score at layer "
             f"{a.num(('per_layer', top, 'layer'), 'd')} (read where it peaks before ablation): "
-            f"{a.num(('per_layer', top, 'sink_score_before'), '.3f')} → {a.num(('per_layer', top, 'sink_score_after'), '.3f')}")
+            f"{_arrow(a, ('per_layer', top, 'sink_score_before'), ('per_layer', top, 'sink_score_after'), '.3f')}")
     if a.get("perplexity_before") and a.get("perplexity_after"):
         b_ppl, a_ppl = a.get("perplexity_before", "perplexity"), a.get("perplexity_after", "perplexity")
         word = _change(b_ppl, a_ppl, a.get("perplexity_after", "ci"))
-        text += (f"; it {word.replace('left ', 'left perplexity ').replace('raised', 'raised perplexity').replace('lowered', 'lowered perplexity')}"
-                 f" ({a.num(('perplexity_before', 'perplexity'), '.2f')} → {a.num(('perplexity_after', 'perplexity'), '.2f')})")
+        words = {"left unchanged": "left perplexity unchanged", "raised": "raised perplexity",
+                 "lowered": "lowered perplexity"}
+        text += (f"; it {words[word]} "
+                 f"({_arrow(a, ('perplexity_before', 'perplexity'), ('perplexity_after', 'perplexity'), '.2f')})")
     return text + f", on {data_words(a.payload)}."
 
 
@@ -153,7 +162,7 @@ def isolate_sentence(i: Source) -> str:
     word = _change(row["sink_score_before"], row["sink_score_after"])
     return (f"Isolating token {i.num(('position',), 'd')} (it attends only to itself) {word} its sink score at layer "
             f"{i.num(('max_gain_layer',), 'd')} (read where the change is largest): "
-            f"{i.num(('per_layer', best, 'sink_score_before'), '.3f')} → {i.num(('per_layer', best, 'sink_score_after'), '.3f')}.")
+            f"{_arrow(i, ('per_layer', best, 'sink_score_before'), ('per_layer', best, 'sink_score_after'), '.3f')}.")
 
 
 def amplify_sentence(a: Source) -> str:
@@ -196,7 +205,8 @@ def stream_sentence(s: Source) -> str:
     kept = [c for c in (s.get("discovered_sinks", "classes") or []) if c.get("kept")]
     tokens = ", ".join(html.escape(repr(c["token"])) for c in kept[:3]) or "none"
     text = (f"Under a KV budget of {s.num(('budget',), 'd')} tokens a cache must keep "
-            f"{_policy_words(policies[best]['name'], tokens)}: perplexity {s.num(('policies', best, 'perplexity'), '.2f')}")
+            f"{_policy_words(policies[best]['name'], tokens)}: perplexity "
+            f"{s.num(('policies', best, 'perplexity'), '.2f')}")
     if window is not None:
         text += f" against {s.num(('policies', window, 'perplexity'), '.2f')} for a recent window alone"
     return text + f" (full attention {s.num(('full_perplexity',), '.2f')}), on {data_words(s.payload)}."

@@ -67,6 +67,14 @@ def _sha(digest: str | None) -> Raw | None:
     return Raw(f'<span title="{html.escape(digest)}">{html.escape(digest[:SHA_SHOWN])}</span>') if digest else None
 
 
+def _commit(sha: str | None) -> Raw | None:
+    """The commit's first SHA_SHOWN digits, '-dirty' kept (the flags below say what it means)."""
+    if not sha:
+        return None
+    short = sha[:SHA_SHOWN] + ("-dirty" if sha.endswith("-dirty") else "")
+    return Raw(f'<span title="{html.escape(sha)}">{html.escape(short)}</span>')
+
+
 def run_rows(s: Series) -> list[dict]:
     rows = []
     for what, src in runs_of(s):
@@ -75,7 +83,8 @@ def run_rows(s: Series) -> list[dict]:
                      "data SHA-256": _sha(data.get("sha256")), "seq len": data.get("seq_len", data.get("max_len")),
                      "BOS": data.get("bos") or ((prov.get("config") or {}).get("data") or {}).get("bos"),
                      "sequences": data.get("sequences", data.get("documents")), "tokens": data.get("tokens"),
-                     "seed": prov.get("seed"), "commit": prov.get("git_sha"), "settings hash": prov.get("config_hash")})
+                     "seed": prov.get("seed"), "commit": _commit(prov.get("git_sha")),
+                     "settings hash": prov.get("config_hash")})
     return rows
 
 
@@ -83,10 +92,11 @@ def model_line(s: Series) -> str:
     """The model as given, its hub id and revision where known, and its weights' hash (GGUF fields when present)."""
     prov = next((src.get("provenance") or {} for _, src in runs_of(s)), {})
     given = s.model or "–"
-    hub = given if given.count("/") == 1 and not Path(given).exists() and not given.startswith((".", "/")) else None
-    parts = [f"model as given: <code>{html.escape(given)}</code>", f"hub id: {html.escape(hub or '– (a local folder)')}",
+    local = Path(given).exists() or given.startswith((".", "/")) or given.count("/") != 1
+    parts = [f"model as given: <code>{html.escape(given)}</code>",
+             f"hub id: {html.escape('– (a local or embedded checkpoint)' if local else given)}",
              f"revision: {html.escape(str(prov.get('revision') or '–'))}",
-             f"weights SHA-256: {_sha(prov.get('weights_sha256')) or '– (not a local checkpoint)'}"]
+             f"weights SHA-256: {_sha(prov.get('weights_sha256')) or '– (not recorded)'}"]
     parts += [f"{html.escape(k)}: {html.escape(str(v))}" for k, v in prov.items() if k.startswith("gguf")]
     return '<p class="model">' + "; ".join(parts) + "</p>"
 
@@ -103,7 +113,8 @@ def flags(results: Results) -> list[str]:
     for s in results.series:
         seeds = {src.get("provenance", "seed") for _, src in runs_of(s)} - {None}
         if len(seeds) > 1:
-            out.append(f"{html.escape(model_name(s))}: its runs used different seeds ({', '.join(map(str, sorted(seeds)))}).")
+            listed = ", ".join(map(str, sorted(seeds)))
+            out.append(f"{html.escape(model_name(s))}: its runs used different seeds ({listed}).")
     trained = {s.training.label: (s.training.summary or {}).get("provenance") or {} for s in results.series
                if s.training}
     commits = {prov.get("git_sha") for prov in trained.values()}
