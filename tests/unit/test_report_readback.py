@@ -163,3 +163,27 @@ def test_variance_curves_are_the_table_rows_of_their_layer(layer):
     x, y = artist(fig, f"std-std_across_samples-{layer}-natural").get_data()
     expected = [(t, v) for k, t, v in zip(table["layer"], table["position"], table["std_across_samples"]) if k == layer]
     assert list(zip(x, y)) == expected
+
+
+def test_episode_lines_are_the_trajectories_and_markers_sit_at_the_rise_and_fall():
+    """Catches a rise or fall marked at its `from` instead of its `to` layer input (`k = step["to"]` ->
+    `k = step["from"]`); with no episodes the figure is left out."""
+    from sinkscope.report import figures_episodes as episode_fig
+    from sinkscope.report.payload import MissingData
+
+    p = probe_payload()
+    trajectories = [{"dim": 5, "mean": [1.0, 2.0, 300.0, 310.0, 5.0], "std": [0.0] * 5},
+                    {"dim": 9, "mean": [1.0, 1.5, 2.0, 40.0, 45.0], "std": [0.0] * 5}]
+    p["chain"] |= {"trajectories": trajectories, "episodes": [
+        {"dim": 5, "start": 2, "end": 3, "peak": 310.0, "sink_ratio": 8.0,
+         "rise": {"from": 1, "to": 2, "writers": [{"kind": "neuron", "layer": 1, "index": 7}]},
+         "fall": {"from": 3, "to": 4, "erasers": [{"kind": "mlp", "layer": 3}]}}]}
+    fig = episode_fig.episodes_figure(p, "a")
+    for t in trajectories:
+        x, y = artist(fig, f"episode-dim-{t['dim']}").get_data()
+        assert list(x) == list(range(5)) and list(y) == t["mean"]
+    assert artist(fig, "episode-0-rise").get_data()[0][0] == 2 and artist(fig, "episode-0-fall").get_data()[0][0] == 4
+    assert list(artist(fig, "episode-sink-score").get_data()[1]) == p["layer_sink_score"]
+    assert "n7@L1" in svg_text(fig)
+    with pytest.raises(MissingData):
+        episode_fig.episodes_figure(probe_payload(), "a")  # today's chain: no episodes, no figure

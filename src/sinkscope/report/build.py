@@ -14,6 +14,7 @@ from ..errors import SinkscopeError
 from ..results import atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
+from . import figures_episodes as episode_fig
 from . import figures_peers as peers_fig
 from . import figures_learned_sink as learned_sink_fig
 from . import figures_sink as sink_fig
@@ -213,7 +214,10 @@ def _chain(results: Results, draw: _Drawer) -> Section:
         probe = s.probe
         return [draw.slot("chain", s.label, "the chain with the coordinates found",
                           lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour,
-                                                          s.random.payload if s.random else None))]
+                                                          s.random.payload if s.random else None)),
+                draw.slot("episodes", s.label, "each massive dim at the first token by layer input, where it rises "
+                          "and falls, beside the sink score",
+                          lambda: episode_fig.episodes_figure(probe.payload if probe else None, s.label))]
     return Section("chain", "The chain", "variance discrepancy -> super neuron -> dimension disparity -> QK locking "
                    "-> sink, each box with what the probe found (dashed: not found).", [_columns(results, fill)])
 
