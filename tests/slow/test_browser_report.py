@@ -145,13 +145,13 @@ def real_report(tmp_path_factory) -> Path:
     root = Path(os.environ.get("SINKSCOPE_ARTIFACTS") or tmp_path_factory.mktemp("artifacts")) / "browser-real"
     if root.exists():
         shutil.rmtree(root)
-    for args in (["probe", model, "--samples", "8"], ["probe", model, "--samples", "8", "--random-tokens", "--bos",
-                                                      "never"],
-                 ["intervene", model, "ablate", "--samples", "4"], ["intervene", model, "isolate", "--samples", "4"],
-                 ["intervene", model, "amplify", "--samples", "4", "--lambdas", "1,5,20"],
-                 ["stream", model, "--samples", "2"]):
-        name = "-".join(a for a in args[:1] + args[2:3] if not a.startswith("/")) + ("-random" if "--random-tokens"
-                                                                                    in args else "")
+    runs = {"probe": ["probe", model, "--samples", "8"],
+            "probe-random": ["probe", model, "--samples", "8", "--random-tokens", "--bos", "never"],
+            "ablate": ["intervene", model, "ablate", "--samples", "4"],
+            "isolate": ["intervene", model, "isolate", "--samples", "4"],
+            "amplify": ["intervene", model, "amplify", "--samples", "4", "--lambdas", "1,5,20"],
+            "stream": ["stream", model, "--samples", "2"]}
+    for name, args in runs.items():
         assert main([*args, "--out", str(root / "runs" / name)]) == 0, args
     from sinkscope.report import build_report
 
@@ -241,7 +241,9 @@ def test_headline_first_numbers_agree_and_no_text_collides(which, request, tmp_p
     assert 'class="headline"' in first  # the first paragraph a reader meets is the findings
     text = re.sub(r"<[^>]+>", "", main[main.index(first):]).lstrip()
     assert text.startswith(("The attention sink", "No attention sink")), text[:200]
-    assert re.search(r"<h1>Attention sinks in [^<]+</h1>", done.stdout)
+    title = re.search(r"<h1>([^<]+)</h1>", done.stdout).group(1)
+    models = re.findall(r'data-model="([^"]+)"', done.stdout)
+    assert models and all(m in title for m in models), (title, models)  # the title names every model
     assert check_cited_numbers(report.read_text()) >= 5
     assert text_problems(report, tmp_path) == []
     if which == "real_report":  # the demo's screenshot is kept by test_screenshot_is_kept_and_not_blank

@@ -1,4 +1,5 @@
-"""The report on synthetic result files: every figure draws its data series, missing data is said, errors are one line."""
+"""The report on synthetic result files: every figure draws its data series, a figure without data is left out
+(and named in Report.missing), errors are one line."""
 
 from __future__ import annotations
 

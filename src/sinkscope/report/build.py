@@ -274,7 +274,8 @@ def _stream(results: Results, draw: _Drawer) -> Section:
                                    lambda p=payload, lab=model_name(series): stream_fig.stream_perplexity(p, lab)))
             parts.append(table(stream_fig.policy_rows(payload), f"stream-table-{slug(key)}"))
     return Section("stream", "KV-cache policies", "sinkscope stream: perplexity under a KV budget when the cache "
-                   "keeps the first tokens, only a recent window, or the sinks sinkscope discovered (stream.json).", parts)
+                   "keeps the first tokens, only a recent window, or the sinks sinkscope discovered (stream.json).",
+                   parts)
 
 
 def _files(results: Results) -> Section:

@@ -283,7 +283,8 @@ def chain_boxes(probe: dict, random: dict | None = None) -> list[dict]:
                              for n in neurons[:2]) or "none found"]},
         {"id": "chain-c3", "title": "C3 dimension disparity", "found": jump is not None,
          "lines": ([f"dim {', '.join(map(str, dims[:3]))} dominates from layer input {jump}"
-                    + (f", DomRatio {disparity['sink_dom_ratio'][jump]:.0f}" if disparity.get("sink_dom_ratio") else "")]
+                    + (f", DomRatio {disparity['sink_dom_ratio'][jump]:.0f}"
+                       if disparity.get("sink_dom_ratio") else "")]
                    if jump is not None else ["no disparity"])},
         {"id": "chain-qk", "title": "QK locking", "found": bool(locked),
          "lines": [f"{len(locked)} locked head(s)" + (f" from layer {qk.get('from_layer')}" if locked else "")]},

@@ -36,7 +36,8 @@ def episodes_figure(probe: dict | None, label: str):
     for t in drawn:
         mean = np.abs(finite(t["mean"]))
         values += list(mean)
-        line, = ax.plot(np.arange(len(mean)), mean, "-o", markersize=3, color=colours[t["dim"]], label=f"dim {t['dim']}")
+        line, = ax.plot(np.arange(len(mean)), mean, "-o", markersize=3, color=colours[t["dim"]],
+                        label=f"dim {t['dim']}")
         tag(line, f"episode-dim-{t['dim']}")
     for i, e in enumerate(episodes):
         trajectory = next((t for t in drawn if t["dim"] == e["dim"]), None)

@@ -108,7 +108,8 @@ class Section:
             else:
                 body.append(part)
         return (f'<section id="{self.id}" data-section="{self.id}"><h2>{html.escape(self.title)}</h2>'
-                f'<p class="intro">{html.escape(self.intro)}</p>{"".join(body)}</section>')
+                + (f'<p class="intro">{html.escape(self.intro)}</p>' if self.intro else "")
+                + f'{"".join(body)}</section>')
 
 
 class Raw(str):
