@@ -16,6 +16,7 @@ from .style import (
     NEUTRAL,
     WIDE_WIDTH,
     integer_axis,
+    log_axis,
     log_if_wide,
     new_figure,
     tag,
@@ -97,7 +98,7 @@ def before_after(payload: dict, label: str, colour: str):
         if len(a):
             line, = ax2.plot(np.arange(1, len(a) + 1), a, "-o", color=colour, markersize=4, label="after")
             tag(line, "ablate-dom-after")
-        ax2.set_yscale("log")
+        log_axis(ax2)
         ax2.set_xlabel(LAYER_INPUT_AXIS.split(" (")[0])
         integer_axis(ax2.xaxis)
         ax2.set_ylabel("first-token DomRatio (log)")
@@ -160,7 +161,7 @@ def training_curves(runs: list[dict]):
         axes[j].set_ylabel(name)
         axes[j].set_title(key.replace("_", " "))
         if log:
-            axes[j].set_yscale("log")
+            log_axis(axes[j])
     loss_ax.set_xlabel("optimizer step")
     loss_ax.set_ylabel("cross-entropy loss (nats/token)")
     loss_ax.set_title("loss (solid train, dashed validation)")

@@ -24,6 +24,7 @@ from .style import (
     RANDOM_HATCH,
     RANDOM_STYLE,
     integer_axis,
+    log_axis,
     new_figure,
     tag,
 )
@@ -133,7 +134,7 @@ def dom_ratio(probe: dict, label: str, colour: str):
     jump = disparity.get("disparity_layer_input")
     if jump is not None:
         ax.axvline(jump, color=HIGHLIGHT, linestyle="--", linewidth=1, label=f"disparity at layer input {jump}")
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_xlabel(LAYER_INPUT_AXIS)
     integer_axis(ax.xaxis)
     ax.set_ylabel("DomRatio max|h| / mean|h| (log)")
@@ -179,7 +180,7 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     criteria = disparity.get("massive_criteria_paper") or {}
     if criteria.get("abs"):
         line_ax.axhline(criteria["abs"], color=HIGHLIGHT, linestyle=":", label=f"Sun et al.: |h| > {criteria['abs']:g}")
-    line_ax.set_yscale("log")
+    log_axis(line_ax)
     line_ax.set_xlim(-0.5, len(values) + 0.5)
     line_ax.set_xlabel(LAYER_INPUT_AXIS)
     integer_axis(line_ax.xaxis)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .payload import need
-from .style import FIT_COLOUR, OTHER_COLOURS, WIDE_WIDTH, new_figure, tag
+from .style import FIT_COLOUR, OTHER_COLOURS, WIDE_WIDTH, log_axis, new_figure, tag
 
 POLICY_STYLE = {"original": "-", "cache": "--"}  # positions mode -> line style
 
@@ -43,7 +43,7 @@ def stream_perplexity(payload: dict, label: str):
         tag(line, "stream-full")
     ax.axvline(budget, color="#BBBBBB", linewidth=0.8)
     ax.set_xlabel(f"tokens (budget {budget} marked)")
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_ylabel(f"perplexity (mean over {SMOOTH_TOKENS} tokens)")
     ax.set_title(f"{label}: perplexity under a KV budget of {budget}")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper")  # nine lines leave no free corner inside

@@ -44,7 +44,7 @@ ul.flags { font-size: 12px; color: #8a2a00; }
 
 @dataclass
 class Slot:
-    """One figure place: the inline SVG, or the note saying why it is omitted."""
+    """One figure place: the inline SVG, or (left out of the page) why there is none."""
 
     figure_id: str  # unique in the page, also the file stem under the figures folder
     kind: str  # which figure (sink-heatmap, variance, ...), shared by the runs drawn side by side

@@ -109,6 +109,18 @@ def integer_axis(axis, max_ticks: int = MAX_LAYER_TICKS) -> None:
     axis.set_major_locator(MaxNLocator(nbins=max_ticks, integer=True, steps=[1, 2, 5, 10]))
 
 
+def log_axis(ax, axis: str = "y") -> None:
+    """A log scale labelled 1, 2, 5, 10, 20 ...: over less than a decade matplotlib labels its minor ticks
+    in long scientific form, and neighbouring labels run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
 def log_if_wide(ax, values, axis: str = "y") -> bool:
     """A log scale when the positive finite ``values`` span more than LOG_DECADES decades; returns whether set."""
     import numpy as np
@@ -117,7 +129,7 @@ def log_if_wide(ax, values, axis: str = "y") -> bool:
     v = v[np.isfinite(v) & (v > 0)]
     wide = v.size > 1 and np.log10(v.max() / v.min()) > LOG_DECADES
     if wide:
-        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        log_axis(ax, axis)
     return bool(wide)
 
 
