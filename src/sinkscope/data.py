@@ -9,7 +9,7 @@ import torch
 
 from .config import DataConfig
 from .errors import SinkscopeError
-from .files import jsonl_records, read_text
+from .files import file_digest, jsonl_records, read_text
 
 PROMPTS_FILE = Path(__file__).parent / "assets" / "prompts.txt"
 TEXT_SUFFIXES = (".txt",)
@@ -115,6 +115,21 @@ def load_sequences(cfg: DataConfig, tokenizer, vocab_size: int, bos_token_id: in
         order = torch.randperm(len(found), generator=generator)[: cfg.samples].sort().values
         found = [found[i] for i in order.tolist()]
     return found
+
+
+def describe_data(source: str | None, *, random_tokens: bool, bos: str, seq_len: int, sequences: list[list[int]],
+                  default: tuple[str, Path | None] = ("embedded prompts", PROMPTS_FILE)) -> dict:
+    """What a result file says about its data: the source (a file or folder with its SHA-256, the embedded
+    prompts or random tokens; ``default`` names the data used when no source is given), the BOS setting and
+    the counts, so a report can say which data each run used."""
+    if random_tokens:
+        name, digest = "random tokens", None
+    elif source is None:
+        name, digest = default[0], default[1] and file_digest(default[1])
+    else:
+        name, digest = Path(source).name, file_digest(Path(source))
+    return {"source_name": name, "sha256": digest, "bos": bos, "seq_len": seq_len,
+            "sequences": len(sequences), "tokens": sum(len(s) for s in sequences)}
 
 
 def batches(sequences: list[list[int]], batch_size: int, pad_id: int, padding_side: str

@@ -79,3 +79,43 @@ def check_output(path: str | Path) -> None:
     finally:
         for part in reversed(made):
             part.rmdir()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")  # the files that hold a checkpoint's weights
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing: large files never sit in memory whole
+
+
+def file_digest(path: Path, suffixes: tuple[str, ...] | None = None) -> str | None:
+    """SHA-256 of a file, or of a folder's files (each one's relative name, then its bytes, in sorted order;
+    only names ending in ``suffixes`` when given); None when the path does not exist or nothing matches."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        files, root = [path], path.parent
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and (suffixes is None or p.suffix in suffixes))
+        root = path
+    else:
+        return None
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digest(model: str | None) -> str | None:
+    """SHA-256 of a local or embedded checkpoint's weight files (a folder or one GGUF file); None for a hub id
+    or a model passed in memory, whose hub revision says which weights they were."""
+    from .models import embedded_path
+
+    if model is None:
+        return None
+    path = embedded_path(model) or Path(model)
+    return file_digest(path, WEIGHT_SUFFIXES) if path.exists() else None

@@ -17,6 +17,7 @@ from .capture.hidden import HiddenObserver
 from .capture.runner import Sweep, run_sweep
 from .capture.sink import SinkObserver
 from .config import InterveneConfig, ProbeConfig, parse_dims, parse_layers  # InterveneConfig lives in config.py: `intervene --help` needs no torch
+from .data import describe_data
 from .errors import SinkscopeError
 from .interventions import AblateDims, AblateNeurons, Amplify, Isolate, compose
 from .interventions.ablate_experts import SHARED, AblateExpertNeurons
@@ -81,7 +82,9 @@ class _Experiment:
                 "provenance": provenance(model=self.loaded.name, revision=self.loaded.revision, config=config,
                                          seed=config.data.seed, dtype=config.load.dtype, device=config.load.device,
                                          model_config=self.model.config.to_dict()),
-                "data": {"sequences": len(self.sequences), "max_len": self.max_len}, **body}
+                "data": {**describe_data(config.data.data, random_tokens=config.data.random_tokens, bos=config.data.bos,
+                                         seq_len=config.data.seq_len, sequences=self.sequences),
+                         "max_len": self.max_len}, **body}
 
 
 def _target_scores(result: dict) -> tuple[torch.Tensor, torch.Tensor]:

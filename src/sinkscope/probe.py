@@ -22,7 +22,7 @@ from .capture.runner import Sweep, run_sweep
 from .capture.sink import EffectiveTokensObserver, KeyStatsObserver, SinkObserver
 from .chain import chain_observers, extend_sweep, reduce_chain
 from .config import DataConfig, ProbeConfig, build
-from .data import load_sequences
+from .data import describe_data, load_sequences
 from .distributed import init_from_env
 from .errors import SinkscopeError
 from .chain.experts import expert_observer, reduce_experts
@@ -232,7 +232,7 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     criteria = config.criteria
     sink_section = reduce_sink(sink, layer_score, criteria)
     payload = {
-        **_header(loaded, config, observers["learned_sink"].has_learned_sink(), n_sequences, max_len),
+        **_header(loaded, config, observers["learned_sink"].has_learned_sink(), n_sequences, max_len, sequences),
         "sink_positions": list(positions),
         "sink_score": score[:, :, 0].tolist(),
         "sink_score_by_key": {str(p): score[:, :, i].tolist() for i, p in enumerate(positions)},
@@ -263,7 +263,8 @@ def _reduce(loaded: LoadedModel, observers: dict, config: ProbeConfig, positions
     return ProbeResult(payload=payload, tables=tables)
 
 
-def _header(loaded: LoadedModel, config: ProbeConfig, learned_sink: bool, n_sequences: int, max_len: int) -> dict:
+def _header(loaded: LoadedModel, config: ProbeConfig, learned_sink: bool, n_sequences: int, max_len: int,
+            sequences: list[list[int]] | None) -> dict:
     """Schema, provenance, the model's shape and the data: what every probe.json starts with."""
     model_config = loaded.model.config
     n_heads, n_kv, head_dim = head_counts(model_config)
@@ -277,7 +278,9 @@ def _header(loaded: LoadedModel, config: ProbeConfig, learned_sink: bool, n_sequ
         "model": {"model_type": model_config.model_type, "n_layers": len(blocks(loaded.model, loaded.adapter)),
                   "n_heads": n_heads, "n_kv_heads": n_kv, "head_dim": head_dim, "causal": loaded.adapter.causal,
                   "learned_sink": learned_sink},
-        "data": {"sequences": n_sequences, "max_len": max_len,
+        "data": {**describe_data(config.data.data, random_tokens=config.data.random_tokens, bos=config.data.bos,
+                                 seq_len=config.data.seq_len, sequences=sequences or []),
+                 "sequences": n_sequences, "max_len": max_len,
                  "source": "random-tokens" if config.data.random_tokens else (config.data.data or "embedded-prompts")},
     }
 

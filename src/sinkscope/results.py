@@ -174,11 +174,14 @@ def provenance(*, model: str | None = None, revision: str | None = None, config:
 
     from . import __version__
     from .gguf_loading import weights_record
+    from .files import weights_digest
 
+    weights = weights_record(model)
     return {
         "model": model,
         "revision": revision,
-        "weights": weights_record(model),
+        "weights": weights,
+        "weights_sha256": weights["sha256"] if weights else weights_digest(model),  # a GGUF file is hashed once
         "model_config_hash": config_hash(model_config) if model_config is not None else None,
         "config": to_jsonable(config),
         "config_hash": config_hash(config) if config is not None else None,

@@ -55,9 +55,9 @@ def test_demo_finds_the_planted_chain_and_draws_it_beside_the_twin(planted, tmp_
         assert f'id="fig-{kind}--planted"' in html, kind
     assert 'id="fig-sink-heatmap--tiny-llama"' in html
     assert (out / "report_figures" / "chain--planted.png").exists()
-    # the random twin has no super neuron: its ablation is skipped and the page says so
+    # the random twin has no super neuron: its ablation is skipped and its figure left out of the page
     assert not (out / "tiny-llama" / "ablate").exists()
-    assert 'id="missing-ablate--tiny-llama"' in html
+    assert 'id="fig-ablate--tiny-llama"' not in html and not (out / "report_figures" / "ablate--tiny-llama.png").exists()
 
 
 def test_demo_runs_on_natural_text_without_a_twin_and_isolates_on_the_structural_model(tmp_path, capsys):

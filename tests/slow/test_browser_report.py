@@ -1,13 +1,17 @@
-"""The demo report in headless Chromium: no console errors, every figure drawn and non-empty, every section there.
+"""The demo report and a real model's report in headless Chromium: no console errors, every figure drawn and
+non-empty, the headline sentence first, no text overlapping or clipped at 1400 px, every cited number equal to
+its result file's field.
 
 Needs Debian's ``chromium`` (``apt-get install -y chromium``, which .ci/run does); skipped without it,
-except under CI (``CI`` set), where a missing browser fails the test. The screenshot is kept
-as an artefact under the output folder: ``$SINKSCOPE_ARTIFACTS/browser-demo/report_screenshot.png``
-(a temporary folder when the variable is unset).
+except under CI (``CI`` set), where a missing browser fails the test. The screenshots are kept as artefacts:
+``$SINKSCOPE_ARTIFACTS/browser-demo/report_screenshot.png`` and ``.../browser-real/report_screenshot.png``
+(a temporary folder when the variable is unset). The real model is ``$SINKSCOPE_REAL_MODEL`` (a model folder),
+by default ``/work/smollm2-hf``; without one that test is skipped, saying so.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -30,6 +34,28 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 PER_RUN_FIGURES = ("sink-heatmap", "variance", "super-neurons", "dom-ratio", "massive", "qk-locking", "chain",
                    "amplify", "isolate")
+TEXT_PROBE = """<script>
+const out = [];
+for (const svg of document.querySelectorAll('figure.figure svg')) {
+  const sb = svg.getBoundingClientRect();
+  const boxes = [...svg.querySelectorAll('text')].map(t => ({t: t.textContent.trim(), b: t.getBoundingClientRect()}))
+      .filter(x => x.t && x.b.width > 0);
+  for (const x of boxes) {
+    if (x.b.left < sb.left - 1 || x.b.right > sb.right + 1 || x.b.top < sb.top - 1 || x.b.bottom > sb.bottom + 1)
+      out.push({figure: svg.closest('figure').id, problem: 'clipped', text: x.t});
+  }
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i].b, b = boxes[j].b;
+    const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+    const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+    if (w > 1 && h > 1 && w * h > OVERLAP_SHARE * Math.min(a.width * a.height, b.width * b.height))
+      out.push({figure: svg.closest('figure').id, problem: 'overlap', text: boxes[i].t + ' | ' + boxes[j].t});
+  }
+}
+const pre = document.createElement('pre'); pre.id = 'text-check'; pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script></body>"""
+OVERLAP_SHARE = 0.2  # two labels sharing a fifth of the smaller one's box are unreadable; touching is fine
 LAYOUT_PROBE = """<script>
 const rows = [...document.querySelectorAll('figure.figure')].map(f => {
   const svg = f.querySelector('svg'); const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
@@ -107,6 +133,40 @@ def demo_report(tmp_path_factory) -> Path:
     return Path(result["report"])
 
 
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory) -> Path:
+    """A real pretrained model's report: probe (natural and random tokens), ablate, isolate, amplify and stream."""
+    from sinkscope.cli import main
+
+    model = os.environ.get("SINKSCOPE_REAL_MODEL") or "/work/smollm2-hf"
+    if not Path(model).is_dir():
+        pytest.skip(f"no real model folder at {model}; set SINKSCOPE_REAL_MODEL to a save_pretrained folder")
+    root = Path(os.environ.get("SINKSCOPE_ARTIFACTS") or tmp_path_factory.mktemp("artifacts")) / "browser-real"
+    if root.exists():
+        shutil.rmtree(root)
+    runs = {"probe": ["probe", model, "--samples", "8"],
+            "probe-random": ["probe", model, "--samples", "8", "--random-tokens", "--bos", "never"],
+            "ablate": ["intervene", model, "ablate", "--samples", "4"],
+            "isolate": ["intervene", model, "isolate", "--samples", "4"],
+            "amplify": ["intervene", model, "amplify", "--samples", "4", "--lambdas", "1,5,20"],
+            "stream": ["stream", model, "--samples", "2"]}
+    for name, args in runs.items():
+        assert main([*args, "--out", str(root / "runs" / name)]) == 0, args
+    from sinkscope.report import build_report
+
+    return build_report([root / "runs"], root / "report.html").path
+
+
+def text_problems(report: Path, tmp_path: Path) -> list[dict]:
+    check = report.with_name("report.text-check.html")
+    check.write_text(report.read_text().replace("</body>", TEXT_PROBE.replace("OVERLAP_SHARE", str(OVERLAP_SHARE))))
+    try:
+        done = run_chromium(["--window-size=1400,900", "--dump-dom", check.as_uri()], tmp_path / "profile")
+    finally:
+        check.unlink()
+    return json.loads(html.unescape(re.search(r'<pre id="text-check">(.*?)</pre>', done.stdout, re.DOTALL).group(1)))
+
+
 def test_console_error_detection_works(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<html><body><script>console.error('sinkscope-canary')</script></body></html>")
@@ -120,7 +180,9 @@ def test_page_loads_without_console_errors_and_has_every_section(demo_report, tm
     assert console_errors(done.stderr) == []
     page = Figures()
     page.feed(done.stdout)
-    assert page.sections == list(SECTIONS)
+    assert page.sections == [s for s in SECTIONS if s in page.sections] and {"summary", "sink", "files"} <= set(
+        page.sections)  # in order; a section with nothing to show is left out
+    assert page.missing == []
     runs = sorted({m.group(1) for f in page.figures if (m := re.match(r"fig-sink-heatmap--(.+)", f))})
     shipped = embedded_path(DEFAULT_MODEL) and embedded_path(DEFAULT_TWIN)
     assert len(runs) == (3 if shipped and embedded_path(DEFAULT_STRUCTURAL) else 2), page.figures
@@ -155,3 +217,35 @@ def test_screenshot_is_kept_and_not_blank(demo_report, tmp_path):
     image = Image.open(shot).convert("L")
     low, high = image.getextrema()
     assert high - low > 100  # text and figures, not a blank page
+
+
+def test_text_overlap_detection_works(tmp_path):
+    page = tmp_path / "overlap.html"
+    page.write_text('<html><body><figure class="figure" id="fig-x"><svg width="200" height="100">'
+                    '<text x="10" y="50">overlapping label</text><text x="14" y="52">overlapping label</text>'
+                    '<text x="190" y="50">clipped label</text></svg></figure></body></html>')
+    problems = {p["problem"] for p in text_problems(page, tmp_path)}
+    assert problems == {"overlap", "clipped"}
+
+
+@pytest.mark.parametrize("which", ["demo_report", "real_report"])
+def test_headline_first_numbers_agree_and_no_text_collides(which, request, tmp_path):
+    from report_pages import check_cited_numbers
+
+    report = request.getfixturevalue(which)
+    done = run_chromium(["--dump-dom", report.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0 and console_errors(done.stderr) == []
+    main = done.stdout[done.stdout.index("<main>"):]
+    first = re.search(r"<p\b[^>]*>", main).group(0)
+    assert 'class="headline"' in first  # the first paragraph a reader meets is the findings
+    text = re.sub(r"<[^>]+>", "", main[main.index(first):]).lstrip()
+    assert text.startswith(("The attention sink", "No attention sink")), text[:200]
+    title = re.search(r"<h1>([^<]+)</h1>", done.stdout).group(1)
+    models = re.findall(r'data-model="([^"]+)"', done.stdout)
+    assert models and all(m in title for m in models), (title, models)  # the title names every model
+    assert check_cited_numbers(report.read_text()) >= 5
+    assert text_problems(report, tmp_path) == []
+    if which == "real_report":  # the demo's screenshot is kept by test_screenshot_is_kept_and_not_blank
+        shot = report.with_name("report_screenshot.png")
+        run_chromium(["--window-size=1400,5000", f"--screenshot={shot}", report.as_uri()], tmp_path / "shot")
+        assert shot.stat().st_size > 50_000

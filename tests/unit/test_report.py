@@ -1,4 +1,5 @@
-"""The report on synthetic result files: every figure draws its data series, missing data is said, errors are one line."""
+"""The report on synthetic result files: every figure draws its data series, a figure without data is left out
+(and named in Report.missing), errors are one line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sinkscope.report import figures_chain as chain_fig
 from sinkscope.report import figures_effects as effect_fig
 from sinkscope.report import figures_sink as sink_fig
 from sinkscope.report.load import guess_variant, load_results
-from sinkscope.report.style import VARIANT_COLOURS, inline_svg, svg_text
+from sinkscope.report.style import LAYER_AXIS, VARIANT_COLOURS, inline_svg, svg_text
 from sinkscope.results import SCHEMA_VERSION, write_json, write_parquet
 
 L, H, T = 4, 3, 8  # layers, heads, positions of the synthetic probe
@@ -30,6 +31,8 @@ def probe_payload(model: str = "runs/organism-softmax", onset: int | None = 2, r
         "data": {"sequences": 4, "max_len": T, "source": "random-tokens" if random_tokens else "embedded-prompts"},
         "sink_score": sink, "layer_sink_score": [row[0] for row in sink], "sink_rate": 50.0, "sink_rate_eps": 0.3,
         "onset_layer": onset, "onset_threshold_paper": 0.8, "max_abs_activation": [3.0, 500.0, 510.0, 520.0],
+        "sink": {"present": onset is not None, "onset_layer": onset, "peak_layer": L - 1, "ratio_min": 2.0,
+                 "ratio": [1.0, 1.5, 6.0, 7.25], "ratio_ci": [[r - 0.5, r + 0.5] for r in (1.0, 1.5, 6.0, 7.25)]},
         "variance": {"layers": [{"layer": k, "across_samples": {"fit": {"s": 1.0, "r2": 0.9}, "first_rest_ratio": 2.0},
                                  "across_dims": {"fit": {"s": 1.0, "r2": 0.8}, "first_rest_ratio": 2.5}}
                                 for k in range(L)]},
@@ -75,6 +78,8 @@ def per_layer_payload(kind: str, model: str = "runs/organism-softmax") -> dict:
             for k in range(L)]
     body = {"schema_version": SCHEMA_VERSION, "kind": kind, "position": 9, "provenance": {"model": model},
             "per_layer": rows, "verdict": f"{kind} done"}
+    if kind == "isolate":
+        body["max_gain_layer"] = 1
     if kind == "ablate":
         body |= {"neurons": [[1, 7]], "dims": [], "dom_ratio_before": [3.0, 60.0, 60.0, 60.0],
                  "dom_ratio_after": [3.0] * 4, "perplexity_before": {"perplexity": 10.0},
@@ -141,8 +146,8 @@ def test_heatmap_marks_the_onset_layer_only_when_there_is_one():
 
 def test_heatmap_has_title_axis_labels_and_colour_bar():
     svg = svg_text(sink_fig.sink_heatmap(probe_payload(), "organism-softmax"))
-    for text in ("organism-softmax: sink score, onset layer 2", "head", "layer (0-based)",
-                 "sink score (mean attention to token 0)"):
+    for text in ("organism-softmax: sink score, onset layer 2", "head", LAYER_AXIS,
+                 "sink score (attention to token 0)"):
         assert text in svg
 
 
@@ -181,12 +186,12 @@ def test_disparity_massive_qk_and_chain_figures_carry_their_series():
     dom_svg = svg_text(sink_fig.dom_ratio(p, "a", "#000"))
     assert {"dom-sink", "dom-other"} <= svg_ids(dom_svg)
     assert "disparity at layer input 2" in dom_svg  # read from disparity.disparity_layer_input
-    assert {"massive-3d", "max-abs"} <= svg_ids(svg_text(
+    assert {"massive-norm", "max-abs"} <= svg_ids(svg_text(
         sink_fig.massive_activations(p, probe_tables()["hidden_by_position"], "a", "#000")))
     assert {"qk-align", "qk-share"} <= svg_ids(svg_text(chain_fig.qk_locking(p, None, "a")))
     chain_svg = svg_text(chain_fig.chain_diagram(p, "a", "#000"))
     assert {"chain-c1", "chain-c2", "chain-c3", "chain-qk", "chain-sink"} <= svg_ids(chain_svg)
-    assert "layer 1 neuron 7" in chain_svg and "massive dim 5" in chain_svg
+    assert "layer 1 neuron 7" in chain_svg and "dim 5 dominates" in chain_svg
     assert "from layer input 2" in chain_svg  # read from chain.disparity_layer_input
 
 
@@ -227,10 +232,10 @@ def test_inline_svg_prefixes_ids_and_references():
 
 # ---- the page ----------------------------------------------------------------------------------
 
-def test_report_has_every_section_and_figure_side_by_side(built):
+def test_report_has_every_section_with_something_to_show_and_figure_side_by_side(built):
     report, html = built
-    for section in SECTIONS:
-        assert f'<section id="{section}"' in html
+    for section in SECTIONS:  # no stream.json in this folder: that section is left out
+        assert (f'<section id="{section}"' in html) == (section != "stream"), section
     for kind in ("sink-heatmap", "variance", "super-neurons", "dom-ratio", "massive", "qk-locking", "chain"):
         assert f'id="fig-{kind}--organism-softmax"' in html
     assert 'id="fig-sink-heatmap--organism-headnorm"' in html  # the twin drawn beside it
@@ -243,13 +248,13 @@ def test_report_has_every_section_and_figure_side_by_side(built):
         assert (report.figures_dir / f"{figure_id}.svg").read_text().lstrip().startswith("<?xml")
 
 
-def test_missing_figures_are_named_not_faked(built):
+def test_missing_figures_are_left_out_not_faked_nor_noted(built):
     report, html = built
     # the headnorm twin has no random-token probe, no interventions and no super neuron linked to a massive dim
     for kind in ("amplify", "isolate", "ablate"):
-        assert f"{kind}--organism-headnorm" in report.missing
-        assert f'id="missing-{kind}--organism-headnorm"' in html
+        assert f"{kind}--organism-headnorm" in report.missing  # recorded for the caller
         assert f'id="fig-{kind}--organism-headnorm"' not in html
+    assert 'class="missing"' not in html and "omitted" not in html
 
 
 def test_page_is_self_contained(built):
@@ -347,8 +352,8 @@ def test_training_runs_alone_make_a_report_that_says_what_is_missing(tmp_path):
     assert report.figures == ["training"]
     assert {"train-loss-0", "val-loss-1", "telemetry-sink_score-0", "telemetry-dom_ratio-1"} <= svg_ids(
         (report.figures_dir / "training.svg").read_text())
-    assert all(f'<section id="{section}"' in html for section in SECTIONS)
-    assert html.count('data-missing="probe or intervention"') >= 7  # one note per probe section, no empty rows
+    shown = re.findall(r'<section id="([^"]+)"', html)
+    assert shown == ["summary", "training", "files"]  # the probe sections have nothing to show: left out
 
 
 def test_variance_says_no_fit_and_shows_the_layers_of_the_discrepancy():
@@ -364,5 +369,5 @@ def test_variance_says_no_fit_and_shows_the_layers_of_the_discrepancy():
     ids = svg_ids(svg)
     assert chain_fig.discrepancy_layers([("natural", natural, None), ("random", random, None)]) == [0, 1, 3]
     assert "fit-std_across_samples-0-random" in ids and "fit-std_across_samples-1-random" not in ids
-    assert "no fit" in svg and "BOS: 0 by construction" in svg
+    assert "no fit" in svg and "R2 BOS / " in svg  # the natural text's position 0 is BOS in every sample
     assert not any(i.startswith("fit-std_across_samples-") and i.endswith("-natural") for i in ids)

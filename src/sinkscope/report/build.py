@@ -7,7 +7,6 @@ also written as PNG and SVG into ``<page stem>_figures/`` beside the page, for p
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +14,15 @@ from ..errors import SinkscopeError
 from ..results import atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
+from . import figures_episodes as episode_fig
 from . import figures_peers as peers_fig
 from . import figures_learned_sink as learned_sink_fig
 from . import figures_sink as sink_fig
 from . import figures_stream as stream_fig
 from .payload import MissingData
-from .html import Column, Section, Slot, json_tables, page, table
+from .html import Column, Section, Slot, json_tables, page, slug, table
 from .load import Results, Series, load_results
+from .summary import LAYER_CONVENTION, model_name, summary_html, title as page_title
 from .style import inline_svg, png_bytes, svg_text
 
 SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "stream",
@@ -37,10 +38,6 @@ class Report:
     figures: list[str] = field(default_factory=list)  # figure ids drawn
     missing: dict[str, str] = field(default_factory=dict)  # figure id -> why it is omitted
     sections: tuple[str, ...] = SECTIONS
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
 
 
 class _Drawer:
@@ -80,8 +77,7 @@ def build_report(runs: list[str | Path], output: str | Path = "report.html", *, 
     sections = [_summary(results), _sink(results, draw), _variance(results, draw), _neurons(results, draw),
                 _disparity(results, draw), _qk(results, draw), _chain(results, draw), _interventions(results, draw),
                 _training(results, draw), _stream(results, draw), _files(results)]
-    names = ", ".join(s.label for s in results.series) or ", ".join(run.label for run in results.training)
-    text = page(title or "sinkscope report", f"runs: {names} — read from {len(results.files)} result file(s) "
+    text = page(title or page_title(results), f"sinkscope report, read from {len(results.files)} result file(s) "
                 f"under {', '.join(str(r) for r in results.runs)}", sections)
     _write(output, text.encode("utf-8"))
     drawn = {f"{figure_id}.{ext}" for figure_id in report.figures for ext in ("svg", "png")}
@@ -97,63 +93,16 @@ def _write(path: Path, data: bytes) -> None:
     path.chmod(0o644)
 
 
-def _columns(results: Results, fill) -> list[Column] | str:
-    """One column per series, filled by ``fill(series) -> list of parts`` (a note when there is none)."""
-    if not results.series:
-        return _none_note("probe or intervention")
+def _columns(results: Results, fill) -> list[Column]:
+    """One column per series, filled by ``fill(series) -> list of parts`` (a column with nothing drawn is left out)."""
     return [Column(s.label + (f" ({s.variant})" if s.variant and s.variant not in s.label else ""), s.colour,
                    fill(s)) for s in results.series]
 
 
-def _none_note(what: str) -> str:
-    return f'<div class="missing" data-missing="{what}">No {what} result files under these folders.</div>'
-
-
-def _mean_percent(grid: list[list[float]]) -> float:
-    values = [v for row in grid for v in row]
-    return round(100 * sum(values) / len(values), 2)
-
-
 def _summary(results: Results) -> Section:
-    rows = []
-    for s in results.series:
-        probe = s.probe.payload if s.probe else {}
-        chain, sink = probe.get("chain") or {}, probe.get("sink") or {}
-        peak = sink.get("peak_layer")
-        rows.append({
-            "run": s.label, "variant": s.variant, "model": s.model,
-            "sink (x uniform, peak)": (f"{sink['ratio'][peak]:.1f}x at layer {peak}" + ("" if sink.get("present")
-                                                                                      else ", no sink")
-                                       if peak is not None and sink.get("ratio") else None),
-            "onset layer": probe.get("onset_layer"),
-            "onset layer (paper, 0.8)": probe.get("onset_layer_paper"),
-            "sink rate natural (%)": s.natural.payload.get("sink_rate") if s.natural else None,
-            "sink rate random (%)": s.random.payload.get("sink_rate") if s.random else None,
-            "super neurons": ", ".join(f"{n['layer']}:{n['index']}" for n in chain.get("super_neurons") or []) or None,
-            "massive dims": ", ".join(map(str, chain.get("massive_dims") or [])) or None,
-            "disparity at layer input": chain.get("disparity_layer_input"),
-            "chain consistent": chain.get("consistent"),
-            "super weights (Yu's procedure)": ", ".join(
-                str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", [])) or None,
-            "published super weights found": (probe.get("published_super_weights") or {}).get("matches"),
-        })
-        if (probe.get("model") or {}).get("learned_sink"):  # beside the first-token sink: the learned one's share
-            rows[-1]["learned sink share (%)"] = _mean_percent(probe["learned_sink_mass"])
-    parts = [table(rows, "summary-table")] if rows else [_none_note("probe or intervention")]
-    for s in results.series:
-        probe = s.probe.payload if s.probe else {}
-        chain_verdict = (probe.get("chain") or {}).get("verdict")
-        learned = probe.get("learned_sink_verdict")  # the learned sink beside the first token's
-        verdicts = [chain_verdict] + ([learned] if learned and learned not in (chain_verdict or "") else [])
-        if probe.get("chain_skipped"):
-            verdicts.append(f"Chain skipped: {probe['chain_skipped']}.")
-        verdicts += [p.get("verdict") for p in s.interventions.values()]
-        verdicts = [v for v in verdicts if v]
-        if verdicts:
-            parts.append(f'<p class="verdict"><b>{html.escape(s.label)}</b>: '
-                         + "<br>".join(html.escape(v) for v in verdicts) + "</p>")
-    return Section("summary", "Summary", "What each run found, in one table; the verdicts are the probe's and "
-                   "the interventions' own sentences.", parts)
+    """Per model: its findings in a few sentences, its model and data provenance; then the layer index, once."""
+    convention = f'<p class="convention" id="layer-convention"><b>Layer index.</b> {html.escape(LAYER_CONVENTION)}</p>'
+    return Section("summary", "Findings", "", [summary_html(results), convention])
 
 
 def _sink(results: Results, draw: _Drawer) -> Section:
@@ -177,7 +126,8 @@ def _variance(results: Results, draw: _Drawer) -> Section:
         tables = {key: p.table("chain_variance_by_position") for key, p in (("natural", s.natural), ("random", s.random))
                   if p is not None}
         return [draw.slot("variance", s.label, "std of the o_proj input by position; solid natural text, dashed "
-                          "random tokens, dotted the fitted s/sqrt(t+1)",
+                          "random tokens, dotted the fitted s/sqrt(t+1); R2 'BOS': position 0 holds the same BOS "
+                          "token in every sample, so its std over samples is 0 by construction",
                           lambda: chain_fig.variance_by_position(s.natural and s.natural.payload,
                                                                  s.random and s.random.payload, tables, s.label,
                                                                  s.colour))]
@@ -205,6 +155,7 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
                   "top dims": ", ".join(str(d["dim"]) for d in (r.get("down_column") or {}).get("dims", [])[:3]),
                   "weight outlier": r.get("weight_outlier")} for r in rows[:8]]
         parts = [table(shown, f"neuron-table--{slug(s.label)}")] if shown else []
+        parts.append(_super_weight_line(probe.payload if probe else {}))
         experts = expert_neuron_rows(probe.payload) if probe else []
         if experts:  # a mixture of experts: the finder inside experts, with the router beside each neuron
             parts.append(table(experts, f"expert-neuron-table--{slug(s.label)}"))
@@ -215,6 +166,19 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
         return parts
     return Section("neurons", "C2 super neurons", "FFN neurons that fire only at the first token; their "
                    "down-projection column writes one or two hidden dims (channel-sparse).", [_columns(results, fill)])
+
+
+def _super_weight_line(probe: dict) -> str:
+    """Yu et al.'s super weights beside the neurons: the coordinates their procedure found, and whether the
+    published ones for this model were found again."""
+    found = ", ".join(str(tuple(c)) for c in (probe.get("yu_super_weights") or {}).get("coordinates", []))
+    published = (probe.get("published_super_weights") or {}).get("matches")
+    if not found and published is None:
+        return ""
+    label = html.escape("super weights (Yu's procedure)")
+    return (f"<p>{label}: {html.escape(found or 'none')}"
+            + (f"; published super weights found: {html.escape(str(published))}" if published is not None else "")
+            + "</p>")
 
 
 def _disparity(results: Results, draw: _Drawer) -> Section:
@@ -249,9 +213,13 @@ def _chain(results: Results, draw: _Drawer) -> Section:
     def fill(s: Series):
         probe = s.probe
         return [draw.slot("chain", s.label, "the chain with the coordinates found",
-                          lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour))]
+                          lambda: chain_fig.chain_diagram(probe.payload if probe else None, s.label, s.colour,
+                                                          s.random.payload if s.random else None)),
+                draw.slot("episodes", s.label, "each massive dim at the first token by layer input, where it rises "
+                          "and falls, beside the sink score",
+                          lambda: episode_fig.episodes_figure(probe.payload if probe else None, s.label))]
     return Section("chain", "The chain", "variance discrepancy -> super neuron -> dimension disparity -> QK locking "
-                   "-> sink, each box with what the probe found (grey: not found).", [_columns(results, fill)])
+                   "-> sink, each box with what the probe found (dashed: not found).", [_columns(results, fill)])
 
 
 def _interventions(results: Results, draw: _Drawer) -> Section:
@@ -293,22 +261,21 @@ def _training(results: Results, draw: _Drawer) -> Section:
         parts.append(f"<p><b>compare.json</b> <code>{html.escape(str(path))}</code></p>"
                      + json_tables(payload, f"compare-{slug(str(path.parent.name))}"))
     return Section("training", "Training", "Loss and sink telemetry of training runs (metrics.jsonl, "
-                   "telemetry.jsonl, run.json) and the compare table.", parts)
+                   "telemetry.jsonl, run.json) and the compare table. Telemetry and validation loss are measured on "
+                   "each training run's own fixed held-out batch, not on the probe's data.", parts)
 
 
 def _stream(results: Results, draw: _Drawer) -> Section:
     parts = []
-    for path, payload in results.stream:
-        label = Path(str((payload.get("provenance") or {}).get("model") or path.parent.name)).name
-        parts.append(draw.slot("stream", f"{path.parent.name}-{label}", "perplexity against tokens, "
-                               "one line per cache policy", lambda p=payload, lab=label: stream_fig.stream_perplexity(p, lab)))
-        parts.append(table(stream_fig.policy_rows(payload), f"stream-table-{slug(path.parent.name)}"))
-        lines = payload.get("summary") or []
-        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
-    if not parts:
-        parts = [_none_note("stream")]
+    for series in results.series:
+        for path, payload in series.stream:
+            key = f"{path.parent.name}-{model_name(series)}"
+            parts.append(draw.slot("stream", key, "perplexity against tokens, one line per cache policy",
+                                   lambda p=payload, lab=model_name(series): stream_fig.stream_perplexity(p, lab)))
+            parts.append(table(stream_fig.policy_rows(payload), f"stream-table-{slug(key)}"))
     return Section("stream", "KV-cache policies", "sinkscope stream: perplexity under a KV budget when the cache "
-                   "keeps the first tokens, only a recent window, or the sinks sinkscope discovered (stream.json).", parts)
+                   "keeps the first tokens, only a recent window, or the sinks sinkscope discovered (stream.json).",
+                   parts)
 
 
 def _files(results: Results) -> Section:
@@ -316,7 +283,10 @@ def _files(results: Results) -> Section:
     for path in results.files:
         prov = results.provenance.get(path) or {}
         rows.append({"file": str(path), "model": prov.get("model"), "git": prov.get("git_sha"),
-                     "sinkscope": (prov.get("versions") or {}).get("sinkscope"), "config hash": prov.get("config_hash")})
-    return Section("files", "Result files", "Every file this page was drawn from, with its provenance "
-                   "(training logs carry theirs in run.json).",
-                   [table(rows, "files-table", ["file", "model", "git", "sinkscope", "config hash"])])
+                     "sinkscope": (prov.get("versions") or {}).get("sinkscope"), "seed": prov.get("seed"),
+                     "settings hash": prov.get("config_hash"), "model config hash": prov.get("model_config_hash")})
+    return Section("files", "Result files", "Every file this page was drawn from, with its provenance (training "
+                   "logs carry theirs in run.json). The settings hash covers the command's settings only, so runs "
+                   "of different models with the same settings share it; the model config hash tells the models "
+                   "apart.", [table(rows, "files-table", ["file", "model", "git", "sinkscope", "seed", "settings hash",
+                                                        "model config hash"])])

@@ -6,15 +6,17 @@ Inputs are probe.json payloads and the Parquet tables beside them (column -> val
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
-from matplotlib.colors import to_rgba
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .payload import MissingData, finite, need
 from .style import (
     FIT_COLOUR,
     HIGHLIGHT,
+    LAYER_AXIS,
+    WIDE_WIDTH,
     NATURAL_STYLE,
     NEUTRAL,
     RANDOM_STYLE,
@@ -75,8 +77,8 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
                 fit = _fit(probe, layer, summary_key)
                 constant = row == 0 and ((probe["variance"].get("first_position") or {}).get("same_token_every_sample"))
                 r2 = (fit or {}).get("r2")
-                if constant:
-                    r2s.append("BOS: 0 by construction")
+                if constant:  # the same BOS token in every sample: std 0 by construction
+                    r2s.append("BOS")
                 elif r2 is None or not math.isfinite(r2) or r2 < 0:
                     r2s.append("no fit")
                 elif math.isfinite(fit.get("s") or math.nan):
@@ -84,13 +86,18 @@ def variance_by_position(natural: dict | None, random: dict | None, tables: dict
                     fitted, = ax.plot(t, fit["s"] / np.sqrt(t + 1), ":", color=FIT_COLOUR, linewidth=1.2,
                                       label="fit s/sqrt(t+1)" if key == runs[0][0] else None)
                     tag(fitted, f"fit-{column}-{layer}-{key}")
-                    r2s.append(f"{r2:.4f}")
-            ax.set_title(f"layer {layer}, std {what}" + (f"\nfit R2 {' / '.join(r2s)}" if r2s else ""), fontsize=8)
+                    r2s.append(f"{r2:.3f}")
+            if row == 0:
+                ax.set_title(f"layer {layer}")
+            if r2s:  # inside the axes, so neighbouring panels' texts never meet
+                ax.text(0.97, 0.95, "R2 " + " / ".join(r2s), transform=ax.transAxes, ha="right", va="top",
+                        wrap=True, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
             if row == 1:
                 ax.set_xlabel("token position t")
             if col == 0:
                 ax.set_ylabel(f"std {what}\n(o_proj input)")
-    axes[0, 0].legend(loc="upper right", fontsize=6)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=3)
     fig.suptitle(f"{label}: std of the attention output by position" + (" (R2: natural / random)" if len(runs) > 1
                                                                            else ""))
     return fig
@@ -152,13 +159,13 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
         ax.set_ylabel("energy share w_d^2 / sum w^2")
         kurt = (n.get("down_column") or {}).get("kurtosis")
         ax.set_title(f"layer {n['layer']} neuron {n['index']}: down_proj column"
-                     + (f"\n(excess kurtosis {kurt:.0f})" if kurt is not None else ""), fontsize=8)
+                     + (f"\n(excess kurtosis {kurt:.0f})" if kurt is not None else ""))
         sel_ax = axes[r, 1]
         trace = _selectivity_trace(selectivity, n["layer"], n["index"])
         if trace is None:
             sel_ax.set_axis_off()
             sel_ax.text(0.5, 0.5, "selectivity not traced for this neuron", ha="center", va="center",
-                        color=NEUTRAL, fontsize=8, transform=sel_ax.transAxes)
+                        color=NEUTRAL, transform=sel_ax.transAxes)
             continue
         pos, cos, act = trace
         line, = sel_ax.plot(pos, cos, "-o", color=colour, markersize=3, label="cos(x, w_gate[n])")
@@ -170,8 +177,7 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
         tag(line, f"selectivity-act-{r}")
         twin.set_ylabel("activation (down_proj input)")
         twin.spines["right"].set_visible(True)
-        sel_ax.set_title("selectivity by position" + (f"\n(activation at token 0: {act[0]:.3g})" if len(act) else ""),
-                         fontsize=8)
+        sel_ax.set_title("selectivity by position" + (f"\n(activation at token 0: {act[0]:.3g})" if len(act) else ""))
         sel_ax.legend(handles=[sel_ax.lines[0], twin.lines[0]], loc="upper right")
     fig.suptitle(f"{label}: super neurons")
     return fig
@@ -212,68 +218,92 @@ def qk_locking(probe: dict, qk_table: dict | None, label: str):
     else:
         raise MissingData(section.get("note") or "no QK-locking measurements")
     n_layers, n_heads = share.shape
-    fig, axes = new_figure(1, 2, height=max(3.0, 0.26 * n_layers + 1.6))
+    fig, axes = new_figure(1, 2, height=max(3.0, 0.16 * n_layers + 1.8), width=WIDE_WIDTH)
     panels = ((axes[0, 0], align, "cos(top query direction,\nW_K row of the massive dim)", -1.0, "coolwarm", "qk-align"),
               (axes[0, 1], share, "share of queries\nwith q . k0 > 0", 0.0, "viridis", "qk-share"))
     for ax, grid, name, vmin, cmap, gid in panels:
         image = ax.imshow(grid, aspect="auto", origin="lower", vmin=vmin, vmax=1.0, cmap=cmap, interpolation="nearest")
         tag(image, gid)
-        fig.colorbar(image, ax=ax).set_label("cosine" if gid == "qk-align" else "share of queries")
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03)  # the panel title names the quantity
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
+        ax.set_ylabel(LAYER_AXIS if gid == "qk-align" else "")
         integer_axis(ax.xaxis)
         integer_axis(ax.yaxis)
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name)
         for head in section.get("locked_heads") or []:
             ax.plot(head["head"], head["layer"], "o", color=HIGHLIGHT, markersize=4, markeredgecolor="white")
     if not np.isfinite(align).any():
-        axes[0, 0].text(0.5, 0.5, "no massive dim: alignment undefined", ha="center", va="center", fontsize=8,
+        axes[0, 0].text(0.5, 0.5, "no massive dim: alignment undefined", ha="center", va="center",
                         color=NEUTRAL, transform=axes[0, 0].transAxes)
     locked = len(section.get("locked_heads") or [])
-    fig.suptitle(f"{label}: QK locking ({locked} locked head{'s' if locked != 1 else ''}, red dots)")
+    criteria = probe.get("criteria") or {}
+    share_min, z_min = criteria.get("lock_positive_share"), criteria.get("lock_alignment_z")
+    rule = f": share >= {share_min:g} and alignment z >= {z_min:g}" if share_min is not None and z_min is not None \
+        else ""
+    fig.suptitle(f"{label}: QK locking, {locked} locked head{'s' if locked != 1 else ''} (red dots{rule})")
     return fig
 
 
-def chain_boxes(probe: dict) -> list[dict]:
+def c1_reading(natural: dict | None, random: dict | None) -> dict | None:
+    """C1 where it is defined, as the variance figure draws it: the first probe (random tokens first, the paper's
+    setting) whose position 0 varies across samples; its layer of largest first/rest std ratio across samples.
+    {"data": "random tokens" | "natural text", "layer", "ratio", "r2"} or None."""
+    for name, probe in (("random tokens", random), ("natural text", natural)):
+        variance = (probe or {}).get("variance") or {}
+        if not variance or (variance.get("first_position") or {}).get("same_token_every_sample"):
+            continue
+        rows = [(e["across_samples"].get("first_rest_ratio"), e) for e in variance.get("layers", [])]
+        rows = [(r, e) for r, e in rows if r is not None and math.isfinite(r)]
+        if rows:
+            ratio, entry = max(rows, key=lambda row: row[0])
+            return {"data": name, "layer": entry["layer"], "ratio": ratio,
+                    "r2": (entry["across_samples"].get("fit") or {}).get("r2")}
+    return None
+
+
+def chain_boxes(probe: dict, random: dict | None = None) -> list[dict]:
     """The five links of the chain as text boxes: {"id", "title", "lines", "found"}."""
     chain, = need(probe, "chain")
-    variance = probe.get("variance") or {}
     disparity = probe.get("disparity") or {}
     qk = probe.get("qk_locking") or {}
     onset = chain.get("onset_layer")
-    ratios = [(e["layer"], (e.get("across_dims") or {}).get("first_rest_ratio")) for e in variance.get("layers", [])]
-    ratios = [(k, r) for k, r in ratios if r is not None and math.isfinite(r)]
-    best = max(ratios, key=lambda kr: kr[1]) if ratios else None
+    c1 = c1_reading(probe if not probe.get("data", {}).get("source") == "random-tokens" else None,
+                    random or (probe if (probe.get("data") or {}).get("source") == "random-tokens" else None))
     neurons = chain.get("super_neurons") or []
     jump = chain.get("disparity_layer_input")
     dims = chain.get("massive_dims") or []
     locked = qk.get("locked_heads") or []
     scores = probe.get("layer_sink_score") or []
     return [
-        {"id": "chain-c1", "title": "C1 variance discrepancy", "found": best is not None and best[1] > 1.0,
-         "lines": [f"first/rest std {best[1]:.2f}x" if best else "not measured",
-                   f"at layer {best[0]} (o_proj input)" if best else ""]},
+        {"id": "chain-c1", "title": "C1 variance discrepancy", "found": c1 is not None and c1["ratio"] > 1.0,
+         "lines": [f"first/rest std over samples {c1['ratio']:.2f}x at layer {c1['layer']} (o_proj input, "
+                   f"{c1['data']})" if c1 else "not measured (position 0 is the same token in every sample)"]},
         {"id": "chain-c2", "title": "C2 super neuron", "found": bool(neurons),
-         "lines": [f"layer {n['layer']} neuron {n['index']} -> dim {', '.join(map(str, n.get('dims') or []))}"
-                   for n in neurons[:2]] or ["none found"]},
+         "lines": ["; ".join(f"layer {n['layer']} neuron {n['index']} -> dim {', '.join(map(str, n.get('dims') or []))}"
+                             for n in neurons[:2]) or "none found"]},
         {"id": "chain-c3", "title": "C3 dimension disparity", "found": jump is not None,
-         "lines": ([f"massive dim {', '.join(map(str, dims[:3]))}", f"from layer input {jump}",
-                    f"DomRatio {disparity['sink_dom_ratio'][jump]:.0f}" if disparity.get("sink_dom_ratio") else ""]
+         "lines": ([f"dim {', '.join(map(str, dims[:3]))} dominates from layer input {jump}"
+                    + (f", DomRatio {disparity['sink_dom_ratio'][jump]:.0f}"
+                       if disparity.get("sink_dom_ratio") else "")]
                    if jump is not None else ["no disparity"])},
         {"id": "chain-qk", "title": "QK locking", "found": bool(locked),
-         "lines": [f"{len(locked)} locked head(s)", f"from layer {qk.get('from_layer')}" if locked else ""]},
+         "lines": [f"{len(locked)} locked head(s)" + (f" from layer {qk.get('from_layer')}" if locked else "")]},
         {"id": "chain-sink", "title": "attention sink", "found": onset is not None,
-         "lines": ([f"onset layer {onset}", f"score {scores[onset]:.2f}" if onset < len(scores) else ""]
+         "lines": ([f"onset layer {onset}" + (f", head-mean score {scores[onset]:.2f}" if onset < len(scores) else "")]
                    if onset is not None else ["no onset"])},
     ]
 
 
-def chain_diagram(probe: dict, label: str, colour: str):
+BOX_CHARS = 46  # characters per line in a chain box: the facts wrap inside the box, never past it
+FOUND_FILL, FOUND_EDGE = "#EEF3F8", "#222222"  # found links; not found: white, dashed NEUTRAL (no run colour here)
+
+
+def chain_diagram(probe: dict, label: str, colour: str, random: dict | None = None):
     """The chain C1 -> C2 -> C3 -> QK -> sink, top to bottom, each box with the coordinates found
-    (dashed grey when not found)."""
-    boxes = chain_boxes(probe)
+    (a dashed box when not found; the run's colour is not used, so a grey run still reads)."""
+    boxes = chain_boxes(probe, random)
     chain = probe["chain"]
-    fig, axes = new_figure(height=4.6)
+    fig, axes = new_figure(height=4.8)
     ax = axes[0, 0]
     n = len(boxes)
     ax.set_xlim(0, 10)
@@ -282,21 +312,20 @@ def chain_diagram(probe: dict, label: str, colour: str):
     for i, box in enumerate(boxes):
         y = n - 1 - i  # first link on top
         found = box["found"]
-        patch = FancyBboxPatch((0.2, y + 0.12), 9.6, 0.7, boxstyle="round,pad=0.04",
-                               facecolor=to_rgba(colour, 0.15) if found else "white",
-                               edgecolor=colour if found else NEUTRAL, linewidth=2.0 if found else 1.0,
-                               linestyle="-" if found else "--")
+        patch = FancyBboxPatch((0.2, y + 0.08), 9.6, 0.78, boxstyle="round,pad=0.04",
+                               facecolor=FOUND_FILL if found else "white", edgecolor=FOUND_EDGE if found else NEUTRAL,
+                               linewidth=1.6 if found else 1.0, linestyle="-" if found else "--")
         tag(patch, box["id"])
         ax.add_patch(patch)
-        ax.text(0.45, y + 0.47, box["title"], ha="left", va="center", fontsize=9, weight="bold",
+        ax.text(0.45, y + 0.47, box["title"], ha="left", va="center", weight="bold",
                 color="#222222" if found else NEUTRAL)
-        facts = "   ".join(line for line in box["lines"] if line)
-        ax.text(4.2, y + 0.47, facts, ha="left", va="center", fontsize=8.5, color="#222222" if found else NEUTRAL)
+        facts = "\n".join(textwrap.wrap("; ".join(line for line in box["lines"] if line), BOX_CHARS)[:3])
+        ax.text(4.0, y + 0.47, facts, ha="left", va="center", color="#222222" if found else NEUTRAL)
         if i < n - 1:
-            ax.add_patch(FancyArrowPatch((1.5, y + 0.1), (1.5, y - 0.14), arrowstyle="-|>", mutation_scale=10,
+            ax.add_patch(FancyArrowPatch((1.5, y + 0.06), (1.5, y - 0.1), arrowstyle="-|>", mutation_scale=10,
                                          color="#333333"))
-    verdict = "consistent with the paper" if chain.get("consistent") else "not established"
-    ax.text(5, -0.45, f"chain {verdict} (neuron layer < disparity layer input <= onset layer)", ha="center",
-            fontsize=8.5, color="#333333" if chain.get("consistent") else HIGHLIGHT)
-    ax.set_title(f"{label}: the causal chain found (indices 0-based)")
+    verdict = "in the paper's order" if chain.get("consistent") else "not in the paper's order"
+    ax.text(5, -0.45, f"links {verdict} (neuron layer < disparity layer input <= onset layer)", ha="center",
+            color="#333333" if chain.get("consistent") else HIGHLIGHT)
+    ax.set_title(f"{label}: the causal chain found (dashed: not found)")
     return fig

@@ -7,7 +7,20 @@ import math
 import numpy as np
 
 from .payload import MissingData, finite, need
-from .style import HIGHLIGHT, NEUTRAL, integer_axis, new_figure, tag
+from .story import monotone_within_ci
+from .style import (
+    FIG_WIDTH,
+    HIGHLIGHT,
+    LAYER_AXIS,
+    LAYER_INPUT_AXIS,
+    NEUTRAL,
+    WIDE_WIDTH,
+    integer_axis,
+    log_axis,
+    log_if_wide,
+    new_figure,
+    tag,
+)
 
 
 def amplify_dose_response(payload: dict, label: str, colour: str):
@@ -31,11 +44,13 @@ def amplify_dose_response(payload: dict, label: str, colour: str):
         line, = ax.plot(lam, finite(control), "--s", color=NEUTRAL, markersize=4, label="control: o -> lambda o")
         tag(line, "control-score")
     ax.set_xlabel("lambda (variance amplification factor)")
-    ax.set_ylabel(f"sink score of token {payload.get('position')} at layer {payload.get('observe')}")
-    layers = payload.get("layers")
-    ax.set_title(f"{label}: amplify token {payload.get('position')} in layers {layers} "
-                 f"({'monotone' if payload.get('monotone') else 'not monotone'})")
-    ax.legend(loc="best")
+    ax.set_ylabel(f"sink score of token {payload.get('position')}\nat layer {payload.get('observe')} (readout)")
+    log_if_wide(ax, [*finite(score), *lo, *hi])
+    layers = payload.get("layers") or []
+    shape = "monotone within its CI" if monotone_within_ci(list(finite(score)), ci) else "not monotone"
+    ax.set_title(f"{label}: amplify token {payload.get('position')} in layers {', '.join(map(str, layers))}\n"
+                 f"read at layer {payload.get('observe')}; {shape}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return fig
 
 
@@ -47,15 +62,17 @@ def before_after(payload: dict, label: str, colour: str):
     before = finite([r.get("sink_score_before") for r in rows])
     after = finite([r.get("sink_score_after") for r in rows])
     dom = kind == "ablate" and payload.get("dom_ratio_before") is not None
-    fig, axes = new_figure(1, 2 if dom else 1, height=3.4)
+    fig, axes = new_figure(1, 2 if dom else 1, height=3.8, width=WIDE_WIDTH if dom else FIG_WIDTH)
     ax = axes[0, 0]
     width = 0.4
-    bars = ax.bar(layers - width / 2, before, width, color=NEUTRAL, label="before")
+    # before hollow, after filled, both in the run's colour: grey keeps its one meaning (other tokens, controls)
+    bars = ax.bar(layers - width / 2, before, width, facecolor="white", edgecolor=colour, linewidth=0.8,
+                  label="before")
     tag(bars, f"{kind}-before")
     bars = ax.bar(layers + width / 2, after, width, color=colour, label="after")
     tag(bars, f"{kind}-after")
-    ax.set_xlabel("layer (0-based)")
-    ax.set_xticks(layers)
+    ax.set_xlabel(LAYER_AXIS)
+    integer_axis(ax.xaxis)
     ax.set_ylim(0, 1.05)
     if kind == "isolate":
         ax.set_ylabel(f"sink score of token {payload.get('position')}")
@@ -63,31 +80,33 @@ def before_after(payload: dict, label: str, colour: str):
         if np.isfinite(original).any():
             line, = ax.plot(layers, original, ":", color=HIGHLIGHT, marker=".", label="token 0 after")
             tag(line, "isolate-original-after")
-        ax.set_title(f"{label}: isolate token {payload.get('position')} (attends only to itself)")
+        ax.set_title(f"{label}: isolate token {payload.get('position')}\n(it attends only to itself)")
     else:
         ax.set_ylabel("sink score of token 0 (head mean)")
         what = ", ".join(f"{l}:{n}" for l, n in payload.get("neurons") or [])
         dims = ", ".join(map(str, payload.get("dims") or []))
-        ax.set_title(f"{label}: ablate " + " + ".join(x for x in (f"neurons {what}" if what else "",
-                                                                    f"dims {dims}" if dims else "") if x))
-    ax.legend(loc="best")
+        ax.set_title(f"{label}: ablate\n" + " + ".join(x for x in (f"neurons {what}" if what else "",
+                                                                      f"dims {dims}" if dims else "") if x))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     if dom:
         ax2 = axes[0, 1]
         b, a = finite(payload["dom_ratio_before"]), finite(payload.get("dom_ratio_after") or [])
-        line, = ax2.plot(range(len(b)), b, "-o", color=NEUTRAL, markersize=4, label="before")
+        # block k's output is layer input k + 1: the page's one residual-stream axis
+        line, = ax2.plot(np.arange(1, len(b) + 1), b, "--o", color=colour, markerfacecolor="white", markersize=4,
+                         label="before")
         tag(line, "ablate-dom-before")
         if len(a):
-            line, = ax2.plot(range(len(a)), a, "-o", color=colour, markersize=4, label="after")
+            line, = ax2.plot(np.arange(1, len(a) + 1), a, "-o", color=colour, markersize=4, label="after")
             tag(line, "ablate-dom-after")
-        ax2.set_yscale("log")
-        ax2.set_xlabel("layer (block output)")
+        log_axis(ax2)
+        ax2.set_xlabel(LAYER_INPUT_AXIS.split(" (")[0])
         integer_axis(ax2.xaxis)
         ax2.set_ylabel("first-token DomRatio (log)")
         ppl_b, ppl_a = payload.get("perplexity_before"), payload.get("perplexity_after")
         ppl = (f"perplexity {ppl_b['perplexity']:.2f} -> {ppl_a['perplexity']:.2f}"
                if ppl_b and ppl_a else "perplexity not measured")
-        ax2.set_title(f"DomRatio; {ppl}")
-        ax2.legend(loc="best")
+        ax2.set_title(f"first-token DomRatio\n{ppl}")
+        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return fig
 
 
@@ -142,7 +161,7 @@ def training_curves(runs: list[dict]):
         axes[j].set_ylabel(name)
         axes[j].set_title(key.replace("_", " "))
         if log:
-            axes[j].set_yscale("log")
+            log_axis(axes[j])
     loss_ax.set_xlabel("optimizer step")
     loss_ax.set_ylabel("cross-entropy loss (nats/token)")
     loss_ax.set_title("loss (solid train, dashed validation)")
@@ -150,7 +169,7 @@ def training_curves(runs: list[dict]):
     handles, labels = loss_ax.get_legend_handles_labels()
     if not handles:  # telemetry only: name the runs from the first telemetry panel
         handles, labels = axes[1].get_legend_handles_labels()
-    legend_ax.legend(handles, labels, loc="center", fontsize=8, title="runs")
+    legend_ax.legend(handles, labels, loc="center", title="runs")
     fig.suptitle("training: loss and sink telemetry (fixed held-out batch)")
     return fig
 

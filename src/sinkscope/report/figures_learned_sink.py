@@ -25,7 +25,7 @@ def learned_sink_heatmaps(probe: dict | None, label: str):
         image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0,
                           interpolation="nearest")
         tag(image, gid)
-        ax.set_title(f"{label}: {title}", fontsize=9)
+        ax.set_title(f"{label}: {title}")
         ax.set_xlabel("head")
     axes[0, 0].set_ylabel("layer (0-based)")
     fig.colorbar(image, ax=axes[0, 1]).set_label("attention share")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .payload import MissingData, finite, need
-from .style import HIGHLIGHT, NEUTRAL, integer_axis, new_figure, tag
+from .style import HIGHLIGHT, LAYER_AXIS, LAYER_INPUT_AXIS, NEUTRAL, integer_axis, log_if_wide, new_figure, tag
 
 SUN_STYLES = (("top1", "Top 1", "o"), ("top2", "Top 2", "o"), ("top3", "Top 3", "o"), ("median", "Median", "v"))
 
@@ -19,7 +19,7 @@ def layer_magnitudes(probe: dict | None, label: str, colour: str):
     mean, std = np.array([finite(r) for r in mags["mean"]]), np.array([finite(r) for r in mags["std"]])  # (L, 4)
     if mean.size == 0:
         raise MissingData("the layer_magnitudes section is empty")
-    layers = np.arange(1, mean.shape[0] + 1)
+    layers = np.arange(1, mean.shape[0] + 1)  # block k's output = layer input k + 1 = Sun et al.'s layer k + 1
     shades = (colour, colour, colour, NEUTRAL)
     alphas = (1.0, 0.7, 0.45, 1.0)
     fig, axes = new_figure(height=3.4)
@@ -32,12 +32,13 @@ def layer_magnitudes(probe: dict | None, label: str, colour: str):
         line, = ax.plot(layers, mean[:, i], "-", marker=marker, markerfacecolor="none", markersize=5,
                         color=shades[i], alpha=alphas[i], label=name)
         tag(line, f"sun-{key}")
-    ax.set_xlabel("Layers (1-based, as in Sun et al.)")
-    ax.set_ylabel("Magnitudes")
+    ax.set_xlabel(LAYER_INPUT_AXIS.split(" (")[0] + " (= Sun et al.'s 1-based layer)")
+    log = log_if_wide(ax, mean)
+    ax.set_ylabel("magnitude |x|" + (" (log)" if log else ""))
     integer_axis(ax.xaxis)
     ax.grid(axis="x", color="0.85")
-    ax.set_title(f"{label}: top activation magnitudes by layer ({mags.get('sequences')} sequences)")
-    ax.legend(loc="best", ncol=4, fontsize="small")
+    ax.set_title(f"{label}: top activation magnitudes by layer input ({mags.get('sequences')} sequences)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
     return fig
 
 
@@ -55,7 +56,7 @@ def massive_reset(payload: dict, label: str, colour: str):
                         color=shade, markersize=4, linewidth=3.0 if wide else 1.5, zorder=1 if wide else 2,
                         label=f"set to {run}" if run != "original" else run)
         tag(line, f"massive-sink-{run}")
-    ax.set_xlabel("layer (0-based)")
+    ax.set_xlabel(LAYER_AXIS)
     ax.set_ylabel("sink score of token 0 (head mean)")
     ax.set_ylim(0, 1.05)
     integer_axis(ax.xaxis)

@@ -11,16 +11,25 @@ import math
 
 import numpy as np
 
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Patch
+
 from .payload import MissingData, finite, need
 from .style import (
     HIGHLIGHT,
+    LAYER_AXIS,
+    LAYER_INPUT_AXIS,
     NATURAL_STYLE,
     NEUTRAL,
+    RANDOM_HATCH,
     RANDOM_STYLE,
     integer_axis,
+    log_axis,
     new_figure,
     tag,
 )
+
+MASSIVE_POSITIONS = 32  # positions shown in the norm map: the first token against enough others to see the rest
 
 
 def sink_heatmap(probe: dict, label: str):
@@ -30,26 +39,24 @@ def sink_heatmap(probe: dict, label: str):
     onset = probe.get("onset_layer")
     sink = probe.get("sink") or {}
     n_layers, n_heads = grid.shape
-    fig, axes = new_figure(height=max(2.8, 0.28 * n_layers + 1.4))
+    fig, axes = new_figure(height=max(2.8, 0.16 * n_layers + 1.6))
     ax = axes[0, 0]
     image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+                      interpolation="nearest")  # row k = layer k, column h = head h
     tag(image, "sink-heatmap")
     colourbar = fig.colorbar(image, ax=ax)
-    colourbar.set_label("sink score (mean attention to token 0)")
+    colourbar.set_label("sink score (attention to token 0)")
     ax.set_xlabel("head")
-    ax.set_ylabel("layer (0-based)")
-    ax.set_xticks(range(n_heads) if n_heads <= 16 else range(0, n_heads, max(1, n_heads // 8)))
-    ax.set_yticks(range(n_layers) if n_layers <= 24 else range(0, n_layers, max(1, n_layers // 12)))
+    ax.set_ylabel(LAYER_AXIS)
+    integer_axis(ax.xaxis)
+    integer_axis(ax.yaxis)
     if onset is not None:
         rect = ax.axhspan(onset - 0.5, onset + 0.5, fill=False, edgecolor=HIGHLIGHT, linewidth=2.0)
         tag(rect, "onset-marker")
-        ax.annotate(f"onset: layer {onset}", xy=(n_heads - 0.5, onset), xytext=(4, 0), textcoords="offset points",
-                    color=HIGHLIGHT, fontsize=8, va="center", ha="left", annotation_clip=False)
-        title = f"{label}: sink score, onset layer {onset}" + (
-            f" (>= {sink['ratio_min']:g}x uniform, CI)" if sink.get("rules") == "scale-free" else "")
+        title = f"{label}: sink score, onset layer {onset} (red box)" + (
+            f"\n(>= {sink['ratio_min']:g}x uniform, CI)" if sink.get("rules") == "scale-free" else "")
     else:
-        title = f"{label}: sink score, no sink" + (f" (no layer >= {sink['ratio_min']:g}x uniform)"
+        title = f"{label}: sink score, no sink" + (f"\n(no layer >= {sink['ratio_min']:g}x uniform)"
                                                    if sink.get("rules") == "scale-free" else "")
     ax.set_title(title)
     return fig
@@ -80,11 +87,11 @@ def sink_rate(entries: list[dict]):
         ax.axhline(threshold, color=HIGHLIGHT, linewidth=0.8, linestyle=":",
                    label=f"paper's onset threshold {threshold:g}")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("layer (0-based)")
+    ax.set_xlabel(LAYER_AXIS)
     integer_axis(ax.xaxis)
     ax.set_ylabel("sink score (head mean)")
     ax.set_title("sink score by layer")
-    ax.legend(loc="best")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes: never over a line
     width = 0.38
     eps = None
     for i, e in enumerate(entries):
@@ -94,15 +101,17 @@ def sink_rate(entries: list[dict]):
                 continue
             eps = probe.get("sink_rate_eps", eps)
             bar = bars.bar(i + (j - 0.5) * width, probe["sink_rate"], width, color=e["colour"],
-                           hatch="//" if key == "random" else None, edgecolor="white" if key == "natural" else "black",
-                           label=None)
+                           hatch=RANDOM_HATCH if key == "random" else None, edgecolor="white", linewidth=0.8)
             tag(bar, f"sink-rate-{e['index']}-{key}")
-            bars.text(i + (j - 0.5) * width, probe["sink_rate"] + 1, f"{probe['sink_rate']:.0f}", ha="center",
-                      fontsize=7)
-    bars.set_xticks(range(len(entries)), [e["label"] for e in entries], rotation=15, ha="right")
+            bars.text(i + (j - 0.5) * width, probe["sink_rate"] + 1, f"{probe['sink_rate']:.0f}", ha="center")
+    bars.set_xticks(range(len(entries)), [e["label"] for e in entries], rotation=15 if len(entries) > 2 else 0,
+                    ha="right" if len(entries) > 2 else "center")
     bars.set_ylim(0, 110)
     bars.set_ylabel("sink rate (% of heads)")
-    bars.set_title(f"sink rate (eps {eps:g}); hatched: random tokens" if eps is not None else "sink rate")
+    bars.set_title(f"sink rate (eps {eps:g})" if eps is not None else "sink rate")
+    bars.legend(handles=[Patch(facecolor=NEUTRAL, edgecolor="white", label="natural text"),
+                         Patch(facecolor=NEUTRAL, edgecolor="white", hatch=RANDOM_HATCH, label="random tokens")],
+                loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return fig
 
 
@@ -125,17 +134,21 @@ def dom_ratio(probe: dict, label: str, colour: str):
     jump = disparity.get("disparity_layer_input")
     if jump is not None:
         ax.axvline(jump, color=HIGHLIGHT, linestyle="--", linewidth=1, label=f"disparity at layer input {jump}")
-    ax.set_yscale("log")
-    ax.set_xlabel("layer input k (residual stream entering layer k; last = final norm)")
+    log_axis(ax)
+    ax.set_xlabel(LAYER_INPUT_AXIS)
     integer_axis(ax.xaxis)
     ax.set_ylabel("DomRatio max|h| / mean|h| (log)")
     ax.set_title(f"{label}: dimension disparity")
-    ax.legend(loc="best")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below the axes: never over the lines
     return fig
 
 
-def massive_activations(probe: dict, hidden_table: dict | None, label: str, colour: str, positions: int = 12):
-    """Sun et al.-style 3-D view: mean |h| norm by layer and position, plus max |activation| by layer."""
+def massive_activations(probe: dict, hidden_table: dict | None, label: str, colour: str,
+                        positions: int = MASSIVE_POSITIONS):
+    """Mean hidden-state norm by layer input and position (log colour), and max |activation| by layer input.
+
+    Both read block outputs (block k's output is layer input k + 1), drawn on the page's one layer axis.
+    """
     max_abs, = need(probe, "max_abs_activation")
     if not hidden_table or not hidden_table.get("norm"):
         raise MissingData("hidden_by_position.parquet (hidden-state norm by position) is not beside probe.json")
@@ -144,39 +157,37 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     norm = finite(hidden_table["norm"])
     n_layers = int(layers.max()) + 1
     n_pos = min(positions, int(pos.max()) + 1)
-    grid = np.full((n_layers, n_pos), np.nan)
+    grid = np.full((n_layers + 1, n_pos), np.nan)  # row k = layer input k; row 0 (embeddings) is not recorded
     keep = pos < n_pos
-    grid[layers[keep], pos[keep]] = norm[keep]
-    fig = new_figure(height=6.2)[0]
-    fig.clear()
-    grid_spec = fig.add_gridspec(2, 1, height_ratios=[1.7, 1.0])
-    ax3 = fig.add_subplot(grid_spec[0], projection="3d")
-    xx, yy = np.meshgrid(np.arange(n_pos), np.arange(n_layers))
-    heights = np.nan_to_num(grid).ravel()
-    colours = [colour if x == 0 else NEUTRAL for x in xx.ravel()]
-    bars = ax3.bar3d(xx.ravel(), yy.ravel(), np.zeros_like(heights), 0.7, 0.7, heights, color=colours, shade=True)
-    tag(bars, "massive-3d")
-    ax3.set_xlabel("token position")
-    ax3.set_ylabel("layer")
-    integer_axis(ax3.xaxis)
-    integer_axis(ax3.yaxis)
-    ax3.set_zlabel("mean ||h|| (L2)")
-    ax3.set_title("mean hidden-state norm by layer and position (first token coloured)")
-    ax3.view_init(elev=25, azim=-60)
-    ax = fig.add_subplot(grid_spec[1])
-    values = finite(max_abs)
-    line, = ax.plot(range(len(values)), values, "-o", color=colour, markersize=4, label="max |h| (all tokens)")
-    tag(line, "max-abs")
-    criteria = (probe.get("disparity") or {}).get("massive_criteria_paper") or {}
-    if criteria.get("abs"):
-        ax.axhline(criteria["abs"], color=HIGHLIGHT, linestyle=":", label=f"Sun et al.'s massive: |h| > {criteria['abs']:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("layer (block output)")
+    grid[layers[keep] + 1, pos[keep]] = norm[keep]
+    fig, axes = new_figure(2, 1, height=6.4, gridspec_kw={"height_ratios": [1.4, 1.0]})
+    ax, line_ax = axes[0, 0], axes[1, 0]
+    positive = grid[np.isfinite(grid) & (grid > 0)]
+    scale = LogNorm(positive.min(), positive.max()) if positive.size else None
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", norm=scale, interpolation="nearest")
+    tag(image, "massive-norm")
+    fig.colorbar(image, ax=ax).set_label("mean ||h|| (log)")
+    ax.set_xlabel("token position")
+    ax.set_ylabel(LAYER_INPUT_AXIS.split(" (")[0])
     integer_axis(ax.xaxis)
-    ax.set_ylabel("max |activation| (log)")
-    dims = (probe.get("disparity") or {}).get("massive_dims") or []
-    ax.set_title("max |activation| by layer; massive dims at the first token: "
-                 + (", ".join(map(str, dims[:6])) if dims else "none"))
-    ax.legend(loc="best")
+    integer_axis(ax.yaxis)
+    ax.set_title(f"mean hidden-state norm by layer input and position (first {n_pos})")
+    values = finite(max_abs)
+    line, = line_ax.plot(np.arange(1, len(values) + 1), values, "-o", color=colour, markersize=4,
+                         label="max |h| (all tokens)")
+    tag(line, "max-abs")
+    disparity = probe.get("disparity") or {}
+    criteria = disparity.get("massive_criteria_paper") or {}
+    if criteria.get("abs"):
+        line_ax.axhline(criteria["abs"], color=HIGHLIGHT, linestyle=":", label=f"Sun et al.: |h| > {criteria['abs']:g}")
+    log_axis(line_ax)
+    line_ax.set_xlim(-0.5, len(values) + 0.5)
+    line_ax.set_xlabel(LAYER_INPUT_AXIS)
+    integer_axis(line_ax.xaxis)
+    line_ax.set_ylabel("max |activation| (log)")
+    standing = ", ".join(map(str, (disparity.get("massive_dims") or [])[:6])) or "none"
+    sun = ", ".join(map(str, (disparity.get("massive_dims_paper") or [])[:6])) or "none"
+    line_ax.set_title(f"first token's dominant dims: {standing}; massive by Sun et al.'s rule: {sun}")
+    line_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     fig.suptitle(f"{label}: massive activations")
     return fig

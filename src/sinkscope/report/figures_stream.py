@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .payload import need
-from .style import FIT_COLOUR, OTHER_COLOURS, new_figure, tag
+from .style import FIT_COLOUR, OTHER_COLOURS, WIDE_WIDTH, log_axis, new_figure, tag
 
 POLICY_STYLE = {"original": "-", "cache": "--"}  # positions mode -> line style
 
@@ -25,7 +25,7 @@ def smoothed_perplexity(nll_by_position: list[float], span: int = SMOOTH_TOKENS)
 def stream_perplexity(payload: dict, label: str):
     """Perplexity against tokens per policy (moving mean over SMOOTH_TOKENS) (solid: original positions, dashed: cache), full attention in black."""
     policies, budget = need(payload, "policies", "budget")
-    fig, axes = new_figure(height=3.6)
+    fig, axes = new_figure(height=3.6, width=WIDE_WIDTH)
     ax = axes[0, 0]
     names = list(dict.fromkeys(p["name"] for p in policies))
     for policy in policies:
@@ -38,14 +38,15 @@ def stream_perplexity(payload: dict, label: str):
     full = payload.get("full_nll_by_position")
     if full:
         curve = smoothed_perplexity(full)
-        line, = ax.plot(np.arange(2, len(curve) + 2), curve, ":", color=FIT_COLOUR, label="full attention")
+        line, = ax.plot(np.arange(2, len(curve) + 2), curve, ":", color=FIT_COLOUR, linewidth=2.0,
+                        label="full attention")
         tag(line, "stream-full")
     ax.axvline(budget, color="#BBBBBB", linewidth=0.8)
     ax.set_xlabel(f"tokens (budget {budget} marked)")
-    ax.set_yscale("log")
+    log_axis(ax)
     ax.set_ylabel(f"perplexity (mean over {SMOOTH_TOKENS} tokens)")
     ax.set_title(f"{label}: perplexity under a KV budget of {budget}")
-    ax.legend(loc="best", fontsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper")  # nine lines leave no free corner inside
     return fig
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 CSS = """
@@ -24,7 +25,7 @@ section > p.intro { margin: 0 0 10px 0; color: #555; font-size: 13px; max-width:
 .column h3 { font-size: 14px; margin: 6px 0; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 6px; vertical-align: -1px; }
 figure { margin: 0 0 12px 0; }
-figure svg { width: 100%; max-width: 980px; height: auto; display: block; }
+figure svg { max-width: 100%; height: auto; display: block; }  /* drawn at its own size: one font size */
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .missing { font-size: 12px; color: #8a5a00; background: #fff7e6; border-left: 3px solid #e6a100; padding: 6px 10px;
            margin: 6px 0 12px 0; }
@@ -34,12 +35,16 @@ th { background: #f2f4f7; }
 td.text, th.text { text-align: left; }
 p.verdict { font-size: 13px; background: #f5f8fc; border-left: 3px solid #1f5fa8; padding: 6px 10px; }
 code { font-size: 12px; }
+p.headline { font-size: 15px; line-height: 1.55; max-width: 1100px; margin: 6px 0 10px 0; }
+p.model, p.training, p.convention { font-size: 12px; color: #444; max-width: 1100px; }
+article.story { margin: 0 0 18px 0; }
+ul.flags { font-size: 12px; color: #8a2a00; }
 """
 
 
 @dataclass
 class Slot:
-    """One figure place: the inline SVG, or the note saying why it is omitted."""
+    """One figure place: the inline SVG, or (left out of the page) why there is none."""
 
     figure_id: str  # unique in the page, also the file stem under the figures folder
     kind: str  # which figure (sink-heatmap, variance, ...), shared by the runs drawn side by side
@@ -50,9 +55,8 @@ class Slot:
 
 
     def render(self) -> str:
-        if self.svg is None:
-            return (f'<div class="missing" data-missing="{self.kind}" id="missing-{self.figure_id}">'
-                    f"{html.escape(self.caption)}: omitted, {html.escape(self.missing or 'no data')}.</div>")
+        if self.svg is None:  # a figure without data is left out; Report.missing says why
+            return ""
         return (f'<figure class="figure" id="fig-{self.figure_id}" data-figure="{self.kind}">{self.svg}'
                 f"<figcaption>{html.escape(self.caption)} "
                 f'(<a href="{self._link("svg")}">SVG</a>, <a href="{self._link("png")}">PNG</a>)'
@@ -70,6 +74,11 @@ class Column:
     colour: str
     parts: list = field(default_factory=list)  # Slot or raw HTML strings
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to show: every figure left out and no table or text."""
+        return not any(p.svg is not None if isinstance(p, Slot) else p for p in self.parts)
+
     def render(self) -> str:
         body = "".join(p.render() if isinstance(p, Slot) else p for p in self.parts)
         return (f'<div class="column"><h3><span class="swatch" style="background:{self.colour}"></span>'
@@ -83,20 +92,47 @@ class Section:
     intro: str
     parts: list = field(default_factory=list)  # Slot, Column list (a row), or raw HTML
 
+    @property
+    def empty(self) -> bool:
+        return not any(_shows(part) for part in self.parts)
+
     def render(self) -> str:
         body = []
         for part in self.parts:
             if isinstance(part, list):
-                body.append('<div class="row">' + "".join(c.render() for c in part) + "</div>")
+                columns = [c for c in part if not c.empty]
+                if columns:
+                    body.append('<div class="row">' + "".join(c.render() for c in columns) + "</div>")
             elif isinstance(part, Slot):
                 body.append(part.render())
             else:
                 body.append(part)
         return (f'<section id="{self.id}" data-section="{self.id}"><h2>{html.escape(self.title)}</h2>'
-                f'<p class="intro">{html.escape(self.intro)}</p>{"".join(body)}</section>')
+                + (f'<p class="intro">{html.escape(self.intro)}</p>' if self.intro else "")
+                + f'{"".join(body)}</section>')
+
+
+class Raw(str):
+    """A table cell that is already HTML (a digest with its tooltip, a cited number)."""
+
+
+def slug(text: str) -> str:
+    """An id-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+def _shows(part) -> bool:
+    """Whether a section part has something to show (a drawn figure, a column that does, or HTML)."""
+    if isinstance(part, list):
+        return any(not c.empty for c in part)
+    if isinstance(part, Slot):
+        return part.svg is not None
+    return bool(part)
 
 
 def cell(value) -> str:
+    if isinstance(value, Raw):
+        return str(value)
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -147,6 +183,8 @@ def json_tables(payload: dict, prefix: str) -> str:
 
 
 def page(title: str, subtitle: str, sections: list[Section]) -> str:
+    """The page; a section with nothing to show is left out."""
+    sections = [s for s in sections if not s.empty]
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
     body = "".join(s.render() for s in sections)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

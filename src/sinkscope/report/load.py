@@ -53,6 +53,17 @@ class ProbeFile:
 
 
 @dataclass
+class TrainingRun:
+    label: str
+    path: Path
+    variant: str | None
+    summary: dict | None  # run.json
+    metrics: list[dict]  # metrics.jsonl records
+    telemetry: list[dict]  # telemetry.jsonl records
+    colour: str = ""
+
+
+@dataclass
 class Series:
     """One model's results within one RUN folder, drawn as one column of the report."""
 
@@ -63,22 +74,15 @@ class Series:
     random: ProbeFile | None = None
     interventions: dict[str, dict] = field(default_factory=dict)  # kind -> intervene.json payload
     colour: str = ""
+    paths: dict[str, Path] = field(default_factory=dict)  # intervention kind -> its intervene.json
+    stream: list[tuple[Path, dict]] = field(default_factory=list)  # stream.json files of this model
+    training: TrainingRun | None = None  # the run that trained this model, when it is among the RUN folders
+    spans_folders: bool = False  # its files lie in several RUN folders: named by its model, not one folder
 
     @property
     def probe(self) -> ProbeFile | None:
         """The probe the chain figures use: natural text when present, else random tokens."""
         return self.natural or self.random
-
-
-@dataclass
-class TrainingRun:
-    label: str
-    path: Path
-    variant: str | None
-    summary: dict | None  # run.json
-    metrics: list[dict]  # metrics.jsonl records
-    telemetry: list[dict]  # telemetry.jsonl records
-    colour: str = ""
 
 
 @dataclass
@@ -141,11 +145,13 @@ def load_results(runs: list[str | Path]) -> Results:
                                  "metrics.jsonl, telemetry.jsonl, compare.json, stream.json); run `sinkscope probe MODEL --out "
                                  f"{root}` first")
         files += found
-        series += _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")], provenance)
+        _series(root, [p for p in found if p.name in ("probe.json", "intervene.json")], provenance, series)
         training += _training(root, sorted({p.parent for p in found if p.name in TRAIN_FILES}))
         compare += [(p, read_json(p)) for p in found if p.name == "compare.json"]
         stream += [(p, read_json(p, "stream")) for p in found if p.name == "stream.json"]
+    _attach_stream(series, stream, roots)
     _name_series(series, roots)
+    _attach_training(series, training)
     series.sort(key=lambda s: _variant_rank(s.variant))  # stable: the baseline first, then the fixes
     training.sort(key=lambda run: _variant_rank(run.variant))
     _colour(series, training)
@@ -156,8 +162,10 @@ def load_results(runs: list[str | Path]) -> Results:
                    provenance=provenance, stream=stream)
 
 
-def _series(root: Path, paths: list[Path], provenance: dict[Path, dict]) -> list[Series]:
-    out: list[Series] = []
+def _series(root: Path, paths: list[Path], provenance: dict[Path, dict], out: list[Series]) -> None:
+    """Add the probe and intervention files under ``root`` to ``out``: one series per model across all RUN
+    folders, so a model's probe and its interventions stay together however the folders were passed."""
+    start = len(out)
     for path in paths:
         payload = read_json(path)
         provenance[path] = payload.get("provenance") or {}
@@ -177,12 +185,39 @@ def _series(root: Path, paths: list[Path], provenance: dict[Path, dict]) -> list
                 target = Series(label="", model=model, variant=None)
                 out.append(target)
             target.interventions[kind] = payload
+            target.paths[kind] = path
         else:
             raise SinkscopeError(f"{path} holds a {kind!r} result; intervene.json must be one of "
                                  f"{', '.join(INTERVENTION_KINDS)}")
-    for s in out:
+    for s in out[:start]:
+        s.spans_folders |= s.label != str(root.resolve()) and _holds_file_from(s, root)
+    for s in out[start:]:
         s.label = str(root.resolve())  # placeholder, named in _name_series
-    return out
+
+
+def _holds_file_from(s: Series, root: Path) -> bool:
+    paths = [p.path for p in (s.natural, s.random) if p] + list(s.paths.values())
+    return any(root.resolve() in path.resolve().parents for path in paths)
+
+
+def _attach_stream(series: list[Series], stream: list[tuple[Path, dict]], roots: list[Path]) -> None:
+    """Each stream.json joins its model's series (a series of its own when no probe of that model was read)."""
+    for path, payload in stream:
+        model = (payload.get("provenance") or {}).get("model")
+        target = next((s for s in series if s.model == model), None)
+        if target is None:
+            root = next((r for r in roots if r.resolve() in path.resolve().parents), roots[0])
+            target = Series(label=str(root.resolve()), model=model, variant=None)
+            series.append(target)
+        target.stream.append((path, payload))
+
+
+def _attach_training(series: list[Series], training: list[TrainingRun]) -> None:
+    """A training run belongs to the series whose model it wrote (its model folder, or a folder of its name)."""
+    for s in series:
+        name = Path(s.model).name if s.model else None
+        s.training = next((run for run in training if run.label in (name, s.label)
+                           or (s.model and str(run.path) in str(Path(s.model).resolve()))), None)
 
 
 def _name_series(series: list[Series], roots: list[Path]) -> None:
@@ -192,7 +227,7 @@ def _name_series(series: list[Series], roots: list[Path]) -> None:
         model_name = Path(s.model).name if s.model else None
         run_name = Path(s.label).name
         per_run = sum(1 for t in series if t.label == s.label)
-        label = model_name if (per_run > 1 or len(roots) == 1) and model_name else run_name
+        label = model_name if (per_run > 1 or len(roots) == 1 or s.spans_folders) and model_name else run_name
         s.variant = guess_variant(model_name, run_name)
         taken[label] = taken.get(label, 0) + 1
         s.label = label if taken[label] == 1 else f"{label} ({taken[label]})"

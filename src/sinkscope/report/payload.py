@@ -1,7 +1,7 @@
 """What a figure reads from a result payload: the keys it needs, as floats, or a one-line reason why not.
 
 Every figure module goes through these, so a payload that lacks a key is reported the same way
-everywhere (the report lists it under "missing figures" instead of failing).
+everywhere (the report leaves that figure out and names it in ``Report.missing`` instead of failing).
 """
 
 from __future__ import annotations

@@ -30,9 +30,11 @@ NEUTRAL = "#9A9A9A"  # "the other tokens", controls
 FIT_COLOUR = "#222222"  # fitted curves
 
 RANDOM_STYLE = "--"  # random-token inputs are dashed, natural text solid, in every figure
+RANDOM_HATCH = "///"  # ... and hatched where drawn as bars
 NATURAL_STYLE = "-"
 
 FIG_WIDTH = 6.4  # inches; two runs side by side fit a laptop screen at 100 % zoom
+WIDE_WIDTH = 7.6  # inches, for two panels that each carry a colour bar
 FIG_DPI = 110
 
 matplotlib.rcParams.update({
@@ -40,12 +42,14 @@ matplotlib.rcParams.update({
     "svg.hashsalt": "sinkscope",  # deterministic SVG ids, so a report is reproducible byte for byte
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
+    # one font size across figures: text 8 pt, titles 9 pt (each figure is drawn at its own size, never stretched)
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
     "xtick.labelsize": 8,
     "ytick.labelsize": 8,
     "legend.fontsize": 8,
-    "figure.titlesize": 11,
+    "figure.titlesize": 9,
     "font.family": "DejaVu Sans",
 })
 
@@ -92,11 +96,41 @@ def inline_svg(svg: str, prefix: str) -> str:
     return _REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", body)
 
 
-def integer_axis(axis) -> None:
-    """Layers, heads and positions are whole numbers: no 0.5 ticks."""
+MAX_LAYER_TICKS = 16  # a tick for every layer up to here; beyond, every 2nd, 5th ... so 30+ labels never touch
+LAYER_AXIS = "layer k (0-based)"
+LAYER_INPUT_AXIS = "layer input k (k + 1 = block k's output; last = final norm)"
+LOG_DECADES = 2  # values spanning more than this many decades get a log axis, so small ones are not flattened
+
+
+def integer_axis(axis, max_ticks: int = MAX_LAYER_TICKS) -> None:
+    """Layers, heads and positions are whole numbers: no 0.5 ticks, and at most ``max_ticks`` labels."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(nbins=max_ticks, integer=True, steps=[1, 2, 5, 10]))
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """A log scale labelled 1, 2, 5, 10, 20 ...: over less than a decade matplotlib labels its minor ticks
+    in long scientific form, and neighbouring labels run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def log_if_wide(ax, values, axis: str = "y") -> bool:
+    """A log scale when the positive finite ``values`` span more than LOG_DECADES decades; returns whether set."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    wide = v.size > 1 and np.log10(v.max() / v.min()) > LOG_DECADES
+    if wide:
+        log_axis(ax, axis)
+    return bool(wide)
 
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import blocks
-from ..data import read_documents, special_tokens, windows
+from ..data import describe_data, read_documents, special_tokens, windows
 from ..errors import SinkscopeError
 from ..loading import LoadedModel, prepare_model
 from ..results import SCHEMA_VERSION, provenance, write_json
@@ -266,7 +266,9 @@ def _payload(loaded, config, split_documents, rows, full, discovery, dependence)
                                  dtype=str(parameter.dtype).removeprefix("torch."), device=str(parameter.device),
                                  model_config=model_config.to_dict()),
         "model": {"model_type": model_config.model_type, "max_position_embeddings": max_positions},
-        "data": {"documents": len(evaluated), "seq_len": config.seq_len, "source": config.data or "stdlib-heldout",
+        "data": {**describe_data(config.data, random_tokens=False, bos=config.bos, seq_len=config.seq_len,
+                                 sequences=evaluated, default=("held-out Python standard-library documents", None)),
+                 "documents": len(evaluated), "source": config.data or "stdlib-heldout",
                  "calibration_documents": len(calibration), "calibration_split": split},
         "budget": config.budget,
         "sink_slots": config.sink_slots if config.discovered else None,

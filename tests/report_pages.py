@@ -1,0 +1,40 @@
+"""Reading a report page back, for the unit and browser tests: the cited numbers against their result files
+(with this module's own field walker, independent of the report's), and a model's headline as text."""
+
+from __future__ import annotations
+
+import html as h
+import json
+import re
+from pathlib import Path
+
+NUM = re.compile(r'<span class="num" data-file="([^"]+)" data-field="([^"]+)" data-fmt="([^"]+)">([^<]*)</span>')
+
+
+def walk(payload, dotted: str):
+    """The field ``a.b.3.c`` of a JSON payload (digits index lists), written independently of the report's."""
+    value = payload
+    for part in dotted.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def cited(html: str) -> list[tuple[str, str, str, str]]:
+    return [(h.unescape(f), h.unescape(d), s, t) for f, d, s, t in NUM.findall(html)]
+
+
+def check_cited_numbers(html: str) -> int:
+    """Every cited number equals its file's field, and one field always reads the same; returns how many."""
+    numbers = cited(html)
+    files: dict[str, dict] = {}
+    seen: dict[tuple[str, str], str] = {}
+    for file, dotted, spec, text in numbers:
+        payload = files.setdefault(file, json.loads(Path(file).read_text()))
+        assert text == format(walk(payload, dotted), spec), (file, dotted, text)
+        assert seen.setdefault((file, dotted), text) == text
+    return len(numbers)
+
+
+def headline(html: str, model: str) -> str:
+    story = re.search(rf'<article class="story" id="model-{model}".*?</article>', html, re.DOTALL).group(0)
+    return re.sub(r"<[^>]+>", "", re.search(r'<p class="headline">(.*?)</p>', story, re.DOTALL).group(1))
