@@ -116,9 +116,18 @@ def _sink(results: Results, draw: _Drawer) -> Section:
         parts.append(_columns(results, lambda s: [draw.slot(
             "learned-sink", s.label, "attention to the first token beside the share taken by the learned sink logit",
             lambda: learned_sink_fig.learned_sink_heatmaps(s.probe.payload if s.probe else None, s.label))]))
+        rows = [{"model": s.label, "learned sink share (%)": 100 * _mean(s.probe.payload["learned_sink_mass"]),
+                 "verdict": s.probe.payload.get("learned_sink_verdict")}
+                for s in results.series if s.probe and (s.probe.payload.get("model") or {}).get("learned_sink")]
+        parts.append(table(rows, "learned-sink-table"))
     return Section("sink", "Where the sink is", "Sink score: the attention queries give to the first token, "
                    "averaged over query positions (per head) and heads (per layer). Sink rate (Gu et al. 2025): "
                    "the share of heads whose mean attention to token 0 exceeds eps.", parts)
+
+
+def _mean(grid: list[list[float]]) -> float:
+    values = [v for row in grid for v in row]
+    return sum(values) / len(values)
 
 
 def _variance(results: Results, draw: _Drawer) -> Section:
