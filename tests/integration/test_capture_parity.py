@@ -100,7 +100,7 @@ def _window(config, layer: int) -> int | None:
     return getattr(config, "sliding_window", None)
 
 
-def _visible(config, layer: int, mask: torch.Tensor, causal: bool) -> torch.Tensor:
+def visible_keys(config, layer: int, mask: torch.Tensor, causal: bool) -> torch.Tensor:
     """(B, T, S) bool, which keys each query may see, from first principles."""
     T = mask.shape[1]
     t = torch.arange(T)[:, None]
@@ -158,7 +158,7 @@ def brute_force(model, sequences, padding_side: str, keys=KEYS) -> tuple[Referen
         last = valid.shape[1] - 1 - valid.flip(1).long().argmax(1)
         for layer, attn in enumerate(out.attentions):
             record = _RECORDS[layer]
-            vis = _visible(config, layer, mask, causal)
+            vis = visible_keys(config, layer, mask, causal)
             rows = valid[:, None, :, None]
             # the reference's own checks: independent visibility == eager's non-zeros; float64 probs == eager
             assert torch.equal((attn > 0) & rows, vis[:, None].expand_as(attn) & rows), \

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
+from test_capture_parity import visible_keys  # the one first-principles mask of the parity tests
 
 import sinkscope
 from sinkscope.criteria import Criteria
@@ -46,24 +47,6 @@ def _pad(chunk: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-def _window(config, layer: int) -> int | None:
-    types = getattr(config, "layer_types", None)
-    if types is not None:
-        return config.sliding_window if types[layer] == "sliding_attention" else None
-    return getattr(config, "sliding_window", None)
-
-
-def _visible(config, layer: int, mask: torch.Tensor, causal: bool) -> torch.Tensor:
-    """(B, T, S) bool from first principles: causal (or every key), within the window, a real key."""
-    T = mask.shape[1]
-    t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    rule = s <= t if causal else torch.ones(T, T, dtype=torch.bool)
-    window = _window(config, layer)
-    if window is not None:
-        rule = rule & (t - s < window)
-    return rule[None] & mask.bool()[:, None, :]
-
-
 def reference_sink(model, sequences, padding_side: str, batch_size: int = BATCH, confidence: float = 0.95) -> dict:
     """Per layer: ratio mean, CI, uniform baseline, pooled head-mean score and excess, all in float64."""
     eager = twin(model, "eager")
@@ -80,7 +63,7 @@ def reference_sink(model, sequences, padding_side: str, batch_size: int = BATCH,
                         output_attentions=True)
         valid = mask.bool()
         for layer, attn in enumerate(out.attentions):
-            vis = _visible(config, layer, mask, causal)  # (B, T, S)
+            vis = visible_keys(config, layer, mask, causal)  # (B, T, S)
             rows = valid[:, None, :, None]
             assert torch.equal((attn > 0) & rows, vis[:, None].expand_as(attn) & rows), "visibility rule disagrees"
             A = attn.double().numpy()
