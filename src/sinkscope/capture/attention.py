@@ -29,6 +29,7 @@ from ..adapters import Adapter, blocks, get_path
 from ..config import QUERY_CHUNK
 from ..errors import SinkscopeError
 from ..metrics.sink import softcap_logits
+from .batch import BatchInfo
 
 ATTENTION_NAME = "sinkscope"
 # Arguments an attention call may pass that change nothing here: positions are already in q and k,
@@ -41,40 +42,6 @@ NO_EFFECT_ARGUMENTS = frozenset({
 })
 # Learned sink logits under the names models pass them: gpt-oss's ``s_aux``, sinkscope's own ``sink_logit``.
 SINK_LOGIT_ARGUMENTS = ("s_aux", "sink_logit")
-
-
-@dataclass
-class BatchInfo:
-    """Where the real tokens of the current batch are; set by the runner before each forward."""
-
-    valid: torch.Tensor  # (B, T) bool, real (non-pad) tokens
-    first: torch.Tensor  # (B,) long, index of the first real token (the default sink)
-    last: torch.Tensor  # (B,) long, index of the last real token
-
-    @classmethod
-    def from_attention_mask(cls, attention_mask: torch.Tensor) -> BatchInfo:
-        valid = attention_mask.bool()
-        positions = torch.arange(valid.shape[1], device=valid.device)
-        first = torch.where(valid, positions, valid.shape[1]).amin(1)
-        last = torch.where(valid, positions, -1).amax(1)
-        return cls(valid=valid, first=first, last=last)
-
-    def to(self, device: torch.device) -> BatchInfo:
-        """The same batch on ``device`` (layers of a --device-map model live on several devices)."""
-        if self.valid.device == device:
-            return self
-        return BatchInfo(valid=self.valid.to(device), first=self.first.to(device), last=self.last.to(device))
-
-    def relative(self) -> torch.Tensor:  # (B, T): positions from each sequence's first real token
-        return torch.arange(self.valid.shape[1], device=self.valid.device)[None] - self.first[:, None]
-
-    def others(self) -> torch.Tensor:  # (B, T) bool: real tokens but the first, every first-token rule's reference
-        return self.valid & (self.relative() != 0)
-
-    def absolute(self, relative: Sequence[int]) -> torch.Tensor:
-        """(B, P) key indices: p >= 0 counts from the first real token, p < 0 back from the last."""
-        cols = [self.first + p if p >= 0 else self.last + 1 + p for p in relative]
-        return torch.stack(cols, dim=1)
 
 
 @dataclass
