@@ -27,7 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
-from sinkscope.results import atomic_write_bytes, provenance, write_json
+from sinkscope.files import atomic_write_bytes
+from sinkscope.results import provenance, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (module:function, seconds on one H200, seconds for --smoke, title). With the parent's start, the H200

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network; hub failures must be fast
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Remembered weight digests (sinkscope.files.digest_cache) go to a folder of this run's own, not the user's cache
+os.environ.setdefault("SINKSCOPE_CACHE", tempfile.mkdtemp(prefix="sinkscope-test-cache-"))
 
 from sinkscope.testing import CODE_TEXT, FAMILIES, save_tiny, tiny_model
 

@@ -8,6 +8,8 @@ that line is dropped and the records before it are kept.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,21 @@ def read_log(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary file beside it, synced, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def check_output(path: str | Path) -> None:
     """Refuse an output path that exists as a file, or whose folder cannot be created, in one line.
 
@@ -85,9 +102,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")  # the files 
 HASH_CHUNK = 1 << 20  # bytes read at a time while hashing: large files never sit in memory whole
 
 
-def file_digest(path: Path, suffixes: tuple[str, ...] | None = None) -> str | None:
+def file_digest(path: Path, suffixes: tuple[str, ...] | None = None, *, cached: bool = True) -> str | None:
     """SHA-256 of a file, or of a folder's files (each one's relative name, then its bytes, in sorted order;
-    only names ending in ``suffixes`` when given); None when the path does not exist or nothing matches."""
+    only names ending in ``suffixes`` when given); None when the path does not exist or nothing matches.
+
+    ``cached``: reuse the digest from :func:`digest_cache` while every file keeps its size, mtime and inode,
+    as git's index does, so a 500 MB checkpoint is read once, not on every command. Pass False where the
+    bytes themselves are in question (verifying a checkpoint against its manifest).
+    """
     import hashlib
 
     path = Path(path)
@@ -100,14 +122,49 @@ def file_digest(path: Path, suffixes: tuple[str, ...] | None = None) -> str | No
         return None
     if not files:
         return None
+    names = [str(file.relative_to(root)) if path.is_dir() else "" for file in files]
+    key = None
+    if cached:
+        stats = [(name, *(lambda s: (s.st_size, s.st_mtime_ns, s.st_ino, s.st_dev))(file.stat()))
+                 for name, file in zip(names, files)]
+        key = hashlib.sha256(json.dumps([str(path.resolve()), stats]).encode()).hexdigest()
+        known = _read_digest_cache().get(key)
+        if known is not None:
+            return known
     digest = hashlib.sha256()
-    for file in files:
+    for name, file in zip(names, files):
         if path.is_dir():
-            digest.update(str(file.relative_to(root)).encode() + b"\0")
+            digest.update(name.encode() + b"\0")
         with open(file, "rb") as f:
             while chunk := f.read(HASH_CHUNK):
                 digest.update(chunk)
+    if key is not None:
+        _remember_digest(key, digest.hexdigest())
     return digest.hexdigest()
+
+
+def digest_cache() -> Path:
+    """Where file digests are remembered: $SINKSCOPE_CACHE, else $XDG_CACHE_HOME/sinkscope, else ~/.cache/sinkscope."""
+    own = os.environ.get("SINKSCOPE_CACHE")
+    root = Path(own) if own else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sinkscope"
+    return root / "digests.json"
+
+
+def _read_digest_cache() -> dict:
+    try:
+        cache = json.loads(digest_cache().read_text())
+    except (OSError, ValueError):  # none yet, unreadable or torn: a cache only saves time, so start afresh
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _remember_digest(key: str, digest: str) -> None:
+    cache = _read_digest_cache()
+    cache[key] = digest
+    try:
+        atomic_write_bytes(digest_cache(), json.dumps(cache).encode())
+    except OSError:  # a read-only home: the digest is still right, only not remembered
+        pass
 
 
 def weights_digest(model: str | None) -> str | None:

@@ -9,14 +9,13 @@ quantization types inside it).
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SinkscopeError
+from .files import file_digest
 
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file (llama.cpp's gguf.h)
-SHA_CHUNK = 1 << 20  # bytes hashed per read: a model file is never held in memory whole
 SNIFF_BYTES = 4096  # bytes read to tell a text file from a binary one
 # Keys of transformers' GGUF config mapping that are metadata sections, not model families.
 GGUF_METADATA_SECTIONS = ("general", "tokenizer")
@@ -133,15 +132,6 @@ def unsupported(path: Path, architecture: str) -> SinkscopeError:
                           f"reads {readable} (convert the model to safetensors to use it)")
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(SHA_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_record(model: str | None) -> dict | None:
     """Provenance of a GGUF model's weights (file name, bytes, SHA-256, quantization types); None otherwise.
 
@@ -158,5 +148,5 @@ def weights_record(model: str | None) -> dict | None:
     path, stat = found.path, found.path.stat()
     _, types = contents(path)
     return {"format": "gguf", "file": found.name, "bytes": stat.st_size,
-            "sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns), "quantization": list(types),
+            "sha256": file_digest(path), "quantization": list(types),
             "dequantized": True}

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import SinkscopeError
+from .files import atomic_write_bytes
 
 SCHEMA_VERSION = 3  # bump on any incompatible change to a key listed in docs/results.md, and record it below
 # The kinds of result each bump changed. An older file stays readable when no later bump changed its kind,
@@ -25,20 +24,6 @@ SCHEMA_VERSION = 3  # bump on any incompatible change to a key listed in docs/re
 # 2: chain.disparity_layer became disparity_layer_input; 3: chain.super_neurons are the episodes' writer neurons
 # (with expert, episode, write, share), chain.evidence lost neurons and finders_agree
 CHANGED_KINDS = {2: frozenset({"probe"}), 3: frozenset({"probe"})}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_float(x) -> float | None:

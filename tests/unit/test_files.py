@@ -24,3 +24,36 @@ def test_a_torn_line_inside_a_log_or_anywhere_in_a_data_file_is_refused_with_its
         list(jsonl_records(data))
     assert [n for n, _ in jsonl_records(data, torn_tail_ok=True)] == [1]
 
+
+
+def test_a_remembered_digest_is_reused_only_while_the_files_are_unchanged(tmp_path, monkeypatch):
+    """The digest cache saves re-reading a checkpoint; it must never hide a changed file."""
+    import hashlib
+    import os
+
+    from sinkscope import files
+
+    monkeypatch.setenv("SINKSCOPE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    (folder / "notes.txt").write_text("not weights")
+
+    def brute(content: bytes) -> str:
+        return hashlib.sha256(b"model.safetensors\0" + content).hexdigest()
+
+    assert files.file_digest(folder, files.WEIGHT_SUFFIXES) == brute(b"a" * 1000)
+    assert files.digest_cache().is_file()
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: reads.append(str(f)) or real_open(f, *a, **k))
+    assert files.file_digest(folder, files.WEIGHT_SUFFIXES) == brute(b"a" * 1000)
+    assert str(weights) not in reads  # remembered: the weights were not read again
+    stat = weights.stat()
+    weights.write_bytes(b"b" * 1000)  # same size; a new mtime says it changed
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert files.file_digest(folder, files.WEIGHT_SUFFIXES) == brute(b"b" * 1000)
+    assert files.file_digest(weights, cached=False) == hashlib.sha256(b"b" * 1000).hexdigest()
+    files.digest_cache().write_text("{torn")  # a torn cache is ignored and rewritten
+    assert files.file_digest(weights) == hashlib.sha256(b"b" * 1000).hexdigest()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter, base_model, block_part, blocks, get_path
-from ..metrics.disparity import dominance_ratio, dominant_mask, log_bins, massive_mask
+from ..metrics.disparity import dominance_ratio, dominant_rows, log_bins, massive_rows
 from ..metrics.neurons import spike_ratios
 from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims, std_across_dims_and_heads
@@ -241,19 +241,30 @@ class DisparityObserver(_Hooked):
             tally.add("max_other_dom_norm", (k,), dom_norm[others].amax())
         tally.add("other_dom_hist", (k,), self._histogram(dom[others]))
         tally.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
-        rel = batch.relative()
-        paper = massive_mask(residual, self.massive_abs, self.massive_rel)
-        for prefix, mask in (("massive", paper), ("dominant", dominant_mask(residual, dom, others, self.contrast))):
-            mask = mask & batch.valid[..., None]  # (B, T, D)
-            tally.add(f"{prefix}_sink", (k,), mask[rows, batch.first].double().sum(0))
-            tally.add(f"{prefix}_other", (k,), mask[others].sum(0).double())
-            tally.add(f"{prefix}_by_position", (k,),
-                      scatter_by_position(mask.any(-1).double(), rel, batch.valid, self.max_len))
+        first = torch.zeros_like(batch.valid)
+        first[rows, batch.first] = True  # (B, T)
+        paper = massive_rows(residual, self.massive_abs, self.massive_rel)
+        for prefix, (chosen, chosen_mask) in (("massive", paper),
+                                              ("dominant", dominant_rows(residual, dom, others, self.contrast))):
+            self._add_rows(k, prefix, chosen, chosen_mask, first, others)
         sink = _sink_rows(residual, batch).float()
         tally.add("max_sink_abs", (k,), sink.abs().amax(0))
         tally.add("sink_normed_sum", (k,), _sink_rows(normed, batch).double().sum(0))
         if self.with_rank:
             tally.add("erank_sum", (k,), effective_rank_sum(residual, batch.valid, RANK_TOKENS))
+
+    def _add_rows(self, k: int, prefix: str, chosen: torch.Tensor, chosen_mask: torch.Tensor, first: torch.Tensor,
+                  others: torch.Tensor) -> None:
+        """Tally a mask given on its chosen tokens only (chosen (B, T), chosen_mask (N, D)): few rows, no B x T x D."""
+        batch, tally = self.batch, self.tally
+        real = batch.valid[chosen]
+        chosen, chosen_mask = chosen & batch.valid, chosen_mask[real]
+        tally.add(f"{prefix}_sink", (k,), chosen_mask[first[chosen]].double().sum(0))
+        tally.add(f"{prefix}_other", (k,), chosen_mask[others[chosen]].double().sum(0))
+        holds = torch.zeros_like(chosen)
+        holds[chosen] = chosen_mask.any(-1)
+        tally.add(f"{prefix}_by_position", (k,),
+                  scatter_by_position(holds.double(), batch.relative(), batch.valid, self.max_len))
 
     def _histogram(self, values: torch.Tensor) -> torch.Tensor:
         edges = self.edges.to(values.device)
@@ -287,10 +298,12 @@ class QueryObserver:
         mask = batch.valid & (rel != 0) & sees_sink  # real queries that see the sink and another key
         q = call.query.float()
         sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
-        qm = (q * mask[:, None, :, None]).double().transpose(0, 1).reshape(H, B * T, -1)  # (H, B*T, Dh)
+        qm = q * mask[:, None, :, None]  # (B, H, T, Dh), zero at the queries not counted
         tally.add("q_count", (layer,), mask.sum().double())
-        tally.add("q_sum", (layer,), qm.sum(1))
-        tally.add("q_outer_sum", (layer,), qm.mT @ qm)  # (H, Dh, Dh): one batched product
+        tally.add("q_sum", (layer,), qm.sum((0, 2)).double())
+        # float32 products summed per batch (1e-6 relative), into float64 tallies: a float64 copy of the
+        # queries cost more than the product itself
+        tally.add("q_outer_sum", (layer,), (qm.mT @ qm).sum(0).double())  # (H, Dh, Dh)
         tally.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
         tally.add("sink_key_sum", (layer,), sink_key.double().sum(0))
         tally.add("sequences", (layer,), torch.tensor(float(B)))

@@ -30,13 +30,22 @@ def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
 
     hidden: (..., D) -> bool (..., D); the median is over each token's own D dims.
     """
+    return dense_mask(*massive_rows(hidden, abs_threshold, rel_threshold), hidden.shape[-1])
+
+
+def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`massive_mask` on the tokens that can hold one: (rows (...) bool, their mask (N, D) bool).
+
+    Only tokens past the absolute bar can, so only their medians are taken: a sort per candidate, not
+    per token, and no (..., D) mask for the few tokens that matter.
+    """
     mags = hidden.float().abs()
-    mask = mags > abs_threshold
-    rows = mask.any(-1)  # only tokens past the absolute bar need their median: a sort per candidate, not per token
-    if bool(rows.any()):
-        candidates = mags[rows]
-        mask[rows] &= candidates > rel_threshold * candidates.median(-1, keepdim=True).values
-    return mask
+    rows = mags.amax(-1) > abs_threshold
+    candidates = mags[rows]  # (N, D)
+    if not len(candidates):
+        return rows, candidates.bool()
+    median = candidates.median(-1, keepdim=True).values
+    return rows, (candidates > abs_threshold) & (candidates > rel_threshold * median)
 
 
 def dominant_mask(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tensor, contrast: float) -> torch.Tensor:
@@ -48,11 +57,29 @@ def dominant_mask(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tens
     |h_d| / mean_j |h_j| >= contrast x median_{t in reference} DomRatio(h_t); all False for a sequence
     with no reference token.
     """
-    mags = hidden.float().abs()
-    mean = mags.mean(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (B, T, 1)
+    return dense_mask(*dominant_rows(hidden, dom, reference, contrast), hidden.shape[-1])
+
+
+def dominant_rows(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tensor,
+                  contrast: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dominant_mask` on the tokens that can pass: (rows (B, T) bool, their mask (N, D) bool).
+
+    max_d |h_d| / mean_j |h_j| is the token's DomRatio, so only tokens whose DomRatio reaches the
+    level can hold a dominant dim.
+    """
     median = dom.float().masked_fill(~reference, torch.nan).nanmedian(-1).values  # (B,)
-    level = torch.nan_to_num(contrast * median, nan=torch.inf)[:, None, None]
-    return mags / mean >= level
+    level = torch.nan_to_num(contrast * median, nan=torch.inf)[:, None].expand_as(dom)  # (B, T)
+    rows = dom >= level
+    mags = hidden[rows].float().abs()  # (N, D)
+    mean = mags.mean(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return rows, mags / mean >= level[rows][:, None]
+
+
+def dense_mask(rows: torch.Tensor, row_mask: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., width) bool from a row selector (...) and the mask of the selected rows (N, width)."""
+    mask = torch.zeros(*rows.shape, width, dtype=torch.bool, device=rows.device)
+    mask[rows] = row_mask
+    return mask
 
 
 def log_bins(top: float, n_bins: int) -> torch.Tensor:

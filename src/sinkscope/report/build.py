@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SinkscopeError
-from ..results import atomic_write_bytes
+from ..files import atomic_write_bytes
 from . import figures_chain as chain_fig
 from . import figures_effects as effect_fig
 from . import figures_episodes as episode_fig

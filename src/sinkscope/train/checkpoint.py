@@ -9,7 +9,6 @@ position is the step itself: batches are a pure function of (data seed, step), s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import SinkscopeError
+from ..files import file_digest
 from ..results import SCHEMA_VERSION, read_json, write_json
 
 KEEP_GOOD = 2  # whole checkpoints kept; older ones (and torn ones) are deleted once a newer one is complete
@@ -52,14 +52,6 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> di
     return tensors
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -79,7 +71,7 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, state: di
         os.kill(os.getpid(), signal.SIGKILL)
     save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": file_digest(f, cached=False)} for f in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "step": step, "files": files}, indent=1))
     for file in tmp.iterdir():
         _fsync(file)
@@ -125,7 +117,7 @@ def verify_checkpoint(folder: Path, checksums: bool = True) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{name} has {size} of {expected['bytes']} bytes"
-        if checksums and _sha256(path) != expected["sha256"]:
+        if checksums and file_digest(path, cached=False) != expected["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
