@@ -100,25 +100,39 @@ def readable_schema(version, kind: str | None) -> bool:
 def write_parquet(path: str | Path, columns: dict) -> Path:
     """Write a table (column name -> values) as Parquet, atomically.
 
-    A column is a 1-D numpy array (what :func:`sinkscope.tables.long_table` builds), handed to Arrow as
-    one buffer, or a list of plain values. Either way floats are written as double and integers as int64,
-    and a NaN float is written as null: the same file, whichever form the column came in.
+    A column is a 1-D numpy array (what :func:`sinkscope.tables.long_table` builds) or a list of plain
+    values. Floats are written as double and integers as int64, and a NaN float is written as null: the
+    same file, whichever form the column came in. Numeric columns are handed to Arrow as buffers:
+    ``pa.array`` would import pandas (half a second) only to ask whether the values are a pandas series.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def numeric(values) -> np.ndarray | None:
+        """The column as a float64 or int64 array (None -> NaN), or None for any other kind of values."""
+        if isinstance(values, np.ndarray):
+            return values if values.dtype.kind in "fiu" else None
+        plain = to_jsonable(values)
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in plain):
+            return None
+        if all(isinstance(v, int) for v in plain):
+            return np.array(plain, dtype=np.int64)
+        return np.array([np.nan if v is None else v for v in plain], dtype=np.float64)
+
     def column(values):
-        if not isinstance(values, np.ndarray):
+        array = numeric(values)
+        if array is None:
             return pa.array(to_jsonable(values))
-        if values.dtype.kind == "f":
-            values = values.astype(np.float64, copy=False)
-            missing = np.isnan(values)
-            return pa.array(values, mask=missing if missing.any() else None)
-        return pa.array(values.astype(np.int64, copy=False) if values.dtype.kind in "iu" else values)
+        if array.dtype.kind in "iu":
+            return pa.Array.from_buffers(pa.int64(), len(array), [None, pa.py_buffer(array.astype(np.int64))])
+        array = np.ascontiguousarray(array, dtype=np.float64)
+        missing = np.isnan(array)
+        valid = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+        return pa.Array.from_buffers(pa.float64(), len(array), [valid, pa.py_buffer(array)], null_count=int(missing.sum()))
 
     path = Path(path)
-    table = pa.table({name: column(values) for name, values in columns.items()})
+    table = pa.Table.from_arrays([column(values) for values in columns.values()], names=list(columns))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

@@ -64,6 +64,31 @@ def test_kendall_tau_matches_pair_count_and_drops_nan():
     assert kendall_tau(torch.tensor(x2), torch.tensor(y2))[0] == pytest.approx(tau, abs=1e-12)
 
 
+def _kendall_cases():
+    rng = np.random.default_rng(3)
+    for n in (3, 4, 7, 20, 33, 34, 60, 257, 2000):
+        x, y = rng.normal(size=(2, n))
+        yield f"n{n}", x, y  # n <= 33 untied: the exact null distribution
+        yield f"n{n}-ties", rng.integers(0, 4, n).astype(float), rng.integers(0, 5, n).astype(float)
+        yield f"n{n}-close", x, x + 0.01 * y
+    ordered = np.arange(40.0)
+    yield "n40-one-discordant", ordered, np.r_[1.0, 0.0, ordered[2:]]  # min(dis, con) <= 1 beyond n = 33
+    yield "n40-reversed", ordered, -ordered
+    yield "n4-half", np.array([0.0, 1, 2, 3]), np.array([1.0, 0, 3, 2])  # 4c = n(n-1): p = 1
+    yield "constant", np.ones(10), rng.normal(size=10)
+
+
+@pytest.mark.parametrize("name,x,y", list(_kendall_cases()), ids=[c[0] for c in _kendall_cases()])
+def test_kendall_tau_and_p_match_scipy_on_every_branch(name, x, y):
+    """Our Kendall (no scipy import at probe time) gives scipy's tau-b and p-value: exact and asymptotic,
+    with and without ties, and NaN for a constant series."""
+    from scipy.stats import kendalltau
+
+    want = kendalltau(x, y)
+    tau, p = kendall_tau(torch.tensor(x), torch.tensor(y))
+    np.testing.assert_allclose([tau, p], [want.statistic, want.pvalue], rtol=1e-9, atol=0, equal_nan=True)
+
+
 def test_fit_inverse_sqrt_recovers_exact_curve_and_matches_lstsq():
     t = np.arange(32)
     exact = fit_inverse_sqrt(torch.tensor(2.5 / np.sqrt(t + 1)))
