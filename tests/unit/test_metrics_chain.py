@@ -263,3 +263,29 @@ def test_add_rows_by_position_matches_a_loop_over_tokens(tracked):
     torch.testing.assert_close(total, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(total_sq, want_sq, rtol=0, atol=1e-12)
     assert count.tolist() == want_count.tolist()
+
+
+@pytest.mark.parametrize("width", [5, 6, 64, 577])
+def test_massive_and_dominant_masks_match_their_definitions_at_the_boundaries(width):
+    """The masks compute medians only on rows that can pass; they must equal the row-by-row definitions,
+    also for values planted a hair either side of 100 and of 1000 x the row's median."""
+    from sinkscope.metrics.disparity import dominant_mask
+
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(3, 40, width, generator=g) * torch.rand(1, 1, width, generator=g) * 10
+    hair = 1 + (torch.rand(3, 40, 1, generator=g) - 0.5) * 1e-6
+    x[..., :2] = 150.0  # above every median, so the median below is the one the plants end up with
+    median = x.abs().median(-1, keepdim=True).values
+    x[..., :1] = torch.where(torch.rand(3, 40, 1, generator=g) < 0.5, 1000 * median * hair, 150.0)
+    x[..., 1:2] = 100.0 * hair
+    mags = x.abs()
+    want = (mags > 100.0) & (mags > 1000.0 * mags.median(-1, keepdim=True).values)
+    assert want.any() and torch.equal(massive_mask(x, 100.0, 1000.0), want)
+    y = torch.randn(3, 40, width, generator=g)
+    y[:, :3, 0] = 30.0  # the first tokens, and two others, dominated by dim 0
+    dom = dominance_ratio(y)
+    others = torch.ones(3, 40, dtype=torch.bool)
+    others[:, 0] = False
+    level = 1.1 * dom.masked_fill(~others, torch.nan).nanmedian(-1).values  # (B,)
+    want = y.abs() / y.abs().mean(-1, keepdim=True) >= level[:, None, None]
+    assert want.any() and torch.equal(dominant_mask(y, dom, others, 1.1), want)

@@ -40,7 +40,13 @@ def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
     per token, and no (..., D) mask for the few tokens that matter.
     """
     mags = hidden.float().abs()
-    rows = mags.amax(-1) > abs_threshold
+    peak = mags.amax(-1)
+    rows = peak > abs_threshold
+    # A value beats rel x the median only if the median is below peak / rel, that is if more than half of the
+    # row lies below it (the margin keeps this test on the safe side of rounding): most rows past the bar
+    # fail that count and need no median.
+    below = (mags[rows] < (peak[rows] / rel_threshold * (1 + 1e-5))[:, None]).sum(-1)
+    rows[rows.clone()] = below > (hidden.shape[-1] - 1) // 2
     candidates = mags[rows]  # (N, D)
     if not len(candidates):
         return rows, candidates.bool()
