@@ -37,8 +37,9 @@ def test_std_across_samples_per_position_and_head():
     total, total_sq, count = x.sum(0), (x ** 2).sum(0), torch.full((6,), 40.0)
     ref = x.numpy().std(0)  # (T, D)
     np.testing.assert_allclose(std_across_samples(total, total_sq, count).numpy(), ref.mean(-1), rtol=1e-9)
-    heads = std_across_samples(total, total_sq, count, n_heads=2)  # (H, T)
+    both, heads = std_across_samples(total, total_sq, count, n_heads=2)  # (T,), (H, T)
     np.testing.assert_allclose(heads.numpy(), ref.reshape(6, 2, 4).mean(-1).T, rtol=1e-9)
+    np.testing.assert_allclose(both.numpy(), ref.mean(-1), rtol=1e-9)
 
 
 def test_std_across_dims_matches_numpy():

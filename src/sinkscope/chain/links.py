@@ -56,8 +56,8 @@ def reduce_variance(values: ValueOutputObserver, keys) -> tuple[dict, dict]:
     Tv, H = values.tracked, values.n_heads
     count = tally["count"]
     seen = count.where(count > 0, torch.nan)
-    samples_in = std_across_samples(tally["in_sum"], tally["in_sumsq"], count[:, :Tv])  # (L, Tv)
-    samples_heads = std_across_samples(tally["in_sum"], tally["in_sumsq"], count[:, :Tv], H)  # (L, H, Tv)
+    # (L, Tv) and (L, H, Tv)
+    samples_in, samples_heads = std_across_samples(tally["in_sum"], tally["in_sumsq"], count[:, :Tv], H)
     samples_out = std_across_samples(tally["out_sum"], tally["out_sumsq"], count[:, :Tv])
     dims_in, dims_out = tally["in_dim_std_sum"] / seen, tally["out_dim_std_sum"] / seen  # (L, T)
     dims_heads = tally["in_head_dim_std_sum"] / seen[:, None]  # (L, H, T)

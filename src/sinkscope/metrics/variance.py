@@ -38,17 +38,18 @@ def std_across_dims_and_heads(x: torch.Tensor, n_heads: int) -> tuple[torch.Tens
 
 
 def std_across_samples(total: torch.Tensor, total_sq: torch.Tensor, count: torch.Tensor,
-                       n_heads: int | None = None) -> torch.Tensor:
+                       n_heads: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per position, the std over samples of every dim, then the mean over dims.
 
     total, total_sq: (..., T, D) sums over samples of x and x^2 (float64); count: (..., T).
-    Returns (..., T), or (..., H, T) with ``n_heads`` (mean over each head's dims). NaN where unseen.
+    Returns (..., T); with ``n_heads``, also the mean over each head's dims (..., H, T), from the same
+    per-dim std. NaN where unseen.
     """
     std = std_from_sums(total, total_sq, count[..., None])  # (..., T, D)
     if n_heads is None:
         return std.mean(-1)
-    std = std.reshape(*std.shape[:-1], n_heads, std.shape[-1] // n_heads).mean(-1)  # (..., T, H)
-    return std.transpose(-1, -2)
+    heads = std.reshape(*std.shape[:-1], n_heads, std.shape[-1] // n_heads).mean(-1)  # (..., T, H)
+    return heads.mean(-1), heads.transpose(-1, -2)
 
 
 def effective_tokens(probs: torch.Tensor) -> torch.Tensor:
