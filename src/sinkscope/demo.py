@@ -93,7 +93,7 @@ class Steps:
     def __init__(self, total: int, quiet: bool):
         self.quiet = quiet
         self.progress = None
-        self.timings: list[tuple[str, float]] = []  # (step, seconds), for docs/benchmarks.md
+        self.timings: list[tuple[str, float]] = []  # (step, wall seconds), printed after the summary
         if not quiet:
             from rich.progress import (
                 BarColumn,
@@ -326,7 +326,7 @@ def run_loaded(loaded, label: str, out: Path, config: DemoConfig, steps: Steps, 
         try:
             results.ablate = steps.run(f"{label}: ablate --neurons auto", intervene, model, "ablate",
                                        InterveneConfig(**base, neurons="auto"), tokenizer=tokenizer,
-                                       out=folder / "ablate")
+                                       out=folder / "ablate", probe=natural)  # its chain: no second probe
         except SinkscopeError as err:  # no writer to ablate: the other steps still tell their part of the story
             results.note = str(err)
     elif neurons:
