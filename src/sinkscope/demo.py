@@ -272,7 +272,8 @@ def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
     cut = windows(stream, config.seq_len, prefix, suffix, full_only=True)
     if not cut:
         raise SinkscopeError(f"the natural text has fewer than {body} tokens; lower --seq-len or pass a longer --data")
-    path = folder / "natural-text.jsonl"
+    # named for its source, so the page's data column says what the windows were cut from
+    path = folder / f"{Path(config.data).stem if config.data else 'embedded-prompts'}-windows.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in cut[: config.samples]))
     return str(path)

@@ -13,8 +13,8 @@ def isolate_verdict(position: int, layer: int, before: float, after: float) -> s
     if word == UNCHANGED:
         return (f"isolating token {position} left its sink score unchanged: {before:.3f} -> {after:.3f} at layer "
                 f"{layer}, where the after / before ratio is largest")
-    return f"isolating token {position} {word} its sink score {fold(before, after)} at layer {layer} " \
-           f"({before:.3f} -> {after:.3f})"
+    return (f"isolating token {position} {word} its sink score at layer {layer} from {before:.3f} to {after:.3f} "
+            f"({fold(before, after)})")
 
 
 def amplify_verdict(body: dict, position: int) -> str:

@@ -48,11 +48,8 @@ def against(scores: list[float], rising: bool = True) -> list[int]:
 
 
 def fold(before: float, after: float) -> str:
-    """How many times larger the larger of the two is ('21.5x'), for a verb that gives the direction."""
-    low, high = sorted((abs(before), abs(after)))
-    if low == 0:
-        return "from zero" if before == 0 else "to zero"
-    return f"{high / low:.1f}x"
+    """The value after over the value before, '21.5x' (a rise) or '0.3x' (a fall), as the report cites ``gain``."""
+    return f"{after / before:.1f}x" if before else "from zero"
 
 
 def dose_shape(scores: list[float], cis: list | None, lambdas: list[float], number=None, arrow: str = "→") -> str:

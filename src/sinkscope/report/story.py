@@ -181,10 +181,10 @@ def isolate_sentence(i: Source) -> str:
     head = f"Isolating token {i.num(('position',), 'd')} (it attends only to itself)"
     if word == UNCHANGED:
         return (f"{head} left its sink score unchanged: {numbers} at layer {i.num(('max_gain_layer',), 'd')}, "
-                f"read where the change is largest.")
+                f"read where the change is largest, on {data_words(i.payload)}.")
     gain = f" ({i.num(('max_gain',), '.1f')}x)" if i.get("max_gain") is not None else ""
     return (f"{head} {word} its sink score at layer {i.num(('max_gain_layer',), 'd')} (read where the change is "
-            f"largest): {numbers}{gain}.")
+            f"largest): {numbers}{gain}, on {data_words(i.payload)}.")
 
 
 def amplify_sentence(a: Source) -> str:
@@ -207,7 +207,7 @@ def amplify_sentence(a: Source) -> str:
         text += f"{word} its sink score at layer {a.num(('observe',), 'd')} ({reason}): {numbers}{gain}, {shape}"
     if a.get("control_sink_score"):
         text += f"; the norm-only control reached {a.num(('control_sink_score', last), '.3f')}"
-    return text + "."
+    return text + f", on {data_words(a.payload)}."
 
 
 def _policy_words(name: str, discovered: str) -> str:
