@@ -4,7 +4,7 @@ dose-response names its dips."""
 
 from __future__ import annotations
 
-from .words import UNCHANGED, change, dose_shape, fold
+from .words import NOT_RESOLVED, UNCHANGED, change, dose_shape, fold, resolved
 
 
 def isolate_verdict(position: int, layer: int, before: float, after: float) -> str:
@@ -25,5 +25,6 @@ def amplify_verdict(body: dict, position: int) -> str:
     word = change(scores[0], scores[-1], cis[-1])
     if word == UNCHANGED:
         return f"{head} left its sink score at layer {body['observe']} unchanged ({scores[0]:.3f} -> {scores[-1]:.3f})"
+    note = "" if resolved(scores[0], cis[-1]) else f"; {NOT_RESOLVED}"
     return (f"{head} {word} its sink score at layer {body['observe']} from {scores[0]:.3f} to {scores[-1]:.3f} "
-            f"({fold(scores[0], scores[-1])}), {dose_shape(scores, cis, lambdas, arrow='->')}")
+            f"({fold(scores[0], scores[-1])}{note}), {dose_shape(scores, cis, lambdas, arrow='->')}")

@@ -1,8 +1,9 @@
 """Plain verdict words, one rule everywhere: intervene.json's verdicts, the report's story and the demo's summary
 judge a change and a dose-response with these functions, so that the three never disagree.
 
-- A change within its uncertainty is no change: within the CI of the value after, where the file records one;
-  else a move under ``NO_CHANGE_ABS`` of the attention, or under ``NO_CHANGE_REL`` of the value before.
+- A move under ``NO_CHANGE_ABS`` of the attention, or under ``NO_CHANGE_REL`` of the value before, is no change,
+  unless the file records a CI of the value after that excludes the value before. A larger move whose CI
+  holds the value before is a change that is said to be not resolved, never called "unchanged".
 - A dose-response is monotone when no step goes against its overall direction by more than the CIs allow;
   where one does, the steps against the direction are named (a dip in a rise), never hidden behind "not monotone".
 """
@@ -15,18 +16,32 @@ UNCHANGED, RAISED, LOWERED = "left unchanged", "raised", "lowered"
 
 
 def change(before: float, after: float, ci: tuple | list | None = None) -> str:
-    """RAISED, LOWERED or UNCHANGED: ``before`` inside ``ci`` (the interval of ``after``), or without a CI a
-    move inside the NO_CHANGE bands, is no change.
+    """RAISED, LOWERED or UNCHANGED. A move outside ``ci`` (the interval of ``after``) is a change, however small;
+    otherwise a move inside the NO_CHANGE bands is no change. A larger move whose CI still holds the value
+    before is a change that is not resolved: :func:`resolved` says so, and the sentence must too.
 
-    >>> change(0.020, 0.0201), change(0.004, 0.352), change(0.5, 0.45, [0.4, 0.51])
-    ('left unchanged', 'raised', 'left unchanged')
+    >>> change(0.020, 0.0201), change(0.004, 0.352), change(0.5, 0.45, [0.4, 0.51]), change(35, 123, [20, 400])
+    ('left unchanged', 'raised', 'left unchanged', 'raised')
     """
-    if ci is not None and ci[0] is not None and ci[1] is not None:
-        if ci[0] <= before <= ci[1]:
+    if resolved(before, ci) or (abs(after - before) >= NO_CHANGE_ABS and
+                                abs(after - before) >= NO_CHANGE_REL * abs(before)):
+        if after == before:
             return UNCHANGED
-    elif abs(after - before) < NO_CHANGE_ABS or abs(after - before) < NO_CHANGE_REL * abs(before):
-        return UNCHANGED
-    return RAISED if after > before else LOWERED
+        return RAISED if after > before else LOWERED
+    return UNCHANGED
+
+
+def resolved(before: float, ci: tuple | list | None) -> bool:
+    """Whether a move is resolved: the value before lies outside the CI of the value after. Without a CI only
+    the NO_CHANGE bands judge (see :func:`change`), so this is False.
+
+    >>> resolved(35, [20, 400]), resolved(0.5, [0.1, 0.2]), resolved(0.5, None)
+    (False, True, False)
+    """
+    return ci is not None and ci[0] is not None and ci[1] is not None and not ci[0] <= before <= ci[1]
+
+
+NOT_RESOLVED = "not resolved: the value before lies within the 95 % CI of the value after"
 
 
 def monotone_within_ci(scores: list[float], cis: list | None, rising: bool = True) -> bool:

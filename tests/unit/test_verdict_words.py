@@ -8,7 +8,7 @@ import pytest
 
 from sinkscope.demo_summary import ModelResults, model_summary
 from sinkscope.intervene_words import amplify_verdict, isolate_verdict
-from sinkscope.words import LOWERED, RAISED, UNCHANGED, change, monotone_within_ci
+from sinkscope.words import LOWERED, RAISED, UNCHANGED, change, monotone_within_ci, resolved
 
 from test_report import amplify_payload, per_layer_payload, probe_payload
 
@@ -29,7 +29,8 @@ def _amplify(scores, cis=None, layers=(0, 1, 2), observe=3):
     (0.10, 0.125, None, RAISED),  # 0.025 and 25 %: a change
     (0.004, 0.352, None, RAISED),
     (0.30, 0.20, None, LOWERED),
-    (0.30, 0.25, [0.10, 0.40], UNCHANGED),  # the CI of the value after holds the value before
+    (0.30, 0.25, [0.10, 0.40], UNCHANGED),  # inside the bands, and the CI of the value after holds the value before
+    (34.92, 122.76, [20.0, 700.0], RAISED),  # 3.5x on 4 sequences: a change, not resolved, never "unchanged"
     (0.30, 0.29, [0.289, 0.291], LOWERED),  # a tight CI: a small move is a change
 ])
 def test_change_reads_no_change_inside_its_band_or_ci(before, after, ci, word):
@@ -68,6 +69,15 @@ def test_a_fall_is_lowered_and_its_rebounds_beyond_the_ci_are_named():
     cis = [[0.006, 0.049], [0.010, 0.064], [0.029, 0.149], [-0.005, 0.087], [0.001, 0.013], [-0.002, 0.018]]
     assert amplify_verdict(_amplify(scores, cis), 9).endswith(
         "lowered its sink score at layer 3 from 0.028 to 0.008 (0.3x), monotone within its CI")
+
+
+def test_a_large_move_inside_its_ci_is_a_change_said_to_be_unresolved():
+    scores = [0.017, 0.030, 0.070]  # 4 sequences: the CI of the last holds the first
+    cis = [[0.0, 0.04], [0.0, 0.07], [0.0, 0.15]]
+    assert not resolved(0.017, cis[-1]) and resolved(0.017, [0.05, 0.09])
+    assert amplify_verdict(_amplify(scores, cis), 9).endswith(
+        "raised its sink score at layer 3 from 0.017 to 0.070 (4.1x; not resolved: the value before lies within "
+        "the 95 % CI of the value after), monotone within its CI")
 
 
 def test_a_flat_dose_response_is_no_change():

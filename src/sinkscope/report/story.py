@@ -13,7 +13,7 @@ import html
 import re
 from pathlib import Path
 
-from ..words import UNCHANGED, change, dose_shape, fold
+from ..words import NOT_RESOLVED, UNCHANGED, change, dose_shape, resolved
 from .cite import Source, fmt
 
 EPISODES_TOLD = 2  # the headline names the first episodes; the chain figure draws every one
@@ -127,9 +127,11 @@ def _perplexity_words(a: Source) -> str:
     if not (a.get("perplexity_before") and a.get("perplexity_after")):
         return ""
     b_ppl, a_ppl = a.get("perplexity_before", "perplexity"), a.get("perplexity_after", "perplexity")
-    word = change(b_ppl, a_ppl, a.get("perplexity_after", "ci"))
+    ci = a.get("perplexity_after", "ci")
+    word = change(b_ppl, a_ppl, ci)
+    note = f"; {NOT_RESOLVED}" if word != UNCHANGED and not resolved(b_ppl, ci) and ci else ""
     return (f"; it {'left perplexity unchanged' if word == UNCHANGED else word + ' perplexity'} "
-            f"({_arrow(a, ('perplexity_before', 'perplexity'), ('perplexity_after', 'perplexity'), '.2f')})")
+            f"({_arrow(a, ('perplexity_before', 'perplexity'), ('perplexity_after', 'perplexity'), '.2f')}{note})")
 
 
 def ablate_sentence(a: Source) -> str:
@@ -157,12 +159,15 @@ def ablate_sentence(a: Source) -> str:
     top = max(range(len(rows)), key=lambda k: rows[k].get("sink_score_before") or 0.0)
     before, after = rows[top]["sink_score_before"], rows[top]["sink_score_after"]
     ratio_before, ci = a.get("sink_before", "ratio", top), a.get("sink_after", "ratio_ci", top)
-    word = (change(ratio_before, a.get("sink_after", "ratio", top), ci) if ratio_before is not None and ci
-            else change(before, after))  # judged on the ratio's CI where the file has one
+    judged_on_ci = ratio_before is not None and bool(ci)  # the ratio's CI, where the file has one
+    word = change(ratio_before, a.get("sink_after", "ratio", top), ci) if judged_on_ci else change(before, after)
+    note = ("; not resolved: the x-uniform ratio before lies within the 95 % CI of the ratio after"
+            if judged_on_ci and word != UNCHANGED and not resolved(ratio_before, ci) else "")
     text = (f"Ablating {what or 'nothing'} "
             + _moved(word, f"the first token's sink score at layer {a.num(('per_layer', top, 'layer'), 'd')} (read "
                      "where it peaks before ablation)") + ": "
-            f"{_arrow(a, ('per_layer', top, 'sink_score_before'), ('per_layer', top, 'sink_score_after'), '.3f')}")
+            f"{_arrow(a, ('per_layer', top, 'sink_score_before'), ('per_layer', top, 'sink_score_after'), '.3f')}"
+            f"{note}")
     return text + _perplexity_words(a) + f", on {data_words(a.payload)}."
 
 
@@ -202,7 +207,8 @@ def amplify_sentence(a: Source) -> str:
     if word == UNCHANGED:
         text += f"left its sink score at layer {a.num(('observe',), 'd')} ({reason}) unchanged: {numbers}"
     else:
-        gain = f" ({a.num(('gain',), '.1f')}x)" if a.get("gain") is not None else ""
+        note = "" if not cis or resolved(scores[0], cis[-1]) else f"; {NOT_RESOLVED}"
+        gain = f" ({a.num(('gain',), '.1f')}x{note})" if a.get("gain") is not None else (f" ({note[2:]})" if note else "")
         shape = dose_shape(scores, cis or None, a.get("lambdas") or [], number=lambda k: a.num(("sink_score", k), ".3f"))
         text += f"{word} its sink score at layer {a.num(('observe',), 'd')} ({reason}): {numbers}{gain}, {shape}"
     if a.get("control_sink_score"):
