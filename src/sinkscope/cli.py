@@ -3,7 +3,8 @@
 Each subcommand is a :class:`~sinkscope.commands.Command`: a config dataclass, positional arguments and
 a function that takes the built config. A nested dataclass field contributes its own fields as flags (``--seq-len``,
 not ``--data.seq-len``). ``--config FILE.yaml`` supplies values; flags given on the command line win.
-Any :class:`SinkscopeError` prints one line and exits with code 2 (``--debug`` shows the traceback).
+Any :class:`SinkscopeError` prints one line and exits with code 2 (``--debug`` shows the traceback). A reader
+that stops reading (``sinkscope criteria | head``) ends the command quietly, with status 141 as Unix tools do.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -145,6 +147,19 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # a short output is still buffered when the command returns: it must meet the pipe here
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # stdout's reader is gone (`| head`): stop as Unix tools do on SIGPIPE. Point stdout at /dev/null, so
+        # that the interpreter's last flush of the unwritten rest cannot raise a second time at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     command: Command = args._command

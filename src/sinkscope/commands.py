@@ -241,7 +241,8 @@ def run_demo(args: argparse.Namespace, config) -> int:
     print(f"report: {result['report']}")
     for line in result["summary"]:
         print(line)
-    print(f"demo finished in {result['seconds']:.0f} s")
+    print(f"demo finished in {result['seconds']:.0f} s; per step: "
+          + "; ".join(f"{name} {seconds:.0f} s" for name, seconds in result["timings"]))
     return 0
 
 

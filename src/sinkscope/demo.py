@@ -93,7 +93,7 @@ class Steps:
     def __init__(self, total: int, quiet: bool):
         self.quiet = quiet
         self.progress = None
-        self.timings: list[tuple[str, float]] = []  # (step, seconds), for docs/benchmarks.md
+        self.timings: list[tuple[str, float]] = []  # (step, wall seconds), printed after the summary
         if not quiet:
             from rich.progress import (
                 BarColumn,
@@ -272,7 +272,8 @@ def natural_data(config: DemoConfig, loaded, folder: Path) -> str:
     cut = windows(stream, config.seq_len, prefix, suffix, full_only=True)
     if not cut:
         raise SinkscopeError(f"the natural text has fewer than {body} tokens; lower --seq-len or pass a longer --data")
-    path = folder / "natural-text.jsonl"
+    # named for its source, so the page's data column says what the windows were cut from
+    path = folder / f"{Path(config.data).stem if config.data else 'embedded-prompts'}-windows.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"input_ids": w}) + "\n" for w in cut[: config.samples]))
     return str(path)
@@ -326,7 +327,7 @@ def run_loaded(loaded, label: str, out: Path, config: DemoConfig, steps: Steps, 
         try:
             results.ablate = steps.run(f"{label}: ablate --neurons auto", intervene, model, "ablate",
                                        InterveneConfig(**base, neurons="auto"), tokenizer=tokenizer,
-                                       out=folder / "ablate")
+                                       out=folder / "ablate", probe=natural)  # its chain: no second probe
         except SinkscopeError as err:  # no writer to ablate: the other steps still tell their part of the story
             results.note = str(err)
     elif neurons:

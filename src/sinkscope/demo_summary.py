@@ -126,29 +126,45 @@ def _twin_line(models: list[ModelResults]) -> str:
 
 
 MAX_EPISODES = 3  # episodes named in a summary line; probe.json holds them all
-STREAM_BASELINE = "first-4"  # StreamingLLM's policy: the first four tokens kept beside the recent window
 
 
 def model_summary(main: ModelResults) -> list[str]:
     """The whole story on one model: sink and onset, the chain's episodes and links, what each intervention
-    did, and how much the model's perplexity under a KV budget depends on keeping its sinks."""
+    did, and how much the model's perplexity under a KV budget depends on keeping its sinks.
+
+    The sink, intervention and stream lines are the report's own headline sentences
+    (:mod:`sinkscope.report.story`) as plain text, so the summary and the page say the same."""
+    from pathlib import Path
+
+    from .report.cite import Source
+    from .report.story import amplify_sentence, ablate_sentence, isolate_sentence, plain, sink_sentence, stream_sentence
+
     p = main.natural
     chain = p.get("chain") or {}
     consistent = "consistent with the paper (neuron < disparity <= onset)" if chain.get("consistent") \
         else "not established"
+
+    def told(what: str, payload: dict | None, sentence) -> str:
+        if not payload:
+            return f"{what}: {'skipped, ' + main.note if what.startswith('ablate') and main.note else 'not run'}"
+        text = plain(sentence(Source(Path(what), payload)))
+        return f"{what}: {text[:1].upper()}{text[1:]}"
+
+    sink = plain(sink_sentence(Source(Path("probe"), p), Source(Path("probe-random"), main.random)))
+    rates = (f" Gu et al.'s sink rate: {_float(p.get('sink_rate')):.0f} % on natural text, "
+             f"{_float(main.random.get('sink_rate')):.0f} % on random tokens.")
     return [
         _header_line([main]),
-        _sink_line(main),
+        f"sink: {sink}{rates}",
         _episodes_line(chain),
+        f"chain: {consistent}",
         _variance_line(main),
         f"C2 super neuron(s): {_neurons_text(chain)}",
         _disparity_line(p),
-        f"chain: {consistent}",
-        _isolate_line(main, None),
-        f"amplify: {main.amplify['verdict']}" if main.amplify else "amplify: not run",
-        f"ablate (--neurons auto): {main.ablate['verdict']}" if main.ablate
-        else f"ablate: skipped, {main.note or 'not run'}",
-        _stream_line(main.stream),
+        told("isolate", main.isolate, isolate_sentence),
+        told("amplify", main.amplify, amplify_sentence),
+        told("ablate (--neurons auto)", main.ablate, ablate_sentence),
+        told("stream", main.stream, stream_sentence),
     ]
 
 
@@ -177,17 +193,3 @@ def _episodes_line(chain: dict) -> str:
                      + (" [onset]" if i == onset else ""))
     more = f" and {len(episodes) - MAX_EPISODES} more" if len(episodes) > MAX_EPISODES else ""
     return f"episodes: {'; '.join(parts)}{more}"
-
-
-def _stream_line(payload: dict | None) -> str:
-    """Perplexity under the KV budget per policy, and the StreamingLLM dependence: plain window / first 4 kept."""
-    if not payload:
-        return "stream: not run"
-    rows = {r["name"]: r for r in payload.get("policies") or [] if r.get("positions") == "original"}
-    shown = ", ".join(f"{name} {row['perplexity']:.2f}" for name, row in rows.items())
-    line = (f"stream (KV budget {payload['budget']} of {payload['data']['seq_len']} tokens): perplexity full "
-            f"{_float(payload.get('full_perplexity')):.2f}, {shown}")
-    if "window" in rows and STREAM_BASELINE in rows:
-        line += (f"; StreamingLLM dependence (window / {STREAM_BASELINE}): "
-                 f"{rows['window']['perplexity'] / rows[STREAM_BASELINE]['perplexity']:.2f}x")
-    return line

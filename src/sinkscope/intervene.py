@@ -28,6 +28,8 @@ from .results import SCHEMA_VERSION, provenance, write_json
 from .chain.verdict import part_name
 from .intervene_episode import ablate_sentence, episode_effect
 from .verdicts import reduce_sink
+from .intervene_words import amplify_verdict, isolate_verdict
+from .words import monotone_within_ci
 
 def _parse_pairs(text: str) -> tuple[tuple, ...]:
     """LAYER:INDEX (a dense FFN) or LAYER:EXPERT:INDEX (an expert; EXPERT may be "shared") items."""
@@ -60,14 +62,15 @@ class _Experiment:
         self.auto_probe: dict | None = None  # probe.json of the first --neurons/--dims auto
 
     def sweep(self, interventions=(), positions=(0,), per_sequence=False, nll=False, label="sweep",
-              collectors=()) -> dict:
-        """One pass; ``collectors`` (pre-hook owners with a ``batch``) gather their own tallies in it too."""
+              collectors=(), stop_after: int | None = None) -> dict:
+        """One pass; ``collectors`` (pre-hook owners with a ``batch``) gather their own tallies in it too;
+        ``stop_after``: the last layer read (the statistics of later layers are left empty)."""
         sink = SinkObserver(self.n_layers, self.n_heads, self.max_len, positions, per_sequence=per_sequence,
                             gu_eps=self.config.criteria.sink_rate_eps)
         hidden = HiddenObserver(self.n_layers, self.max_len, positions)
         base = Sweep(attention_observers=[sink], forward_hooks=hidden.hooks(self.model, self.adapter),
                      forward_pre_hooks=[h for c in collectors for h in c.hooks(self.model, self.adapter)],
-                     batch_listeners=[hidden, *collectors])
+                     batch_listeners=[hidden, *collectors], stop_after=stop_after)
         losses: list[torch.Tensor] = []
         if nll:
             base.on_logits = lambda batch, ids, logits: losses.append(sequence_nll(batch.valid, ids, logits))
@@ -120,8 +123,7 @@ def isolate(exp: _Experiment) -> dict:
     return exp.payload("isolate", {
         "layers": list(layers) if layers is not None else "all", "per_layer": per_layer,
         "max_gain_layer": best, "max_gain": gain,
-        "verdict": (f"isolating token {p} raised its sink score {gain:.1f}x at layer {best} "
-                    f"({target_b[best]:.3f} -> {target_a[best]:.3f})"),
+        "verdict": isolate_verdict(p, best, target_b[best].item(), target_a[best].item()),
     })
 
 
@@ -146,11 +148,12 @@ class _ValueMean:
 _VALUE_MEAN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(tokens, seed): mu}
 
 
-def value_mean(exp: _Experiment) -> torch.Tensor:
-    """mu: mean value-projection output over uniformly random tokens, per layer, cached per model and size."""
+def value_mean(exp: _Experiment, last: int | None = None) -> torch.Tensor:
+    """mu: mean value-projection output over uniformly random tokens, per layer up to ``last`` (the last layer
+    amplify edits; None: every layer), cached per model, size and last layer."""
     config = exp.config
     cache = _VALUE_MEAN_CACHE.setdefault(exp.model, {})
-    key = (config.value_mean_tokens, config.data.seed)
+    key = (config.value_mean_tokens, config.data.seed, last)
     if key in cache:
         return cache[key]
     length = min(exp.max_len, 64)
@@ -158,7 +161,8 @@ def value_mean(exp: _Experiment) -> torch.Tensor:
     generator = torch.Generator().manual_seed(config.data.seed + 1)
     seqs = torch.randint(0, exp.model.config.vocab_size, (n_seq, length), generator=generator).tolist()
     observer = _ValueMean(exp.n_layers)
-    run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, seqs, Sweep(attention_observers=[observer]),
+    run_sweep(exp.model, exp.adapter, exp.loaded.tokenizer, seqs,
+              Sweep(attention_observers=[observer], stop_after=last),
               batch_size=config.data.batch_size, query_chunk=config.query_chunk)
     cache[key] = observer.mean()
     return cache[key]
@@ -172,7 +176,7 @@ def amplify(exp: _Experiment) -> dict:
         raise SinkscopeError(f"--lambdas must all be positive, got {','.join(map(str, config.lambdas))}")
     if not 0 <= config.observe < exp.n_layers:
         raise SinkscopeError(f"--observe {config.observe} is out of range: this model has layers 0..{exp.n_layers - 1}")
-    mu = value_mean(exp)
+    mu = value_mean(exp, max(layers))
     p = config.position
     rows = {"amplify": [], "control": []}
     for lam in config.lambdas:
@@ -180,26 +184,20 @@ def amplify(exp: _Experiment) -> dict:
             if name == "control" and config.control == "none":
                 continue
             result = exp.sweep([Amplify(position=p, lam=lam, layers=layers, mean=mean)], positions=(0, p),
-                               per_sequence=True, label=f"{name} lambda={lam:g}")
-            per_seq = result["sink"].per_sequence_after()[:, config.observe, 1]  # (N,)
+                               per_sequence=True, label=f"{name} lambda={lam:g}", stop_after=config.observe)
+            per_seq = result["sink"].per_sequence_after(config.observe)[:, 1]  # (N,)
             score = result["sink"].score_after()[config.observe, :, 1].float().mean().item()
             rows[name].append((score, mean_with_ci(per_seq)[1]))
-    scores = [s for s, _ in rows["amplify"]]
-    monotone = all(b >= a - 1e-6 for a, b in zip(scores, scores[1:]))
+    scores, cis = [s for s, _ in rows["amplify"]], [ci for _, ci in rows["amplify"]]
     control = [s for s, _ in rows["control"]]
     body = {"layers": list(layers), "observe": config.observe, "lambdas": list(config.lambdas),
-            "sink_score": scores, "sink_score_ci": [ci for _, ci in rows["amplify"]],
+            "sink_score": scores, "sink_score_ci": cis, "gain": scores[-1] / max(scores[0], 1e-12),
             "control_sink_score": control or None, "control_sink_score_ci": [ci for _, ci in rows["control"]] or None,
-            "monotone": monotone}
+            "monotone": monotone_within_ci(scores, cis)}
     body["control_differs"] = (bool(rows["control"]) and rows["amplify"][-1][1][0] > rows["control"][-1][1][1])
-    gain = scores[-1] / max(scores[0], 1e-12)
-    body["verdict"] = (
-        f"amplifying token {p}'s variance (lambda {config.lambdas[0]:g} -> {config.lambdas[-1]:g}) moved its sink "
-        f"score at layer {config.observe} from {scores[0]:.3f} to {scores[-1]:.3f} ({gain:.1f}x), "
-        f"{'monotonically' if monotone else 'not monotonically'}"
-        + (f"; the norm-only control reached {control[-1]:.3f}, "
-           f"{'clearly below' if body['control_differs'] else 'not clearly below'} the amplified score"
-           if control else ""))
+    body["verdict"] = amplify_verdict(body, p) + (
+        f"; the norm-only control reached {control[-1]:.3f}, "
+        f"{'clearly below' if body['control_differs'] else 'not clearly below'} the amplified score" if control else "")
     return exp.payload("amplify", body)
 
 
@@ -235,6 +233,19 @@ def _episode_writers(exp: _Experiment) -> tuple[dict, tuple]:
         raise SinkscopeError(f"episode {index} (dim {episode['dim']}) was written by {carried}, not by neurons; "
                              "pass --neurons LAYER:INDEX or --dims with --neurons none")
     return {**episode, "index": index}, neurons
+
+
+def _same_sequences(exp: _Experiment, probe: dict) -> dict:
+    """``probe`` when it measured the experiment's data (file SHA-256, BOS, sequence and token counts), else an error."""
+    data = exp.config.data
+    ours = describe_data(data.data, random_tokens=data.random_tokens, bos=data.bos, seq_len=data.seq_len,
+                         sequences=exp.sequences)
+    theirs = probe.get("data") or {}
+    keys = ("sha256", "sequences", "tokens", "bos")
+    if [theirs.get(k) for k in keys] != [ours.get(k) for k in keys]:
+        raise SinkscopeError("the probe passed to intervene measured other sequences than the intervention's; "
+                             "leave probe= out to probe these")
+    return probe
 
 
 class _NeuronMeans:
@@ -346,17 +357,22 @@ EXPERIMENTS = {"isolate": isolate, "amplify": amplify, "ablate": ablate, "massiv
 
 
 def intervene(model, kind: str, config: InterveneConfig | None = None, *, data=None, tokenizer=None,
-              out: str | Path | None = None, progress: bool = False) -> dict:
+              out: str | Path | None = None, progress: bool = False, probe: dict | None = None) -> dict:
     """Run one intervention experiment and return the content of intervene.json.
 
     ``model`` is a loaded transformers model (left unchanged) or a hub id / folder / embedded name;
-    ``data`` is as for :func:`sinkscope.probe` (None: ``config.data`` decides).
+    ``data`` is as for :func:`sinkscope.probe` (None: ``config.data`` decides). ``probe``: a probe.json payload
+    (with the chain) measured on these same sequences with the same criteria, which ``--neurons/--dims auto``
+    then read instead of probing again (the demo passes the one it just ran).
     """
     config = config or InterveneConfig()
     if kind not in EXPERIMENTS:
         raise SinkscopeError(f"unknown intervention {kind!r}; choose one of {', '.join(EXPERIMENTS)}")
     loaded = prepare_model(model, tokenizer, config.load)
-    payload = EXPERIMENTS[kind](_Experiment(loaded, config, progress, data))
+    exp = _Experiment(loaded, config, progress, data)
+    if probe is not None:
+        exp.auto_probe = _same_sequences(exp, probe)
+    payload = EXPERIMENTS[kind](exp)
     if out is not None:
         write_json(Path(out) / "intervene.json", payload)
     return payload

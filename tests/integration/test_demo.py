@@ -74,8 +74,9 @@ def test_demo_runs_on_natural_text_without_a_twin_and_isolates_on_the_structural
     assert isolate["provenance"]["model"] == DEFAULT_STRUCTURAL
     assert f'id="fig-isolate--{DEFAULT_STRUCTURAL}"' in (out / "report.html").read_text()
     payload = json.loads((out / "tiny" / "probe" / "probe.json").read_text())
-    assert payload["data"]["source"].endswith("natural-text.jsonl")  # the embedded prompts, cut to full windows
-    windows = [json.loads(line)["input_ids"] for line in (out / "tiny" / "natural-text.jsonl").read_text().splitlines()]
+    assert payload["data"]["source"].endswith("embedded-prompts-windows.jsonl")  # the prompts, cut to full windows
+    windows = [json.loads(line)["input_ids"]
+               for line in (out / "tiny" / "embedded-prompts-windows.jsonl").read_text().splitlines()]
     assert len(windows) == 4 and all(len(w) == 16 for w in windows)
     assert json.loads((out / "tiny" / "probe-random" / "probe.json").read_text())["data"]["source"] == "random-tokens"
 

@@ -197,8 +197,9 @@ def test_amplify_scores_intervals_and_decisions_match_a_hand_edited_eager_model(
     for name, score_key in (("amplify", "sink_score"), ("control", "control_sink_score")):
         np.testing.assert_allclose(result[score_key], [s for s, _ in want[name]], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(result[f"{score_key}_ci"], [ci for _, ci in want[name]], rtol=1e-5, atol=1e-7)
-    scores = [s for s, _ in want["amplify"]]
-    assert result["monotone"] == all(b >= a - 1e-6 for a, b in zip(scores, scores[1:]))
+    cis = [ci for _, ci in want["amplify"]]  # monotone: no later interval wholly below an earlier one
+    assert result["monotone"] == all(cis[j][1] >= cis[i][0] for i in range(len(cis)) for j in range(i + 1, len(cis)))
+    assert result["gain"] == pytest.approx(want["amplify"][-1][0] / want["amplify"][0][0], rel=1e-5)
     assert result["control_differs"] is bool(want["amplify"][-1][1][0] > want["control"][-1][1][1])
     assert result["control_differs"] is differs  # each side of the rule is exercised by one case
 

@@ -5,8 +5,9 @@ its result file's field.
 Needs Debian's ``chromium`` (``apt-get install -y chromium``, which .ci/run does); skipped without it,
 except under CI (``CI`` set), where a missing browser fails the test. The screenshots are kept as artefacts:
 ``$SINKSCOPE_ARTIFACTS/browser-demo/report_screenshot.png`` and ``.../browser-real/report_screenshot.png``
-(a temporary folder when the variable is unset). The real model is ``$SINKSCOPE_REAL_MODEL`` (a model folder),
-by default ``/work/smollm2-hf``; without one that test is skipped, saying so.
+(a temporary folder when the variable is unset). The real model is SmolLM2-135M-Instruct's GGUF file (the
+``smollm2_gguf`` fixture: missing, the test skips, and fails under CI), run by the separate commands a user
+would type, each on a few short sequences so the slow tier stays reasonable.
 """
 
 from __future__ import annotations
@@ -134,13 +135,12 @@ def demo_report(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_report(tmp_path_factory) -> Path:
-    """A real pretrained model's report: probe (natural and random tokens), ablate, isolate, amplify and stream."""
+def real_report(tmp_path_factory, smollm2_gguf) -> Path:
+    """A real pretrained model's report: probe (natural and random tokens), ablate, isolate, amplify and stream, each
+    written by its own command into its own folder, grouped by the report under the one model."""
     from sinkscope.cli import main
 
-    model = os.environ.get("SINKSCOPE_REAL_MODEL") or "/work/smollm2-hf"
-    if not Path(model).is_dir():
-        pytest.skip(f"no real model folder at {model}; set SINKSCOPE_REAL_MODEL to a save_pretrained folder")
+    model = str(smollm2_gguf)
     root = Path(os.environ.get("SINKSCOPE_ARTIFACTS") or tmp_path_factory.mktemp("artifacts")) / "browser-real"
     if root.exists():
         shutil.rmtree(root)
@@ -149,7 +149,7 @@ def real_report(tmp_path_factory) -> Path:
             "ablate": ["intervene", model, "ablate", "--samples", "4"],
             "isolate": ["intervene", model, "isolate", "--samples", "4"],
             "amplify": ["intervene", model, "amplify", "--samples", "4", "--lambdas", "1,5,20"],
-            "stream": ["stream", model, "--samples", "2"]}
+            "stream": ["stream", model, "--samples", "2", "--seq-len", "128", "--budget", "16", "--calibration", "2"]}
     for name, args in runs.items():
         assert main([*args, "--out", str(root / "runs" / name)]) == 0, args
     from sinkscope.report import build_report

@@ -40,6 +40,14 @@ def test_the_budgets_fit_eight_minutes_on_a_gpu():
     assert h200 <= gpu_check.TOTAL_BUDGET_S == 8 * 60
 
 
+def test_importing_it_leaves_the_process_s_signal_handlers_alone():
+    """The SIGTERM handler belongs to the command (main), not to whoever imports the module (this test file)."""
+    done = subprocess.run([sys.executable, "-c", "import signal, sys; sys.path.insert(0, sys.argv[1]); "
+                           "import gpu_check; print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)",
+                           str(BENCHMARKS)], capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    assert done.stdout.strip() == "True", done.stderr
+
+
 def test_smoke_runs_every_part_on_the_cpu(tmp_path):
     done, report, page = _check(tmp_path, "--smoke")  # ~40 s on two quiet cores: its time is not asserted here,
     assert done.returncode == 0, done.stdout + done.stderr  # where other work may share the machine

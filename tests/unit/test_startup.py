@@ -138,3 +138,19 @@ def test_commands_does_not_import_cli_and_model_files_import_no_sinkscope():
     for name in ("model.py", "configuration_sinkscope.py"):
         imported = _imports(package / "train" / name)
         assert all(m in (".configuration_sinkscope",) or not m.startswith((".", "sinkscope")) for m in imported), name
+
+
+@pytest.mark.parametrize("argv", [["criteria"], ["--help"], ["probe", "--help"]], ids=" ".join)
+def test_a_reader_that_stops_early_ends_the_command_quietly(argv):
+    """`sinkscope criteria | head`: the pipe's reader is gone before the command writes, so every write fails;
+    the command stops with 141 (128 + SIGPIPE, as Unix tools do) and no traceback. argparse swallows a failed
+    write of its own help, so --help ends with 0."""
+    read, write = os.pipe()
+    os.close(read)  # closed before the command starts: its first write meets a broken pipe, every time
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    try:
+        done = subprocess.run([sys.executable, "-m", "sinkscope", *argv], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=300, check=False)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == (0 if "--help" in argv else 141), done.stderr

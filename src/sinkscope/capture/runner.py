@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adapters import base_model
+from ..adapters import base_model, blocks
 from ..config import QUERY_CHUNK
 from ..data import batches
 from .attention import BatchInfo, capture_attention
@@ -28,6 +28,16 @@ class Sweep:
     forward_pre_hooks: list = field(default_factory=list)  # (module, hook(module, args))
     batch_listeners: list = field(default_factory=list)  # objects whose ``.batch`` is set before each forward
     on_logits: Callable[[BatchInfo, torch.Tensor, torch.Tensor], None] | None = None  # (batch, input_ids, logits)
+    # the last block whose output anything reads: the forward stops after it (amplify reads one early layer)
+    stop_after: int | None = None
+
+
+class _Stop(Exception):
+    """Raised by the hook on block ``Sweep.stop_after``: the rest of the forward feeds nothing."""
+
+
+def _stop_hook(module, args, output):
+    raise _Stop
 
 
 def pad_id(tokenizer, config) -> int:
@@ -63,11 +73,14 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
     takes_positions = "position_ids" in inspect.signature(forward.forward).parameters
     pad = pad_id(tokenizer, model.config)
     n_batches = (len(sequences) + batch_size - 1) // batch_size
+    stop = [] if sweep.stop_after is None else [(blocks(model, adapter)[sweep.stop_after], _stop_hook)]
+    if stop and sweep.on_logits is not None:
+        raise ValueError("a sweep that reads the logits runs every block: stop_after must be None")
     try:
         with torch.no_grad(), \
                 capture_attention(model, adapter, sweep.attention_observers, sweep.mask_editors,
                                   query_chunk=query_chunk) as session, \
-                scoped_hooks(forward=sweep.forward_hooks, forward_pre=sweep.forward_pre_hooks):
+                scoped_hooks(forward=sweep.forward_hooks + stop, forward_pre=sweep.forward_pre_hooks):
             for input_ids, attention_mask in _progress(batches(sequences, batch_size, pad, padding_side),
                                                        n_batches, progress, label):
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -77,7 +90,10 @@ def run_sweep(model, adapter, tokenizer, sequences: list[list[int]], sweep: Swee
                 inputs = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 if takes_positions:  # count from the first real token, so left padding shifts nothing
                     inputs["position_ids"] = (attention_mask.cumsum(1) - 1).clamp(min=0)
-                output = forward(**inputs)
+                try:
+                    output = forward(**inputs)
+                except _Stop:  # hooks run in registration order: the observers of the last block saw it
+                    continue
                 if sweep.on_logits is not None:
                     sweep.on_logits(session.batch, input_ids, output.logits)
     finally:

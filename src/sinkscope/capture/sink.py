@@ -141,8 +141,11 @@ class SinkObserver:
         """(L, H, P) mean attention to each tracked key from the queries strictly after it."""
         return self.tally["after_sum"] / self.tally["after_count"][:, None, :].clamp(min=1)
 
-    def per_sequence_after(self) -> torch.Tensor:
-        """(N, L, P) each sequence's head-mean attention to each tracked key from the queries after it."""
+    def per_sequence_after(self, layer: int | None = None) -> torch.Tensor:
+        """(N, L, P) each sequence's head-mean attention to each tracked key from the queries after it; (N, P) at
+        one ``layer`` (a sweep stopped after it left the later layers empty)."""
+        if layer is not None:
+            return torch.cat(self.per_sequence[layer])
         return torch.stack([torch.cat(rows) for rows in self.per_sequence], dim=1)
 
     def importance(self) -> torch.Tensor:

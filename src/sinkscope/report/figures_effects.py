@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .payload import MissingData, finite, need
-from .story import monotone_within_ci
+from ..words import against, monotone_within_ci
 from .style import (
     FIG_WIDTH,
     HIGHLIGHT,
@@ -47,7 +47,12 @@ def amplify_dose_response(payload: dict, label: str, colour: str):
     ax.set_ylabel(f"sink score of token {payload.get('position')}\nat layer {payload.get('observe')} (readout)")
     log_if_wide(ax, [*finite(score), *lo, *hi])
     layers = payload.get("layers") or []
-    shape = "monotone within its CI" if monotone_within_ci(list(finite(score)), ci) else "not monotone"
+    values = list(finite(score))
+    rising = bool(values) and values[-1] >= values[0]
+    lams = payload.get("lambdas") or []
+    shape = ("monotone within its CI" if monotone_within_ci(values, ci, rising) else
+             ("dips" if rising else "rises") + " at lambda " + ", ".join(f"{lams[i]:g} → {lams[i + 1]:g}"
+                                                                    for i in against(values, rising)))
     ax.set_title(f"{label}: amplify token {payload.get('position')} in layers {', '.join(map(str, layers))}\n"
                  f"read at layer {payload.get('observe')}; {shape}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)

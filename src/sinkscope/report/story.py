@@ -1,19 +1,21 @@
 """One model's story: three to five sentences of findings, each number cited from its result file.
 
 The sentences are built here from the result files' fields (never from the commands' own verdict strings),
-so that the words follow one rule everywhere: a change within its uncertainty reads as no change, a
-dose-response is monotone when each step stays within its CI, and each readout layer comes with its reason.
+judged by the rules of :mod:`sinkscope.words` that the commands' verdicts use too: a change within its
+uncertainty reads as no change, a dose-response is monotone when each step stays within its CI (else its dips
+are named), and each readout layer comes with its reason. :func:`plain` turns a sentence into terminal text
+(the demo's summary prints the same sentences).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
+from ..words import NOT_RESOLVED, UNCHANGED, change, dose_shape, resolved
 from .cite import Source, fmt
 
-NO_CHANGE_ABS = 0.01  # sink scores are shares of attention: a move under 1 % of the attention is no change
-NO_CHANGE_REL = 0.2  # ... nor is one under 20 % of the score, where no CI is recorded (isolate's single pass)
 EPISODES_TOLD = 2  # the headline names the first episodes; the chain figure draws every one
 UNIFORM = "x uniform ({} times the attention it would get if each query attended evenly to every token it sees; "
 
@@ -107,18 +109,9 @@ def _arrow(src: Source, before: tuple, after: tuple, spec: str) -> str:
     return f"{src.num(before, spec)} → {src.num(after, spec)}"
 
 
-def _change(before: float, after: float, lo_hi: tuple | None = None) -> str:
-    """'raised' / 'lowered' / 'left unchanged': within the CI (when given) or the NO_CHANGE bands is no change."""
-    if lo_hi is not None and lo_hi[0] is not None and lo_hi[0] <= before <= lo_hi[1]:
-        return "left unchanged"
-    if lo_hi is None and (abs(after - before) < NO_CHANGE_ABS or abs(after - before) < NO_CHANGE_REL * abs(before)):
-        return "left unchanged"
-    return "raised" if after > before else "lowered"
-
-
-def monotone_within_ci(scores: list[float], cis: list[list[float]]) -> bool:
-    """No step down larger than the CIs allow: each later score's upper bound reaches the earlier score's lower."""
-    return all(cis[j][1] >= cis[i][0] for i in range(len(scores)) for j in range(i + 1, len(scores)))
+def plain(sentence: str) -> str:
+    """A story sentence as terminal text: the citation markup dropped, the HTML escapes undone."""
+    return html.unescape(re.sub(r"<[^>]+>", "", sentence))
 
 
 def _neurons_words(neurons: list) -> str:
@@ -130,28 +123,57 @@ def _neurons_words(neurons: list) -> str:
                      for layer, ids in by_layer.items())
 
 
+def _perplexity_words(a: Source) -> str:
+    if not (a.get("perplexity_before") and a.get("perplexity_after")):
+        return ""
+    b_ppl, a_ppl = a.get("perplexity_before", "perplexity"), a.get("perplexity_after", "perplexity")
+    ci = a.get("perplexity_after", "ci")
+    word = change(b_ppl, a_ppl, ci)
+    note = f"; {NOT_RESOLVED}" if word != UNCHANGED and not resolved(b_ppl, ci) and ci else ""
+    return (f"; it {'left perplexity unchanged' if word == UNCHANGED else word + ' perplexity'} "
+            f"({_arrow(a, ('perplexity_before', 'perplexity'), ('perplexity_after', 'perplexity'), '.2f')}{note})")
+
+
 def ablate_sentence(a: Source) -> str:
+    """An episode's ablation is read over the layers that read the episode (where it acts); any other at the
+    layer where the sink peaks before ablation."""
     rows = a.get("per_layer") or []
     if not rows:
         return ""
+    what = " and ".join(x for x in (_neurons_words(a.get("neurons") or []),
+                                     ("dim " + ", ".join(map(str, a.get("dims")))) if a.get("dims") else "") if x)
+    episode = a.get("episode")
+    if episode:
+        layers = episode["layers"]
+        word = change(episode["sink_score_before"], episode["sink_score_after"])
+        text = (f"Ablating {what} (the writers of episode {a.num(('episode', 'index'), 'd')}, dim "
+                f"{a.num(('episode', 'dim'), 'd')}: {a.num(('episode', 'ablated_share'), '.0%')} of its rise) "
+                + _moved(word, f"the first token's head-mean sink score over layers {a.num(('episode', 'layers', 0), 'd')}-"
+                         f"{a.num(('episode', 'layers', len(layers) - 1), 'd')} (the "
+                         "layers that read the episode's inputs)") + ": "
+                f"{_arrow(a, ('episode', 'sink_score_before'), ('episode', 'sink_score_after'), '.3f')}")
+        if episode.get("dom_ratio_before") is not None:
+            text += (f", and its DomRatio there "
+                     f"{_arrow(a, ('episode', 'dom_ratio_before'), ('episode', 'dom_ratio_after'), '.1f')}")
+        return text + _perplexity_words(a) + f", on {data_words(a.payload)}."
     top = max(range(len(rows)), key=lambda k: rows[k].get("sink_score_before") or 0.0)
     before, after = rows[top]["sink_score_before"], rows[top]["sink_score_after"]
     ratio_before, ci = a.get("sink_before", "ratio", top), a.get("sink_after", "ratio_ci", top)
-    word = (_change(ratio_before, a.get("sink_after", "ratio", top), ci) if ratio_before is not None and ci
-            else _change(before, after))  # judged on the ratio's CI where the file has one
-    what = " and ".join(x for x in (_neurons_words(a.get("neurons") or []),
-                                     ("dim " + ", ".join(map(str, a.get("dims")))) if a.get("dims") else "") if x)
-    text = (f"Ablating {what or 'nothing'} {word} the first token's sink score at layer "
-            f"{a.num(('per_layer', top, 'layer'), 'd')} (read where it peaks before ablation): "
-            f"{_arrow(a, ('per_layer', top, 'sink_score_before'), ('per_layer', top, 'sink_score_after'), '.3f')}")
-    if a.get("perplexity_before") and a.get("perplexity_after"):
-        b_ppl, a_ppl = a.get("perplexity_before", "perplexity"), a.get("perplexity_after", "perplexity")
-        word = _change(b_ppl, a_ppl, a.get("perplexity_after", "ci"))
-        words = {"left unchanged": "left perplexity unchanged", "raised": "raised perplexity",
-                 "lowered": "lowered perplexity"}
-        text += (f"; it {words[word]} "
-                 f"({_arrow(a, ('perplexity_before', 'perplexity'), ('perplexity_after', 'perplexity'), '.2f')})")
-    return text + f", on {data_words(a.payload)}."
+    judged_on_ci = ratio_before is not None and bool(ci)  # the ratio's CI, where the file has one
+    word = change(ratio_before, a.get("sink_after", "ratio", top), ci) if judged_on_ci else change(before, after)
+    note = ("; not resolved: the x-uniform ratio before lies within the 95 % CI of the ratio after"
+            if judged_on_ci and word != UNCHANGED and not resolved(ratio_before, ci) else "")
+    text = (f"Ablating {what or 'nothing'} "
+            + _moved(word, f"the first token's sink score at layer {a.num(('per_layer', top, 'layer'), 'd')} (read "
+                     "where it peaks before ablation)") + ": "
+            f"{_arrow(a, ('per_layer', top, 'sink_score_before'), ('per_layer', top, 'sink_score_after'), '.3f')}"
+            f"{note}")
+    return text + _perplexity_words(a) + f", on {data_words(a.payload)}."
+
+
+def _moved(word: str, what: str) -> str:
+    """'raised WHAT' / 'lowered WHAT' / 'left WHAT unchanged'."""
+    return f"left {what} unchanged" if word == UNCHANGED else f"{word} {what}"
 
 
 def isolate_sentence(i: Source) -> str:
@@ -159,10 +181,15 @@ def isolate_sentence(i: Source) -> str:
     if best is None:
         return ""
     row = (i.get("per_layer") or [])[best]
-    word = _change(row["sink_score_before"], row["sink_score_after"])
-    return (f"Isolating token {i.num(('position',), 'd')} (it attends only to itself) {word} its sink score at layer "
-            f"{i.num(('max_gain_layer',), 'd')} (read where the change is largest): "
-            f"{_arrow(i, ('per_layer', best, 'sink_score_before'), ('per_layer', best, 'sink_score_after'), '.3f')}.")
+    word = change(row["sink_score_before"], row["sink_score_after"])
+    numbers = _arrow(i, ("per_layer", best, "sink_score_before"), ("per_layer", best, "sink_score_after"), ".3f")
+    head = f"Isolating token {i.num(('position',), 'd')} (it attends only to itself)"
+    if word == UNCHANGED:
+        return (f"{head} left its sink score unchanged: {numbers} at layer {i.num(('max_gain_layer',), 'd')}, "
+                f"read where the change is largest, on {data_words(i.payload)}.")
+    gain = f" ({i.num(('max_gain',), '.1f')}x)" if i.get("max_gain") is not None else ""
+    return (f"{head} {word} its sink score at layer {i.num(('max_gain_layer',), 'd')} (read where the change is "
+            f"largest): {numbers}{gain}, on {data_words(i.payload)}.")
 
 
 def amplify_sentence(a: Source) -> str:
@@ -172,16 +199,21 @@ def amplify_sentence(a: Source) -> str:
     observe = a.get("observe")
     reason = ("the first layer after the amplified ones" if layers and observe == max(layers) + 1
               else "the layer set by --observe")
-    word = _change(scores[0], scores[-1], cis[-1] if cis else None)
-    shape = "monotone within its CI" if cis and monotone_within_ci(scores, cis) else "not monotone"
+    word = change(scores[0], scores[-1], cis[-1] if cis else None)
     last = len(scores) - 1
+    numbers = f"{a.num(('sink_score', 0), '.3f')} → {a.num(('sink_score', last), '.3f')}"
     text = (f"amplifying token {a.num(('position',), 'd')}'s attention-output variance in layers "
-            f"{', '.join(map(str, layers))} (lambda {a.num(('lambdas', 0), 'g')} → {a.num(('lambdas', last), 'g')}) "
-            f"{word} its sink score at layer {a.num(('observe',), 'd')} ({reason}): "
-            f"{a.num(('sink_score', 0), '.3f')} → {a.num(('sink_score', last), '.3f')}, {shape}")
+            f"{', '.join(map(str, layers))} (lambda {a.num(('lambdas', 0), 'g')} → {a.num(('lambdas', last), 'g')}) ")
+    if word == UNCHANGED:
+        text += f"left its sink score at layer {a.num(('observe',), 'd')} ({reason}) unchanged: {numbers}"
+    else:
+        note = "" if not cis or resolved(scores[0], cis[-1]) else f"; {NOT_RESOLVED}"
+        gain = f" ({a.num(('gain',), '.1f')}x{note})" if a.get("gain") is not None else (f" ({note[2:]})" if note else "")
+        shape = dose_shape(scores, cis or None, a.get("lambdas") or [], number=lambda k: a.num(("sink_score", k), ".3f"))
+        text += f"{word} its sink score at layer {a.num(('observe',), 'd')} ({reason}): {numbers}{gain}, {shape}"
     if a.get("control_sink_score"):
         text += f"; the norm-only control reached {a.num(('control_sink_score', last), '.3f')}"
-    return text + "."
+    return text + f", on {data_words(a.payload)}."
 
 
 def _policy_words(name: str, discovered: str) -> str:
@@ -209,4 +241,13 @@ def stream_sentence(s: Source) -> str:
             f"{s.num(('policies', best, 'perplexity'), '.2f')}")
     if window is not None:
         text += f" against {s.num(('policies', window, 'perplexity'), '.2f')} for a recent window alone"
-    return text + f" (full attention {s.num(('full_perplexity',), '.2f')}), on {data_words(s.payload)}."
+    text += f" (full attention {s.num(('full_perplexity',), '.2f')})"
+    dependence = next((j for j, d in enumerate(s.get("sink_dependence") or []) if d.get("positions") == mode), None)
+    if dependence is not None:
+        key = ("sink_dependence", dependence)
+        text += (f"; StreamingLLM's dependence, the recent window's perplexity over that of keeping the best first "
+                 f"tokens ({html.escape(str(s.get(*key, 'best_first_k')))}), is "
+                 f"{s.num((*key, 'window_over_best_first_k'), '.2f')}x (95 % CI "
+                 f"{s.num((*key, 'window_over_best_first_k_ci', 0), '.2f')}–"
+                 f"{s.num((*key, 'window_over_best_first_k_ci', 1), '.2f')})")
+    return text + f", on {data_words(s.payload)}."

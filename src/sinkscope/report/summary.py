@@ -97,7 +97,10 @@ def model_line(s: Series) -> str:
              f"hub id: {html.escape('– (a local or embedded checkpoint)' if local else given)}",
              f"revision: {html.escape(str(prov.get('revision') or '–'))}",
              f"weights SHA-256: {_sha(prov.get('weights_sha256')) or '– (not recorded)'}"]
-    parts += [f"{html.escape(k)}: {html.escape(str(v))}" for k, v in prov.items() if k.startswith("gguf")]
+    weights = prov.get("weights") or {}
+    if weights.get("format") == "gguf":
+        parts.append(f"GGUF file {html.escape(str(weights.get('file')))} ({', '.join(weights.get('quantization') or [])})"
+                     + (f", dequantized to {html.escape(str(prov.get('dtype')))}" if weights.get("dequantized") else ""))
     return '<p class="model">' + "; ".join(parts) + "</p>"
 
 
