@@ -298,12 +298,11 @@ class QueryObserver:
         mask = batch.valid & (rel != 0) & sees_sink  # real queries that see the sink and another key
         q = call.query.float()
         sink_key = call.key[rows, :, batch.first].float()  # (B, H, Dh)
-        qm = q * mask[:, None, :, None]  # (B, H, T, Dh), zero at the queries not counted
+        # float64 products, so that any split of the data into batches or processes sums to the same moments
+        qm = q.double() * mask[:, None, :, None]  # (B, H, T, Dh), zero at the queries not counted
         tally.add("q_count", (layer,), mask.sum().double())
-        tally.add("q_sum", (layer,), qm.sum((0, 2)).double())
-        # float32 products summed per batch (1e-6 relative), into float64 tallies: a float64 copy of the
-        # queries cost more than the product itself
-        tally.add("q_outer_sum", (layer,), (qm.mT @ qm).sum(0).double())  # (H, Dh, Dh)
+        tally.add("q_sum", (layer,), (qm.new_ones(T) @ qm).sum(0))  # a product: 8x a strided sum's speed
+        tally.add("q_outer_sum", (layer,), (qm.mT @ qm).sum(0))  # (H, Dh, Dh): a batched product of views
         tally.add("positive_count", (layer,), positive_dot_count(q, sink_key, mask))
         tally.add("sink_key_sum", (layer,), sink_key.double().sum(0))
         tally.add("sequences", (layer,), torch.tensor(float(B)))
