@@ -89,13 +89,20 @@ def check_output(path: str | Path) -> None:
     made = []
     try:
         for part in reversed(missing):
-            part.mkdir()
-            made.append(part)
+            try:
+                part.mkdir()
+                made.append(part)
+            except FileExistsError:  # made meanwhile by another process (each torchrun rank checks): creatable
+                if not part.is_dir():
+                    raise
     except OSError as err:
         raise SinkscopeError(f"--out {path} cannot be created: {err.strerror or err}") from None
     finally:
         for part in reversed(made):
-            part.rmdir()
+            try:
+                part.rmdir()
+            except OSError:  # another process has begun writing there, or removed it: leave it to them
+                pass
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")  # the files that hold a checkpoint's weights

@@ -57,3 +57,25 @@ def test_a_remembered_digest_is_reused_only_while_the_files_are_unchanged(tmp_pa
     assert files.file_digest(weights, cached=False) == hashlib.sha256(b"b" * 1000).hexdigest()
     files.digest_cache().write_text("{torn")  # a torn cache is ignored and rewritten
     assert files.file_digest(weights) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_checking_an_out_folder_tolerates_another_process_checking_it_at_once(tmp_path, monkeypatch):
+    """Every torchrun rank checks --out: a folder made (or removed) by another rank in between is no error."""
+    from pathlib import Path
+
+    from sinkscope.files import check_output
+
+    target = tmp_path / "a" / "b"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):  # the other rank makes each folder first, then we try
+        real_mkdir(self, *args, **kwargs)
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    check_output(target)  # FileExistsError from the race must not become "cannot be created"
+    monkeypatch.undo()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "file").write_text("x")
+    with pytest.raises(SinkscopeError, match="cannot be created"):
+        check_output(tmp_path / "c" / "file" / "d")
