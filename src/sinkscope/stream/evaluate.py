@@ -25,8 +25,13 @@ INTERVAL = (0.025, 0.975)  # its percentiles: 95 %, the level of every other int
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """(N, T-1) float32 negative log-likelihood of tokens 1..T-1 given their prefix."""
-    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    """(N, T-1) float32 negative log-likelihood of tokens 1..T-1 given their prefix.
+
+    One document at a time: each one's (T-1, V) logits are contiguous there, which the loss kernel reads
+    several times faster than the (N, V, T) view a single call needs, and no copy of all logits is made.
+    """
+    return torch.stack([F.cross_entropy(row[:-1].float(), target[1:], reduction="none")
+                        for row, target in zip(logits, ids.to(logits.device))])
 
 
 def full_nll(loaded: LoadedModel, ids: torch.Tensor, cfg: StreamConfig, observers=()) -> torch.Tensor:

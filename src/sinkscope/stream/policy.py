@@ -99,6 +99,12 @@ class CachePositions:
 
     The caller calls :meth:`set` with the batch's kept keys before each forward; the pass must start at the
     first token of the stream (no KV cache), with position ids 0..T-1.
+
+    A kept key of rank r held while s_i kept keys are outside query i's window sits at distance
+    ``W - 1 + (s_i - r)``, and s_i - r takes only the values 1..K: so each kept key is re-rotated K times per
+    layer (not once per query), and the logit of query i is ``R(-i) q_i . R(-(W - 1 + u)) R(-j_r) k_r``, each
+    rotation an exact inverse of the model's own or one by a small distance. What depends only on the kept
+    keys and T (window mask, which keys each query holds, the rotations) is computed once per forward.
     """
 
     kept: torch.Tensor | None = None  # (B, K) kept key indices in stream order, -1 padded
@@ -106,41 +112,57 @@ class CachePositions:
 
     def __init__(self, rotation: Rotation):
         self.rotation = rotation
+        self._layout: dict | None = None
 
     def set(self, kept: torch.Tensor, budget: int) -> None:
         self.kept, self.window = kept_index(kept), budget - kept.sum(1)
+        self._layout = None
 
     def __call__(self, call: AttentionCall) -> None:
         if call.softcap is not None or call.bias is not None or call.sigmoid_bias is not None:
             raise SinkscopeError("--positions cache re-positions plain softmax attention only; "
                                  "use --positions original")
-        B, H, T, _ = call.query.shape
-        device = call.query.device
+        layout = self._layout_for(call)
+        call.visible = layout["recent"] if call.visible is None else call.visible & layout["recent"]
+        if self.kept.shape[1]:
+            call.extra_keys = self._evicted_sinks(call, layout)
+
+    def _layout_for(self, call: AttentionCall) -> dict:
+        """The forward's geometry, shared by its layers: computed at the first layer, reused by the others."""
+        T, device = call.query.shape[2], call.query.device
+        if self._layout is not None and self._layout["T"] == T and self._layout["device"] == device:
+            return self._layout
         window, kept = self.window.to(device), self.kept.to(device)
+        B, K = kept.shape
         i = torch.arange(T, device=device)
         distance = i[:, None] - i[None, :]  # (T, S) query minus key
         recent = (distance >= 0)[None] & (distance[None] < window[:, None, None])  # (B, T, S)
-        call.visible = recent[:, None] if call.visible is None else call.visible & recent[:, None]
-        if kept.shape[1]:
-            call.extra_keys = self._evicted_sinks(call, kept, window)
-
-    def _evicted_sinks(self, call: AttentionCall, kept: torch.Tensor, window: torch.Tensor):
-        """Logits (B, H, T, K) and values (B, H, K, Dv) of the kept keys outside each query's window."""
-        B, H, T, _ = call.query.shape
-        K = kept.shape[1]
-        i = torch.arange(T, device=kept.device)
         index = kept.clamp(min=0)
         evicted = (kept >= 0)[:, None, :] & (index[:, None, :] <= (i[None, :] - window[:, None])[..., None])  # (B,T,K)
         held = evicted.sum(-1, keepdim=True)  # (B, T, 1): s_i
-        slot_position = i[None, :, None] - (window[:, None, None] - 1 + held - torch.arange(K, device=kept.device))
-        rows = torch.arange(B, device=kept.device)[:, None]
+        u = (held - torch.arange(K, device=device)).clamp(1, K) - 1  # (B, T, K): s_i - r - 1 where evicted
+        moves = window[:, None] - 1 + torch.arange(1, K + 1, device=device)  # (B, K): the K distances W - 1 + u
+        like = call.query[:1, :1, :1].float()
+        self._layout = {
+            "T": T, "device": device, "recent": recent[:, None], "index": index, "evicted": evicted[:, None],
+            "column": (torch.arange(K, device=device) * K + u)[:, None],  # (B, 1, T, K) into the K*K moved keys
+            "unrotate_keys": self.rotation.cos_sin(like, index),  # R(-j_r), each kept key's own position
+            "unrotate_queries": self.rotation.cos_sin(like, i[None]),  # R(-i)
+            "move": self.rotation.cos_sin(like, moves.repeat(1, K)),  # (r, u) -> u
+        }
+        return self._layout
+
+    def _evicted_sinks(self, call: AttentionCall, layout: dict):
+        """Logits (B, H, T, K) and values (B, H, K, Dv) of the kept keys outside each query's window."""
+        B, H, T, D = call.query.shape
+        K = self.kept.shape[1]
+        index = layout["index"]
+        rows = torch.arange(B, device=index.device)[:, None]
         keys = call.key.transpose(1, 2)[rows, index].transpose(1, 2)  # (B, H, K, D), rotated at their own index
         values = call.value.transpose(1, 2)[rows, index].transpose(1, 2)  # (B, H, K, Dv)
-        pre_rotary = self.rotation.apply(keys, index, inverse=True)  # (B, H, K, D) float32
-        query = call.query.float()
-        logits = []
-        for r in range(K):
-            moved = self.rotation.apply(pre_rotary[:, :, r:r + 1].expand(-1, -1, T, -1), slot_position[:, :, r])
-            logits.append((query * moved).sum(-1) * call.scale)  # (B, H, T)
-        logits = torch.stack(logits, -1).masked_fill(~evicted[:, None], -torch.inf)
-        return logits, values
+        pre_rotary = Rotation.rotate(keys.float(), *layout["unrotate_keys"], inverse=True)  # (B, H, K, D)
+        moved = Rotation.rotate(pre_rotary.repeat_interleave(K, dim=2), *layout["move"], inverse=True)  # (B,H,K*K,D)
+        queries = Rotation.rotate(call.query.float(), *layout["unrotate_queries"], inverse=True)  # (B, H, T, D)
+        every = torch.matmul(queries, moved.transpose(-1, -2)) * call.scale  # (B, H, T, K*K): each (r, u)
+        logits = every.gather(3, layout["column"].expand(-1, H, -1, -1))  # (B, H, T, K)
+        return logits.masked_fill(~layout["evicted"], -torch.inf), values

@@ -98,18 +98,22 @@ def _check(cfg: StreamConfig) -> None:
 
 
 class PolicyRuns:
-    """NLL of each (document set, policy) pass, run once: a discovered policy keeping exactly the first token
-    is the first-1 policy, and a plain window is the same pass in both position modes."""
+    """NLL of each (document, kept keys, position mode), computed once. A document's NLL depends only on its own
+    kept keys, so a pass runs only the documents whose kept keys are new: a calibration trial of a class that
+    two of four documents have runs two, a discovered policy keeping the first token where a document lacks
+    its other classes reuses first-1 there, and a document keeping nothing is the plain window in both modes."""
 
     def __init__(self, loaded: LoadedModel, cfg: StreamConfig):
         self.loaded, self.cfg, self.done = loaded, cfg, {}
 
     def nll(self, ids: torch.Tensor, kept: torch.Tensor, positions: str) -> torch.Tensor:
-        mode = positions if bool(kept.any()) else "any"  # nothing kept: distances are equal in both modes
-        key = (ids.numpy().tobytes(), mode, kept.numpy().tobytes())
-        if key not in self.done:
-            self.done[key] = policy_nll(self.loaded, ids, kept, self.cfg.budget, positions, self.cfg)
-        return self.done[key]
+        keys = [(row.numpy().tobytes(), positions if bool(keep.any()) else "any", keep.numpy().tobytes())
+                for row, keep in zip(ids, kept)]  # nothing kept: distances are equal in both modes
+        todo = sorted({key: n for n, key in enumerate(keys) if key not in self.done}.values())
+        if todo:
+            new = policy_nll(self.loaded, ids[todo], kept[todo], self.cfg.budget, positions, self.cfg)
+            self.done |= {keys[n]: row for n, row in zip(todo, new)}
+        return torch.stack([self.done[key] for key in keys])
 
     def perplexity(self, ids: torch.Tensor, kept: torch.Tensor, positions: str) -> float:
         return math.exp(float(self.nll(ids, kept, positions).double().mean()))
@@ -170,7 +174,8 @@ def stream(model, *, tokenizer=None, config: StreamConfig | None = None, out: st
             kept = kept_positions(evaluated, classes, config.seq_len)
             nll["discovered", positions] = runs.nll(ids, kept, positions)
             row = _row("discovered", None, positions, kept, nll["discovered", positions], config)
-            labels = {(c["token_id"], c["occurrence"]): class_label(c) for c in discovery["classes"]}
+            labels = {(None, 0): "the first token (no sink by the rule)"}  # tried as StreamingLLM's fallback
+            labels |= {(c["token_id"], c["occurrence"]): class_label(c) for c in discovery["classes"]}
             row["classes"] = [labels[c.token_id, c.occurrence] for c in classes]
             row["kept_classes"] = [{"token_id": c.token_id, "occurrence": c.occurrence} for c in classes]
             row["calibration"] = [{"class": labels[t["token_id"], t["occurrence"]], **t} for t in trials]
@@ -222,7 +227,11 @@ def _perplexity(nll: torch.Tensor) -> float:
     return math.exp(float(nll.double().mean()))
 
 
-def summary(dependence: list[dict], rows: list[dict], discovery: dict | None) -> list[str]:
+SPLITS = {"documents": "windows of documents no evaluated window comes from",
+          "windows": "other windows of the evaluated documents (too few documents for a disjoint set)"}
+
+
+def summary(dependence: list[dict], rows: list[dict], discovery: dict | None, split: str = "none") -> list[str]:
     """The lines a reader takes away: StreamingLLM's dependence, what the discovered policy keeps and why."""
     lines = []
     for d in dependence:
@@ -233,6 +242,9 @@ def summary(dependence: list[dict], rows: list[dict], discovery: dict | None) ->
                      f"{d['window_over_best_first_k']:.2f}x [{lo:.2f}, {hi:.2f}]")
     for row in (r for r in rows if r["name"] == "discovered"):
         lines.append(_discovered_line(row, next((d for d in dependence if d["positions"] == row["positions"]), None)))
+    if discovery:
+        lines.append(f"discovered policy chosen on {discovery['n_sequences']} calibration documents, "
+                     f"{SPLITS.get(split, split)}")
     return lines + (describe(discovery) if discovery else [])
 
 
@@ -280,5 +292,5 @@ def _payload(loaded, config, split_documents, rows, full, discovery, dependence)
         "policies": rows,
         "sink_dependence": dependence,
         "discovered_sinks": discovery,
-        "summary": summary(dependence, rows, discovery),
+        "summary": summary(dependence, rows, discovery, split),
     }
