@@ -92,8 +92,8 @@ def check_output(path: str | Path) -> None:
             try:
                 part.mkdir()
                 made.append(part)
-            except FileExistsError:  # made meanwhile by another process (each torchrun rank checks): creatable
-                if not part.is_dir():
+            except FileExistsError:  # made (and maybe removed again) meanwhile by another rank's check: creatable
+                if part.exists() and not part.is_dir():
                     raise
     except OSError as err:
         raise SinkscopeError(f"--out {path} cannot be created: {err.strerror or err}") from None

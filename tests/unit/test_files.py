@@ -74,6 +74,12 @@ def test_checking_an_out_folder_tolerates_another_process_checking_it_at_once(tm
 
     monkeypatch.setattr(Path, "mkdir", racing_mkdir)
     check_output(target)  # FileExistsError from the race must not become "cannot be created"
+
+    def made_and_removed(self, *args, **kwargs):  # the other rank made the folder and removed it again before we looked
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", made_and_removed)
+    check_output(tmp_path / "e" / "f")
     monkeypatch.undo()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "file").write_text("x")
