@@ -140,6 +140,18 @@ def test_amplify_line_ci_and_control_are_the_payload_series():
     assert np.isclose(band[:, 1].max(), max(c[1] for c in p["sink_score_ci"]))
 
 
+def test_amplify_band_stops_at_zero_and_the_scores_choose_the_scale():
+    """SmolLM2's amplify CI reached -0.002: on the log axis its lower CI ends chose, the band fell off the plot."""
+    p = {"lambdas": [1.0, 5.0, 30.0], "sink_score": [0.028, 0.089, 0.008], "position": 9, "observe": 3,
+         "sink_score_ci": [[0.02, 0.036], [0.0001, 0.18], [-0.002, 0.018]], "layers": [0, 1, 2]}
+    fig = effect_fig.amplify_dose_response(p, "a", "#000")
+    band = artist(fig, "amplify-ci").get_paths()[0].vertices
+    assert band[:, 1].min() == 0.0 and np.isclose(band[:, 1].max(), 0.18)
+    assert fig.axes[0].get_yscale() == "linear"  # scores span 1.05 decades; only the CI's 0.0001 spanned more
+    p["sink_score"] = [0.0005, 0.089, 0.008]
+    assert effect_fig.amplify_dose_response(p, "a", "#000").axes[0].get_yscale() == "log"
+
+
 def test_stream_lines_are_the_moving_mean_of_each_policys_nll():
     """Catches a moving mean off by one (`total[starts]` -> `total[starts + 1]`) or a line under the wrong policy."""
     rng = np.random.default_rng(0)

@@ -29,7 +29,9 @@ def amplify_dose_response(payload: dict, label: str, colour: str):
     lam = finite(lambdas)
     fig, axes = new_figure(height=3.3)
     ax = axes[0, 0]
-    lo, hi = finite([c[0] for c in ci]), finite([c[1] for c in ci])
+    # A sink score is a share of attention, never below 0; a normal-approximation CI can reach below it, and on
+    # a log axis such a band would fall off the plot and decide the scale. Bands stop at 0.
+    lo, hi = np.maximum(finite([c[0] for c in ci]), 0.0), finite([c[1] for c in ci])
     band = ax.fill_between(lam, lo, hi, color=colour, alpha=0.2, linewidth=0)
     tag(band, "amplify-ci")
     line, = ax.plot(lam, finite(score), "-o", color=colour, markersize=4, label="o -> mu + lambda (o - mu)")
@@ -38,14 +40,15 @@ def amplify_dose_response(payload: dict, label: str, colour: str):
     if control:
         ctrl_ci = payload.get("control_sink_score_ci") or []
         if ctrl_ci:
-            band = ax.fill_between(lam, finite([c[0] for c in ctrl_ci]), finite([c[1] for c in ctrl_ci]),
+            band = ax.fill_between(lam, np.maximum(finite([c[0] for c in ctrl_ci]), 0.0),
+                                   finite([c[1] for c in ctrl_ci]),
                                    color=NEUTRAL, alpha=0.25, linewidth=0)
             tag(band, "control-ci")
         line, = ax.plot(lam, finite(control), "--s", color=NEUTRAL, markersize=4, label="control: o -> lambda o")
         tag(line, "control-score")
     ax.set_xlabel("lambda (variance amplification factor)")
     ax.set_ylabel(f"sink score of token {payload.get('position')}\nat layer {payload.get('observe')} (readout)")
-    log_if_wide(ax, [*finite(score), *lo, *hi])
+    log_if_wide(ax, [*finite(score), *finite(control or []), *hi])  # the scores decide; a CI's lower end may be 0
     layers = payload.get("layers") or []
     values = list(finite(score))
     rising = bool(values) and values[-1] >= values[0]
