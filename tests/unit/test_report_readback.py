@@ -147,7 +147,7 @@ def test_amplify_band_stops_at_zero_and_the_scores_choose_the_scale():
     fig = effect_fig.amplify_dose_response(p, "a", "#000")
     band = artist(fig, "amplify-ci").get_paths()[0].vertices
     assert band[:, 1].min() == 0.0 and np.isclose(band[:, 1].max(), 0.18)
-    assert fig.axes[0].get_yscale() == "linear"  # scores span 1.05 decades; only the CI's 0.0001 spanned more
+    assert fig.axes[0].get_yscale() == "linear"  # scores and upper ends span 1.35 decades; only the CI's 0.0001 spanned more
     p["sink_score"] = [0.0005, 0.089, 0.008]
     assert effect_fig.amplify_dose_response(p, "a", "#000").axes[0].get_yscale() == "log"
 

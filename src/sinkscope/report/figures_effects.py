@@ -23,15 +23,19 @@ from .style import (
 )
 
 
+def _band(ci: list) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) ends of a sink score's CIs for drawing. A sink score is a share of attention, never below 0;
+    a normal-approximation CI can reach below it, and on a log axis that band would fall off the plot."""
+    return np.maximum(finite([c[0] for c in ci]), 0.0), finite([c[1] for c in ci])
+
+
 def amplify_dose_response(payload: dict, label: str, colour: str):
     """Sink score of the target token against lambda, 95 % CI bands, with the norm-only control."""
     lambdas, score, ci = need(payload, "lambdas", "sink_score", "sink_score_ci")
     lam = finite(lambdas)
     fig, axes = new_figure(height=3.3)
     ax = axes[0, 0]
-    # A sink score is a share of attention, never below 0; a normal-approximation CI can reach below it, and on
-    # a log axis such a band would fall off the plot and decide the scale. Bands stop at 0.
-    lo, hi = np.maximum(finite([c[0] for c in ci]), 0.0), finite([c[1] for c in ci])
+    lo, hi = _band(ci)
     band = ax.fill_between(lam, lo, hi, color=colour, alpha=0.2, linewidth=0)
     tag(band, "amplify-ci")
     line, = ax.plot(lam, finite(score), "-o", color=colour, markersize=4, label="o -> mu + lambda (o - mu)")
@@ -40,9 +44,7 @@ def amplify_dose_response(payload: dict, label: str, colour: str):
     if control:
         ctrl_ci = payload.get("control_sink_score_ci") or []
         if ctrl_ci:
-            band = ax.fill_between(lam, np.maximum(finite([c[0] for c in ctrl_ci]), 0.0),
-                                   finite([c[1] for c in ctrl_ci]),
-                                   color=NEUTRAL, alpha=0.25, linewidth=0)
+            band = ax.fill_between(lam, *_band(ctrl_ci), color=NEUTRAL, alpha=0.25, linewidth=0)
             tag(band, "control-ci")
         line, = ax.plot(lam, finite(control), "--s", color=NEUTRAL, markersize=4, label="control: o -> lambda o")
         tag(line, "control-score")
