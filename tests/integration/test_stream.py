@@ -94,6 +94,28 @@ def test_cache_positions_match_a_from_scratch_rerun(keep):
             assert float((parallel[0, i] - reference).abs() / reference.abs()) < 1e-4
 
 
+def test_sink_cache_takes_chunks_of_any_length():
+    """One layer, tokens fed in chunks of 1 to more than the window: every query of a chunk sees the kept tokens
+    that have left the window, the W - 1 tokens before the chunk and the chunk up to itself, at consecutive
+    positions, which equals re-running exactly those tokens from scratch."""
+    model = tiny_llama(layers=1)
+    budget, keep = 8, frozenset({0, 13, 14})
+    window = budget - len(keep)
+    ids = torch.randint(0, 64, (1, 70), generator=torch.Generator().manual_seed(4))
+    cache, start = SinkCache(model, budget, keep=keep), 0
+    with torch.no_grad():
+        for n in (3, 1, 1, 12, 1, 2, 9, 1, 1, 20, 1, 3, 15):
+            logits = model(ids[:, start:start + n], cache=cache, use_cache=True).logits[0]
+            held = sorted({j for j in keep if j <= start - window}) + list(range(max(0, start - window + 1), start))
+            for k in range(n):
+                reference = model(ids[:, held + list(range(start, start + k + 1))]).logits[0, -1]
+                torch.testing.assert_close(logits[k], reference, rtol=1e-4, atol=1e-4)
+            start += n
+            assert cache.held == sorted({j for j in keep if j <= start - window}) + \
+                list(range(max(0, start - window + 1), start))
+    assert start == 70
+
+
 @pytest.mark.parametrize("rows", [
     ({0},) * 3,  # StreamingLLM's first token
     ({0, 1, 2, 3},) * 3,  # first 4: the number held outside the window grows from 1 to 4 (s_i)
@@ -150,9 +172,9 @@ def test_sink_cache_in_generate_holds_at_most_the_budget():
     out = model.generate(torch.tensor([[1, 5, 7, 9]]), cache=cache, max_new_tokens=20, min_new_tokens=20,
                          do_sample=False, pad_token_id=0)
     assert out.shape[1] == 24
-    for layer in cache.layers:  # budget - 1 entries: room for the next token
-        assert layer.keys.shape[2] + layer.sink_keys.shape[2] == 5
-    assert cache.layers[0].index.tolist() == [0, 1, 20, 21, 22]
+    assert cache.keys.shape[3] == 6  # one fixed buffer of budget keys per layer
+    assert all(layer.keys.shape[2] == 6 for layer in cache.layers)  # what the last step attended
+    assert cache.held == [0, 1, 20, 21, 22]  # 23 tokens went in; the next one sees these and itself
 
 
 def test_sink_cache_follows_beam_search():

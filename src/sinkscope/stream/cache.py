@@ -6,7 +6,10 @@ the budget. The recent window is contiguous in the token stream, so its keys alr
 positions: they stay as the attention module hands them (rotated at their ``position_ids``). Only a
 kept sink that has left the window needs moving: when it leaves, the cache undoes its rotation once,
 exactly, with the model's own rotary embedding, and at each step rotates it to its slot. So a step
-re-rotates at most the kept sinks (a few keys), not the whole cache. Memory is O(budget) per layer.
+re-rotates at most the kept sinks (a few keys), not the whole cache, and does so once for all layers.
+The window is a ring of fixed buffers: a decoding step writes one key and one value per layer where
+the evicted token's were, since a single query attends every cached key and their order does not
+matter to it. Memory is ``budget`` keys and values per layer.
 Use it in ``model.generate``::
 
     >>> import torch, transformers
@@ -30,7 +33,7 @@ a one-line error.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..adapters import base_model, head_counts
 from ..errors import SinkscopeError
@@ -63,21 +66,14 @@ class Rotation:
                                  "use --positions original")
         self.rotary = rotary
         self.scaling = float(getattr(rotary, "attention_scaling", 1.0))
-        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (positions, cos, sin)
 
     def cos_sin(self, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B, 1, n, D) float32 for positions (B, n); every layer of a step asks for the same ones."""
-        last = self._last
-        if last is not None and last[0].shape == positions.shape and last[0].device == positions.device \
-                and torch.equal(last[0], positions):
-            return last[1], last[2]
+        """cos, sin (B, 1, n, D) float32 for positions (B, n)."""
         cos, sin = self.rotary(like.float(), positions)
-        cos, sin = (cos.float() / self.scaling).unsqueeze(1), (sin.float() / self.scaling).unsqueeze(1)
-        self._last = (positions.clone(), cos, sin)
-        return cos, sin
+        return (cos.float() / self.scaling).unsqueeze(1), (sin.float() / self.scaling).unsqueeze(1)
 
     def apply(self, keys: torch.Tensor, positions: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        """R(p) k (or R(-p) k) in float32 for keys (B, H, n, D) at positions (B, n)."""
+        """R(p) k (or R(-p) k) in float32 for keys (..., B, H, n, D) at positions (B, n)."""
         return self.rotate(keys.float(), *self.cos_sin(keys, positions), inverse=inverse)
 
     @staticmethod
@@ -86,88 +82,174 @@ class Rotation:
         return x * cos + _rotate_half(x) * (-sin if inverse else sin)
 
 
-class SinkLayer(DynamicLayer):
-    """One layer's cache: the last ``window - 1`` tokens as handed over, plus the kept sinks that left them.
+class SinkLayer(CacheLayerMixin):
+    """One layer's face of a :class:`SinkCache`: transformers asks layers for lengths and mask sizes, and the
+    cache keeps every layer's state in shared buffers so that a decoding step's sink work is done once."""
 
-    ``self.keys`` / ``self.values`` (B, H_kv, w, D): the recent tokens, contiguous in the stream and rotated at
-    their own ``self.positions`` (B, w); ``self.sink_keys`` (B, H_kv, s, D) float32 *before* rotary (so that
-    re-rotating a half-precision key adds no rounding beyond the model's own) and ``self.sink_values``: the kept
-    tokens older than the window, in stream order, with their stream indices ``self.sink_index``.
-    """
+    supports_early_init = False  # buffers are shaped by the first update, shared by all layers
 
-    def __init__(self, rotation: Rotation, window: int, keep: frozenset[int]):
+    def __init__(self, cache: SinkCache, layer: int):
         super().__init__()
-        self.rotation, self.window, self.keep = rotation, window, keep
-        self.cumulative_length = 0
-        self.sink_index: list[int] = []
+        self.cache, self.layer = cache, layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        B, H, _, D = key_states.shape
-        self.positions = torch.zeros(B, 0, dtype=torch.long, device=self.device)
-        self.sink_keys = key_states.new_zeros(B, H, 0, D, dtype=torch.float32)
-        self.sink_values = value_states.new_zeros(B, H, 0, value_states.shape[-1])
-
-    @property
-    def index(self) -> torch.Tensor:
-        """(s + w,) stream index of every cached entry, in the order ``update`` returns them."""
-        recent = range(self.cumulative_length - self.keys.shape[-2], self.cumulative_length)
-        return torch.tensor([*self.sink_index, *recent], dtype=torch.long)
+        self.cache._allocate(key_states, value_states)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        B, _, n, _ = key_states.shape
-        positions = (kwargs.get("kwargs") or {}).get("position_ids")
-        if positions is None:  # the model numbered the new tokens from the cache's length
-            positions = torch.arange(self.cumulative_length, self.cumulative_length + n, device=key_states.device)
-        positions = positions.to(key_states.device).expand(B, n)
-        keys = torch.cat([self.keys, key_states], dim=-2)
-        values = torch.cat([self.values, value_states], dim=-2)
-        self.positions = torch.cat([self.positions, positions], dim=1)
-        self.cumulative_length += n
-        returned = keys, values
-        s = len(self.sink_index)
-        if s:  # consecutive positions ending at the newest query's: the sinks take the first s slots
-            slots = positions[:, -1:] - (s + keys.shape[-2] - 1) + torch.arange(s, device=keys.device)
-            sinks = self.rotation.apply(self.sink_keys, slots).to(keys.dtype)
-            returned = torch.cat([sinks, keys], dim=-2), torch.cat([self.sink_values, values], dim=-2)
-        self._retain(keys, values)
-        return returned
-
-    def _retain(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep the last ``window - 1`` tokens (room for the next); a kept token leaving them becomes a sink."""
-        leaving = max(0, keys.shape[-2] - (self.window - 1))
-        first = self.cumulative_length - keys.shape[-2]
-        moved = [i for i in range(first, first + leaving) if i in self.keep]
-        if moved:
-            rows = torch.tensor([i - first for i in moved], device=keys.device)
-            pre_rotary = self.rotation.apply(keys[:, :, rows], self.positions[:, rows], inverse=True)
-            self.sink_keys = torch.cat([self.sink_keys, pre_rotary], dim=-2)
-            self.sink_values = torch.cat([self.sink_values, values[:, :, rows]], dim=-2)
-            self.sink_index += moved
-        self.keys, self.values = keys[:, :, leaving:], values[:, :, leaving:]
-        self.positions = self.positions[:, leaving:]
+        return self.cache.update(key_states, value_states, self.layer, *args, **kwargs)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        cached = self.keys.shape[-2] + len(self.sink_index) if self.is_initialized else 0
-        return cached + query_length, self.cumulative_length - cached
+        return self.cache.get_mask_sizes(query_length, self.layer)
 
     def get_seq_length(self) -> int:
-        return self.cumulative_length
+        return self.cache.length
 
     def get_max_length(self) -> int:
         return -1
 
+
+class SinkCache(Cache):
+    """KV cache of at most ``budget`` tokens: the first ``keep_first`` (or the stream indices ``keep``) plus
+    a recent window, positions re-assigned within the cache. See the module docstring for an example.
+
+    State, shared by the layers so that a decoding step touches the kept sinks once for all of them:
+    ``keys`` / ``values`` (L, B, H_kv, budget, D): slots ``[0, W)`` a ring holding token t at slot t % W, rotated at
+    its own position; slots ``[W, W + s)`` the kept tokens that left the window, in stream order, rotated to their
+    slots for the current step. ``sink_keys`` (L, B, H_kv, K, D) float32: those sinks *before* rotary, so that
+    re-rotating a half-precision key adds no rounding beyond the model's own. ``positions`` (B, W): the ring's
+    position ids.
+    """
+
+    def __init__(self, model, budget: int, keep_first: int = 4, keep: frozenset[int] | None = None):
+        kept = frozenset(range(keep_first)) if keep is None else frozenset(keep)
+        if len(kept) >= budget:
+            raise SinkscopeError(f"budget {budget} leaves no room for a recent window beside {len(kept)} kept tokens; "
+                                 "raise the budget or keep fewer tokens")
+        self.rotation = Rotation(model)
+        self.budget, self.kept, self.window = budget, kept, budget - len(kept)
+        n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+        super().__init__(layers=[SinkLayer(self, layer) for layer in range(n_layers)])
+        self.reset()
+
     def reset(self) -> None:
-        self.sink_index = []
-        super().reset()
+        self.length = 0  # tokens seen
+        self.sink_index: list[int] = []  # stream index of each sink, in slot order
+        self.keys = self.values = self.sink_keys = self.positions = None
+        for layer in self.layers:
+            layer.keys = layer.values = None
+            layer.is_initialized = False
+
+    def _allocate(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if self.keys is not None:
+            return
+        B, H, _, D = key_states.shape
+        L, new = len(self.layers), key_states.new_zeros
+        self.keys = new(L, B, H, self.budget, D)
+        self.values = value_states.new_zeros(L, B, H, self.budget, value_states.shape[-1])
+        self.sink_keys = new(L, B, H, len(self.kept), D, dtype=torch.float32)
+        self.positions = torch.zeros(B, self.window, dtype=torch.long, device=key_states.device)
+        for layer in self.layers:
+            layer.is_initialized = True
+
+    @property
+    def held(self) -> list[int]:
+        """Stream indices of the tokens the next one will attend besides itself, in stream order."""
+        W, p = self.window, self.length
+        leaving = [p - W] if p >= W and p - W in self.kept else []
+        return sorted(self.sink_index + leaving) + list(range(max(0, p - W + 1), p))
+
+    def _sinks_after_leaving(self) -> int:
+        p = self.length
+        return len(self.sink_index) + (p >= self.window and p - self.window in self.kept)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        held = self._sinks_after_leaving() + min(self.length, self.window - 1)
+        return held + query_length, self.length - held
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        n = key_states.shape[-2]
+        if layer_idx == 0:
+            self._begin_step(key_states, value_states, (kwargs.get("kwargs") or {}).get("position_ids"))
+        if n == 1:
+            slot = self._step["start"] % self.window
+            self.keys[layer_idx, :, :, slot] = key_states[:, :, 0]
+            self.values[layer_idx, :, :, slot] = value_states[:, :, 0]
+            end = min(self._step["start"] + 1, self.window) + len(self.sink_index)
+            keys, values = self.keys[layer_idx, :, :, :end], self.values[layer_idx, :, :, :end]
+        else:
+            keys, values = self._update_chunk(key_states, value_states, layer_idx)
+        if layer_idx == len(self.layers) - 1:
+            self._end_step()
+        layer = self.layers[layer_idx]
+        layer.keys, layer.values = keys, values
+        return keys, values
+
+    def _begin_step(self, key_states: torch.Tensor, value_states: torch.Tensor, positions) -> None:
+        """Once per forward, for all layers: the token leaving the window becomes a sink if kept, and every
+        sink is rotated to its slot: consecutive positions ending just before the oldest window key."""
+        self._allocate(key_states, value_states)
+        B, _, n, _ = key_states.shape
+        p, W = self.length, self.window
+        if positions is None:  # the model numbered the new tokens from the cache's length
+            positions = torch.arange(p, p + n, device=key_states.device)
+        positions = positions.to(key_states.device).expand(B, n)
+        if p >= W and p - W in self.kept:
+            slot, s = (p - W) % W, len(self.sink_index)
+            self.sink_keys[:, :, :, s:s + 1] = self.rotation.apply(
+                self.keys[:, :, :, slot:slot + 1], self.positions[:, slot:slot + 1], inverse=True)
+            self.values[:, :, :, W + s] = self.values[:, :, :, slot]
+            self.sink_index.append(p - W)
+        s, old = len(self.sink_index), min(p, W - 1)
+        if s:
+            slots = positions[:, -1:] - (s + old + n - 1) + torch.arange(s, device=positions.device)
+            self.keys[:, :, :, W:W + s] = self.rotation.apply(self.sink_keys[:, :, :, :s], slots).to(self.keys.dtype)
+        self._step = {"start": p, "n": n, "positions": positions}
+        if n == 1:
+            self.positions[:, p % W] = positions[:, 0]
+        else:  # the window before the chunk in stream order, and which tokens of window + chunk leave after it
+            tokens = torch.arange(p - old, p + n)
+            leaving = [i for i, t in enumerate(tokens.tolist()) if t < p + n - W and t in self.kept]
+            self._step.update(old_slots=tokens[:old] % W, leaving=leaving, tokens=tokens,
+                              seq_positions=torch.cat([self.positions[:, tokens[:old] % W], positions], 1))
+        self.length = p + n
+
+    def _update_chunk(self, key_states: torch.Tensor, value_states: torch.Tensor, layer: int):
+        """Several tokens at once (a prefill): the keys in attention order, sinks first, so the causal mask holds;
+        then the chunk's last W tokens enter the ring and kept tokens older than those become sinks."""
+        step, W, s = self._step, self.window, len(self.sink_index)
+        old = step["old_slots"].to(key_states.device)
+        keys = torch.cat([self.keys[layer, :, :, old], key_states], dim=-2)  # (B, H, old + n, D), stream order
+        values = torch.cat([self.values[layer, :, :, old], value_states], dim=-2)
+        if step["leaving"]:
+            rows = torch.tensor(step["leaving"], device=keys.device)
+            self.sink_keys[layer, :, :, s:s + len(rows)] = self.rotation.apply(
+                keys[:, :, rows], step["seq_positions"][:, rows], inverse=True)
+            self.values[layer, :, :, W + s:W + s + len(rows)] = values[:, :, rows]
+        entering = step["tokens"][-min(W, len(step["tokens"])):]
+        rows = torch.arange(len(step["tokens"]) - len(entering), len(step["tokens"]), device=keys.device)
+        self.keys[layer, :, :, entering % W] = keys[:, :, rows]
+        self.values[layer, :, :, entering % W] = values[:, :, rows]
+        sinks = slice(W, W + s)
+        return (torch.cat([self.keys[layer, :, :, sinks], keys], dim=-2),
+                torch.cat([self.values[layer, :, :, sinks], values], dim=-2))
+
+    def _end_step(self) -> None:
+        step = self._step
+        if step["n"] > 1:
+            tokens = step["tokens"]
+            self.sink_index += [int(tokens[i]) for i in step["leaving"]]
+            entering = tokens[-min(self.window, len(tokens)):]
+            self.positions[:, entering % self.window] = step["seq_positions"][:, -len(entering):]
 
     def _per_row(self, edit) -> None:
         """Apply a batch-dimension edit (beam search, num_return_sequences) to every per-row state."""
-        if self.is_initialized:
-            self.keys, self.values, self.positions = edit(self.keys), edit(self.values), edit(self.positions)
-            self.sink_keys, self.sink_values = edit(self.sink_keys), edit(self.sink_values)
+        if self.keys is not None:
+            self.keys, self.values, self.sink_keys = (edit(t.transpose(0, 1)).transpose(0, 1)
+                                                      for t in (self.keys, self.values, self.sink_keys))
+            self.positions = edit(self.positions)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._per_row(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -181,18 +263,3 @@ class SinkLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         raise SinkscopeError("a SinkCache cannot be cropped (evicted tokens are gone); use a DynamicCache for "
                              "assisted decoding")
-
-
-class SinkCache(Cache):
-    """KV cache of at most ``budget`` tokens: the first ``keep_first`` (or the stream indices ``keep``) plus
-    a recent window, positions re-assigned within the cache. See the module docstring for an example."""
-
-    def __init__(self, model, budget: int, keep_first: int = 4, keep: frozenset[int] | None = None):
-        kept = frozenset(range(keep_first)) if keep is None else frozenset(keep)
-        if len(kept) >= budget:
-            raise SinkscopeError(f"budget {budget} leaves no room for a recent window beside {len(kept)} kept tokens; "
-                                 "raise the budget or keep fewer tokens")
-        rotation = Rotation(model)  # one for all layers: they rotate the same slots at each step
-        self.budget, self.kept = budget, kept
-        n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-        super().__init__(layers=[SinkLayer(rotation, budget - len(kept), kept) for _ in range(n_layers)])
