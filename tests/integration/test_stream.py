@@ -346,6 +346,16 @@ def test_calibration_documents_are_disjoint_from_the_evaluated_ones(tmp_path):
         documents(StreamConfig(data=str(data), seq_len=48, samples=3, calibration=3), loaded(model))
 
 
+def test_default_calibration_takes_4096_tokens_where_the_text_has_them(tmp_path):
+    model, data = planted_data(tmp_path, n=12)
+    assert StreamConfig(seq_len=48).calibration_documents() == (86, 4)  # ceil(4096 / 48), at least 4
+    assert StreamConfig(seq_len=2048).calibration_documents() == (4, 4)
+    _, calibration, _ = documents(StreamConfig(data=str(data), seq_len=48, samples=3), loaded(model))
+    assert len(calibration) == 9  # all that is left beside the evaluated windows
+    with pytest.raises(SinkscopeError, match="leave 2 for calibration"):
+        documents(StreamConfig(data=str(data), seq_len=48, samples=10), loaded(model))
+
+
 def test_stream_checks_its_flags():
     with pytest.raises(SinkscopeError, match="--budget must lie"):
         stream(tiny_llama(), config=StreamConfig(seq_len=64, budget=64))

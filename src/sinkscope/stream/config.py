@@ -8,6 +8,10 @@ from ..config import LoadConfig, field
 from ..criteria import Criteria
 
 POSITIONS = ("original", "cache")
+# Calibration text by default: 4 windows of 64 tokens (192 targets a policy can change) chose the wrong
+# sink on an organism, 16 chose right; 4 windows of 1,024 tokens choose right on SmolLM2.
+CALIBRATION_TOKENS = 4096
+MIN_CALIBRATION = 4
 
 
 @dataclass
@@ -29,8 +33,9 @@ class StreamConfig:
     sink_slots: int = field(4, why="most token classes the discovered policy may keep beside its window: StreamingLLM "
                             "keeps 4 initial tokens (Xiao et al. 2023), and each kept sink costs the window a slot",
                             min=1)
-    calibration: int = field(4, why="documents, disjoint from the evaluated ones, on which sinks are discovered and "
-                             "each candidate must lower perplexity to be kept", min=1)
+    calibration: int | None = field(None, why="documents, disjoint from the evaluated ones, on which sinks are "
+                                    "discovered and each candidate must lower perplexity to be kept; default: "
+                                    f"enough for {CALIBRATION_TOKENS:,} tokens, at least {MIN_CALIBRATION}", min=1)
     positions: tuple[str, ...] = field(("original",), why="original: each token keeps its position (exact mask "
                                        "simulation); cache: positions re-assigned within the cache (StreamingLLM)")
     batch_size: int = field(8, why="documents per forward pass; lower it if memory runs out", min=1)
@@ -38,3 +43,10 @@ class StreamConfig:
                              min=1)
     seed: int = field(0, why="seed for document sampling and the bootstrap; same seed, same numbers")
     out: str | None = field(None, why="output folder for stream.json")
+
+    def calibration_documents(self) -> tuple[int, int]:
+        """(wanted, least acceptable) calibration documents: ``calibration`` exactly when given, else enough for
+        ``CALIBRATION_TOKENS`` tokens where the text has them, and never fewer than ``MIN_CALIBRATION``."""
+        if self.calibration is not None:
+            return self.calibration, self.calibration
+        return max(MIN_CALIBRATION, -(-CALIBRATION_TOKENS // self.seq_len)), MIN_CALIBRATION

@@ -31,9 +31,10 @@ HELD_OUT_EVERY = 50  # the organisms' training split held out every 50th stdlib 
 def documents(cfg: StreamConfig, loaded: LoadedModel) -> tuple[list[list[int]], list[list[int]], str]:
     """(evaluated, calibration, split): windows of exactly ``cfg.seq_len`` tokens, chosen by seed.
 
-    ``cfg.samples`` evaluated windows, then (for the discovered policy) ``cfg.calibration`` others, taken
-    from documents no evaluated window comes from where there are enough (split "documents"), else
-    from other windows of the same documents (split "windows"); never an evaluated window.
+    ``cfg.samples`` evaluated windows, then (for the discovered policy) calibration windows
+    (:meth:`StreamConfig.calibration_documents`), taken from documents no evaluated window comes from where
+    there are enough (split "documents"), else from other windows of the same documents (split "windows");
+    never an evaluated window.
     """
     found, source = _windows(cfg, loaded)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -44,8 +45,9 @@ def documents(cfg: StreamConfig, loaded: LoadedModel) -> tuple[list[list[int]], 
     used = {source[i] for i in evaluated}
     rest = order[cfg.samples:]
     others = [i for i in rest if source[i] not in used]
-    calibration = (others + [i for i in rest if source[i] in used])[: cfg.calibration]
-    if len(calibration) < cfg.calibration:
+    wanted, least = cfg.calibration_documents()
+    calibration = (others + [i for i in rest if source[i] in used])[:wanted]
+    if len(calibration) < least:
         raise SinkscopeError(f"{len(found)} windows of {cfg.seq_len} tokens leave {len(calibration)} for calibration "
                              f"beside {len(evaluated)} evaluated; pass more text with --data, lower --samples or "
                              "--calibration, or pass --no-discovered")
