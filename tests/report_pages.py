@@ -38,3 +38,16 @@ def check_cited_numbers(html: str) -> int:
 def headline(html: str, model: str) -> str:
     story = re.search(rf'<article class="story" id="model-{model}".*?</article>', html, re.DOTALL).group(0)
     return re.sub(r"<[^>]+>", "", re.search(r'<p class="headline">(.*?)</p>', story, re.DOTALL).group(1))
+
+
+FIGURE_FONT_PX = {8.0, 9.0}  # style.py: text 8 pt, titles 9 pt (matplotlib's SVG writes 1 pt as 1 px)
+SUPERSCRIPT_PX = 5.6  # mathtext's exponent of an 8 pt log-scale tick label (10^3): 0.7 of it
+
+
+def figure_font_sizes(html: str) -> set[float]:
+    """Every font size used inside the page's inline SVG figures, in px."""
+    sizes = set()
+    for svg in re.findall(r"<svg\b.*?</svg>", html, flags=re.S):
+        sizes |= {float(s) for s in re.findall(r"font-size:\s*([0-9.]+)px", svg)}
+        sizes |= {float(s) for s in re.findall(r"font:[^;\"']*?([0-9.]+)px", svg)}
+    return sizes

@@ -80,7 +80,8 @@ class Criteria:
                                       "sequences", source="ours")
     massive_abs_paper: float = rule(100.0, why="the paper's massive activation: |x| above this (reported as "
                                     "massive_paper)", source="Sun et al. 2024")
-    massive_rel_paper: float = rule(1000.0, why="... and above this many times its token's median |x|",
+    massive_rel_paper: float = rule(1000.0, why="... and above this many times the median |x| of the "
+                                    "sequence's whole layer output (their torch.median over all tokens and dims)",
                                     source="Sun et al. 2024")
     # ---- QK locking ----------------------------------------------------------------------------
     lock_positive_share: float = rule(0.9, why="a head is QK-locked when at least this share of its queries have "

@@ -233,15 +233,24 @@ def test_spike_ratios_without_other_tokens_are_zero():
     assert token[0].abs().sum() == 0 and token[1].abs().sum() > 0 and channel[0].abs().sum() > 0
 
 @pytest.mark.parametrize("seed", range(4))
-def test_massive_mask_matches_the_per_token_median_rule(seed):
+def test_massive_mask_is_suns_rule_with_the_median_of_the_whole_layer_output(seed):
+    """Sun et al.'s median is torch.median over one sequence's whole (T, D) block output, padding excluded."""
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(3, 20, 16, generator=g) * 0.05
     h[0, 0, 3], h[1, 5, 7], h[2, 9, 1] = 500.0, -300.0, 90.0  # two massive, one under the absolute bar
-    h[2, 4] = 200.0  # every dim large: above the absolute bar, not above 1000 x its own median
-    mags = h.abs()
-    brute = (mags > 100.0) & (mags > 1000.0 * mags.median(-1, keepdim=True).values)
-    assert torch.equal(massive_mask(h, 100.0, 1000.0), brute)
-    assert massive_mask(h, 100.0, 1000.0).nonzero().tolist() == [[0, 0, 3], [1, 5, 7]]
+    h[2, 4] = 200.0  # a whole token large: 1000 x its own median is 200,000, but the sequence's median is small
+    h[1, 15:] = 1.0  # padding of sequence 1: must not enter its median
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    valid[1, 15:] = False
+    brute = torch.zeros_like(valid[..., None].expand(-1, -1, 16))
+    for s in range(3):
+        real = h[s][valid[s]].abs()
+        median = torch.median(real)  # Sun et al.'s call, on one sequence
+        brute[s] = (h[s].abs() > 100.0) & (h[s].abs() > 1000.0 * median) & valid[s, :, None]
+    got = massive_mask(h, 100.0, 1000.0, valid)
+    assert torch.equal(got, brute)
+    assert got.nonzero()[:, :2].unique(dim=0).tolist() == [[0, 0], [1, 5], [2, 4]]
+    assert not massive_mask(h * 0 + 150.0, 100.0, 1000.0).any()  # all equal: nothing stands 1000x out
 
 
 @pytest.mark.parametrize("tracked", [3, 6, 10])
@@ -276,11 +285,11 @@ def test_massive_and_dominant_masks_match_their_definitions_at_the_boundaries(wi
     x = torch.randn(3, 40, width, generator=g) * torch.rand(1, 1, width, generator=g) * 10
     hair = 1 + (torch.rand(3, 40, 1, generator=g) - 0.5) * 1e-6
     x[..., :2] = 150.0  # above every median, so the median below is the one the plants end up with
-    median = x.abs().median(-1, keepdim=True).values
+    median = x.abs().flatten(1).median(1).values[:, None, None]  # (3, 1, 1): Sun's per-sequence median
     x[..., :1] = torch.where(torch.rand(3, 40, 1, generator=g) < 0.5, 1000 * median * hair, 150.0)
     x[..., 1:2] = 100.0 * hair
     mags = x.abs()
-    want = (mags > 100.0) & (mags > 1000.0 * mags.median(-1, keepdim=True).values)
+    want = (mags > 100.0) & (mags > 1000.0 * mags.flatten(1).median(1).values[:, None, None])
     assert want.any() and torch.equal(massive_mask(x, 100.0, 1000.0), want)
     y = torch.randn(3, 40, width, generator=g)
     y[:, :3, 0] = 30.0  # the first tokens, and two others, dominated by dim 0

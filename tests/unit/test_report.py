@@ -257,6 +257,13 @@ def test_missing_figures_are_left_out_not_faked_nor_noted(built):
     assert 'class="missing"' not in html and "omitted" not in html
 
 
+def test_figures_share_one_font_size(built):
+    from report_pages import FIGURE_FONT_PX, SUPERSCRIPT_PX, figure_font_sizes
+
+    sizes = figure_font_sizes(built[1])
+    assert 8.0 in sizes and sizes <= FIGURE_FONT_PX | {SUPERSCRIPT_PX}, sizes
+
+
 def test_page_is_self_contained(built):
     _, html = built
     assert "<script" not in html and "<link" not in html and "<img" not in html

@@ -243,7 +243,7 @@ class DisparityObserver(_Hooked):
         tally.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
         first = torch.zeros_like(batch.valid)
         first[rows, batch.first] = True  # (B, T)
-        paper = massive_rows(residual, self.massive_abs, self.massive_rel)
+        paper = massive_rows(residual, self.massive_abs, self.massive_rel, batch.valid)
         for prefix, (chosen, chosen_mask) in (("massive", paper),
                                               ("dominant", dominant_rows(residual, dom, others, self.contrast))):
             self._add_rows(k, prefix, chosen, chosen_mask, first, others)

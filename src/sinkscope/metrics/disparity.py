@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .magnitudes import lower_median
+
 
 def dominance_ratio(hidden: torch.Tensor) -> torch.Tensor:
     """DomRatio(h) = max_j |h_j| / mean_j |h_j| over the last dimension.
@@ -25,33 +27,36 @@ def effective_rank(matrix: torch.Tensor) -> torch.Tensor:
     return torch.exp(entropy)
 
 
-def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float) -> torch.Tensor:
-    """Massive activations (Sun et al. 2024): |x| > abs_threshold and > rel_threshold x the median |x|.
+def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Massive activations (Sun et al. 2024): |x| > abs_threshold and > rel_threshold x the median |x| of the
+    sequence's whole layer output, all its real tokens and dims, as their layer-wise analysis computes it
+    (``torch.median(feat_abs)`` over one sequence's block output, locuslab/massive-activations ``main_llm.py``).
 
-    hidden: (..., D) -> bool (..., D); the median is over each token's own D dims.
+    hidden: (..., T, D) one sequence per leading index; valid: (..., T) bool real tokens (default all).
+    Returns bool (..., T, D).
     """
-    return dense_mask(*massive_rows(hidden, abs_threshold, rel_threshold), hidden.shape[-1])
+    return dense_mask(*massive_rows(hidden, abs_threshold, rel_threshold, valid), hidden.shape[-1])
 
 
-def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`massive_mask` on the tokens that can hold one: (rows (...) bool, their mask (N, D) bool).
+def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float,
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`massive_mask` on the tokens that can hold one: (rows (..., T) bool, their mask (N, D) bool).
 
-    Only tokens past the absolute bar can, so only their medians are taken: a sort per candidate, not
-    per token, and no (..., D) mask for the few tokens that matter.
+    Only tokens past the absolute bar can, so the median is taken only for sequences that have one,
+    and no (..., T, D) mask is built for the few tokens that matter.
     """
     mags = hidden.float().abs()
-    peak = mags.amax(-1)
-    rows = peak > abs_threshold
-    # A value beats rel x the median only if the median is below peak / rel, that is if more than half of the
-    # row lies below it (the margin keeps this test on the safe side of rounding): most rows past the bar
-    # fail that count and need no median.
-    below = (mags[rows] < (peak[rows] / rel_threshold * (1 + 1e-5))[:, None]).sum(-1)
-    rows[rows.clone()] = below > (hidden.shape[-1] - 1) // 2
+    valid = torch.ones(mags.shape[:-1], dtype=torch.bool, device=mags.device) if valid is None else valid
+    rows = (mags.amax(-1) > abs_threshold) & valid  # (..., T)
+    flat_rows, flat_mags, flat_valid = rows.reshape(-1, rows.shape[-1]), mags.reshape(-1, *mags.shape[-2:]), \
+        valid.reshape(-1, valid.shape[-1])
+    median = torch.full((len(flat_rows),), torch.inf, device=mags.device)  # (S,) no row past the bar: none needed
+    for s in flat_rows.any(-1).nonzero()[:, 0].tolist():
+        median[s] = lower_median(flat_mags[s][flat_valid[s]])
+    level = (rel_threshold * median)[:, None].expand_as(flat_rows).reshape(rows.shape)[rows]  # (N,)
     candidates = mags[rows]  # (N, D)
-    if not len(candidates):
-        return rows, candidates.bool()
-    median = candidates.median(-1, keepdim=True).values
-    return rows, (candidates > abs_threshold) & (candidates > rel_threshold * median)
+    return rows, (candidates > abs_threshold) & (candidates > level[:, None])
 
 
 def dominant_mask(hidden: torch.Tensor, dom: torch.Tensor, reference: torch.Tensor, contrast: float) -> torch.Tensor:

@@ -188,7 +188,7 @@ def massive_activations(probe: dict, hidden_table: dict | None, label: str, colo
     standing = ", ".join(map(str, (disparity.get("massive_dims") or [])[:6])) or "none"
     sun = ", ".join(map(str, (disparity.get("massive_dims_paper") or [])[:6])) or "none"
     line_ax.set_title(f"first token's dominant dims: {standing}\nmassive by Sun et al.'s rule "
-                      f"(|h| > 100 and > 1000x its token's median |h|): {sun}")
+                      f"(|h| > 100 and > 1000x the layer's median |h|): {sun}")
     line_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
     fig.suptitle(f"{label}: massive activations")
     return fig
