@@ -264,6 +264,20 @@ def test_figures_share_one_font_size(built):
     assert 8.0 in sizes and sizes <= FIGURE_FONT_PX | {SUPERSCRIPT_PX}, sizes
 
 
+def test_each_colour_has_one_role():
+    """Runs, massive dims, KV policies, controls and fits never share a colour, and random tokens keep the dash."""
+    from sinkscope.report import style
+
+    roles = {"runs": {*style.VARIANT_COLOURS.values(), *style.OTHER_COLOURS},
+             "massive dims and markers": set(style.DIM_COLOURS), "policies": {*style.POLICY_COLOURS.values(),
+                                                                              *style.FIRST_K_COLOURS},
+             "controls": {style.NEUTRAL}, "fits": {style.FIT_COLOUR}}
+    for a in roles:
+        for b in roles:
+            assert a == b or not {c.lower() for c in roles[a]} & {c.lower() for c in roles[b]}, (a, b)
+    assert style.CACHE_STYLE not in (style.RANDOM_STYLE, style.NATURAL_STYLE)
+
+
 def test_page_is_self_contained(built):
     _, html = built
     assert "<script" not in html and "<link" not in html and "<img" not in html

@@ -279,7 +279,8 @@ def _stream(results: Results, draw: _Drawer) -> Section:
     for series in results.series:
         for path, payload in series.stream:
             key = f"{path.parent.name}-{model_name(series)}"
-            parts.append(draw.slot("stream", key, "perplexity against tokens, one line per cache policy",
+            parts.append(draw.slot("stream", key, "perplexity against tokens, one line per cache policy (solid: original "
+                                   "positions, dash-dot: cache positions; black dotted: full attention)",
                                    lambda p=payload, lab=model_name(series): stream_fig.stream_perplexity(p, lab)))
             parts.append(table(stream_fig.policy_rows(payload), f"stream-table-{slug(key)}"))
     return Section("stream", "KV-cache policies", "sinkscope stream: perplexity under a KV budget when the cache "

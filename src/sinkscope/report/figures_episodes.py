@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .payload import MissingData, finite
-from .style import HIGHLIGHT, LAYER_INPUT_AXIS, OTHER_COLOURS, integer_axis, log_if_wide, new_figure, tag
+from .style import DIM_COLOURS, HIGHLIGHT, LAYER_INPUT_AXIS, integer_axis, log_if_wide, new_figure, tag
 
 DIMS_DRAWN = 4  # the strongest trajectories; more lines on one axis stop being readable
 
@@ -31,7 +31,7 @@ def episodes_figure(probe: dict | None, label: str):
     fig, axes = new_figure(height=3.8)
     ax = axes[0, 0]
     drawn = sorted(trajectories, key=lambda t: -np.nanmax(np.abs(finite(t["mean"]))))[:DIMS_DRAWN]
-    colours = {t["dim"]: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, t in enumerate(drawn)}
+    colours = {t["dim"]: DIM_COLOURS[i % len(DIM_COLOURS)] for i, t in enumerate(drawn)}
     values = []
     for t in drawn:
         mean = np.abs(finite(t["mean"]))

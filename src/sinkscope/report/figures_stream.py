@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .payload import need
-from .style import FIT_COLOUR, OTHER_COLOURS, WIDE_WIDTH, log_axis, new_figure, tag
+from .style import CACHE_STYLE, FIT_COLOUR, NATURAL_STYLE, WIDE_WIDTH, log_axis, new_figure, policy_colour, tag
 
-POLICY_STYLE = {"original": "-", "cache": "--"}  # positions mode -> line style
+POLICY_STYLE = {"original": NATURAL_STYLE, "cache": CACHE_STYLE}  # positions mode -> line style
 
 
 SMOOTH_TOKENS = 16  # perplexity by position is noisy over a few dozen documents; a moving mean shows the trend
@@ -23,15 +23,14 @@ def smoothed_perplexity(nll_by_position: list[float], span: int = SMOOTH_TOKENS)
 
 
 def stream_perplexity(payload: dict, label: str):
-    """Perplexity against tokens per policy (moving mean over SMOOTH_TOKENS) (solid: original positions, dashed: cache), full attention in black."""
+    """Perplexity against tokens per policy (moving mean over SMOOTH_TOKENS) (solid: original positions, dash-dot: cache), full attention in black."""
     policies, budget = need(payload, "policies", "budget")
     fig, axes = new_figure(height=3.6, width=WIDE_WIDTH)
     ax = axes[0, 0]
-    names = list(dict.fromkeys(p["name"] for p in policies))
+    first_k = list(dict.fromkeys(p["name"] for p in policies if p["name"] not in ("window", "discovered")))
     for policy in policies:
         curve = smoothed_perplexity(policy["nll_by_position"])
-        colour = OTHER_COLOURS[names.index(policy["name"]) % len(OTHER_COLOURS)] if policy["name"] != "discovered" \
-            else "#D62728"
+        colour = policy_colour(policy["name"], first_k.index(policy["name"]) if policy["name"] in first_k else 0)
         line, = ax.plot(np.arange(2, len(curve) + 2), curve, POLICY_STYLE.get(policy["positions"], ":"),
                         color=colour, label=f"{policy['name']} ({policy['positions']})")
         tag(line, f"stream-{policy['name']}-{policy['positions']}")

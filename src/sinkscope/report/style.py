@@ -27,9 +27,15 @@ VARIANT_COLOURS = {
 OTHER_COLOURS = ("#444444", "#8C564B", "#7F7F7F", "#BCBD22", "#17BECF")
 HIGHLIGHT = "#D62728"  # massive dims, onset markers, locked heads
 NEUTRAL = "#9A9A9A"  # "the other tokens", controls
-FIT_COLOUR = "#222222"  # fitted curves
+FIT_COLOUR = "#222222"  # fitted curves, full attention
+# Things that are not runs get colours no run, and no other role, ever takes, so a colour means one thing
+# on the whole page (tests/unit/test_report.py checks the roles are disjoint).
+DIM_COLOURS = (HIGHLIGHT, "#7F0000", "#F4A582", "#B2182B")  # massive dims: reds, the first is HIGHLIGHT
+POLICY_COLOURS = {"window": "#6A3D9A", "discovered": "#1A1A6E"}  # KV policies: purple, navy; first-k: browns
+FIRST_K_COLOURS = ("#A6761D", "#5C3A0E", "#D9A441", "#8C6D31")
 
 RANDOM_STYLE = "--"  # random-token inputs are dashed, natural text solid, in every figure
+CACHE_STYLE = "-."  # stream's cache positions (original positions solid); dashes stay random tokens'
 RANDOM_HATCH = "///"  # ... and hatched where drawn as bars
 NATURAL_STYLE = "-"
 
@@ -52,6 +58,11 @@ matplotlib.rcParams.update({
     "figure.titlesize": 9,
     "font.family": "DejaVu Sans",
 })
+
+
+def policy_colour(name: str, first_k_index: int = 0) -> str:
+    """The colour of a KV policy: window and discovered fixed, the first-k policies in FIRST_K_COLOURS order."""
+    return POLICY_COLOURS.get(name) or FIRST_K_COLOURS[first_k_index % len(FIRST_K_COLOURS)]
 
 
 def variant_colour(variant: str | None, index: int = 0) -> str:
