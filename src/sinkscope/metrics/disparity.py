@@ -54,7 +54,7 @@ def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
     median = torch.full((len(flat_rows),), torch.inf, device=mags.device)  # (S,) no row past the bar: none needed
     for s in flat_rows.any(-1).nonzero()[:, 0].tolist():
         median[s] = lower_median(flat_mags[s][flat_valid[s]])
-    level = (rel_threshold * median)[:, None].expand_as(flat_rows).reshape(rows.shape)[rows]  # (N,)
+    level = (rel_threshold * median).reshape(rows.shape[:-1])[..., None].expand_as(rows)[rows]  # (N,)
     candidates = mags[rows]  # (N, D)
     return rows, (candidates > abs_threshold) & (candidates > level[:, None])
 

@@ -151,19 +151,20 @@ class SinkCache(Cache):
         for layer in self.layers:
             layer.is_initialized = True
 
+    def _kept_leaving(self) -> int | None:
+        """The kept token the next step evicts from the window (it becomes a sink there), if any."""
+        leaving = self.length - self.window
+        return leaving if leaving >= 0 and leaving in self.kept else None
+
     @property
     def held(self) -> list[int]:
         """Stream indices of the tokens the next one will attend besides itself, in stream order."""
-        W, p = self.window, self.length
-        leaving = [p - W] if p >= W and p - W in self.kept else []
-        return sorted(self.sink_index + leaving) + list(range(max(0, p - W + 1), p))
-
-    def _sinks_after_leaving(self) -> int:
-        p = self.length
-        return len(self.sink_index) + (p >= self.window and p - self.window in self.kept)
+        leaving = self._kept_leaving()
+        sinks = self.sink_index + ([] if leaving is None else [leaving])
+        return sinks + list(range(max(0, self.length - self.window + 1), self.length))
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        held = self._sinks_after_leaving() + min(self.length, self.window - 1)
+        held = len(self.sink_index) + (self._kept_leaving() is not None) + min(self.length, self.window - 1)
         return held + query_length, self.length - held
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -196,12 +197,13 @@ class SinkCache(Cache):
         if positions is None:  # the model numbered the new tokens from the cache's length
             positions = torch.arange(p, p + n, device=key_states.device)
         positions = positions.to(key_states.device).expand(B, n)
-        if p >= W and p - W in self.kept:
-            slot, s = (p - W) % W, len(self.sink_index)
+        leaving = self._kept_leaving()
+        if leaving is not None:
+            slot, s = leaving % W, len(self.sink_index)
             self.sink_keys[:, :, :, s:s + 1] = self.rotation.apply(
                 self.keys[:, :, :, slot:slot + 1], self.positions[:, slot:slot + 1], inverse=True)
             self.values[:, :, :, W + s] = self.values[:, :, :, slot]
-            self.sink_index.append(p - W)
+            self.sink_index.append(leaving)
         s, old = len(self.sink_index), min(p, W - 1)
         if s:
             slots = positions[:, -1:] - (s + old + n - 1) + torch.arange(s, device=positions.device)
