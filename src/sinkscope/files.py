@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,13 +79,13 @@ def check_output(path: str | Path) -> None:
     """
     path = Path(path).expanduser()
     folder = path.parent if path.suffix == ".json" else path
-    if folder is path and path.exists() and not path.is_dir():
+    if folder is path and _is_not_a_folder(path):
         raise SinkscopeError(f"--out {path}: {path} exists and is a file; pass a folder (it is created if missing)")
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
-    if not folder.is_dir():
+    if _is_not_a_folder(folder):
         raise SinkscopeError(f"--out {path} cannot be created: {folder} is a file, not a folder")
     made = []
     try:
@@ -93,7 +94,7 @@ def check_output(path: str | Path) -> None:
                 part.mkdir()
                 made.append(part)
             except FileExistsError:  # made (and maybe removed again) meanwhile by another rank's check: creatable
-                if part.exists() and not part.is_dir():
+                if _is_not_a_folder(part):
                     raise
     except OSError as err:
         raise SinkscopeError(f"--out {path} cannot be created: {err.strerror or err}") from None
@@ -103,6 +104,18 @@ def check_output(path: str | Path) -> None:
                 part.rmdir()
             except OSError:  # another process has begun writing there, or removed it: leave it to them
                 pass
+
+
+def _is_not_a_folder(path: Path) -> bool:
+    """Whether ``path`` exists as something other than a folder, from a single stat.
+
+    Every torchrun rank checks --out at once, and each makes and removes the missing folders: asking
+    "exists?" and then "is a folder?" can see another rank's folder, then its absence, and call it a file.
+    """
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")  # the files that hold a checkpoint's weights

@@ -81,6 +81,25 @@ def test_checking_an_out_folder_tolerates_another_process_checking_it_at_once(tm
     monkeypatch.setattr(Path, "mkdir", made_and_removed)
     check_output(tmp_path / "e" / "f")
     monkeypatch.undo()
+
+    # The other rank makes --out just before we look and removes it just after (CI's torchrun failure):
+    # a check that asks twice sees a folder, then nothing, and calls it a file.
+    real_stat = Path.stat
+    looks = []
+
+    def made_then_removed(self, *args, **kwargs):
+        if self.name != "g" or looks:
+            return real_stat(self, *args, **kwargs)
+        looks.append(self)  # only the first look finds the other rank's folder
+        self.mkdir()
+        try:
+            return real_stat(self, *args, **kwargs)
+        finally:
+            self.rmdir()
+
+    monkeypatch.setattr(Path, "stat", made_then_removed)
+    check_output(tmp_path / "g")
+    monkeypatch.undo()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "file").write_text("x")
     with pytest.raises(SinkscopeError, match="cannot be created"):
