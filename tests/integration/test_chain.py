@@ -45,6 +45,7 @@ def test_planted_finders_and_profiles(planted):
     neurons = result["super_neurons"]
     assert [(c["layer"], c["index"]) for c in neurons["candidates"]] == [(answer.layer, answer.neuron)]
     cand = neurons["candidates"][0]
+    assert neurons["attributed"] == [cand]  # the attribution's writer, profiled as the finder profiles it
     assert cand["persistence"] == 1.0 and cand["other_abs_max"] == 0.0  # fires only on the first token
     assert cand["down_column"]["dims"][0] == {"dim": answer.dim, "share": 1.0,
                                               "weight": pytest.approx(cand["down_column"]["dims"][0]["weight"])}
@@ -290,3 +291,34 @@ def test_effective_tokens_without_the_full_pass_match_it(padding_side):
             assert cheap["effective_tokens"][i] == pytest.approx(full["effective_tokens"][i], rel=1e-5)
         else:
             assert np.isnan(cheap["effective_tokens"][i]) and not np.isnan(full["effective_tokens"][i])
+
+
+def test_a_writer_the_spike_finder_misses_is_profiled_beside_its_candidates():
+    """The attribution names the neuron that wrote the massive dim even where the spike finder does not find it
+    (on SmolLM2 the onset's writers also fire on later tokens; here the finder's bar is set out of reach).
+    probe.json then profiles it beside the finder's candidates, with the same statistics, checked here against
+    the activations read by a hook."""
+    from dataclasses import replace
+
+    from sinkscope.config import ProbeConfig
+
+    model, answer = planted_sink_model(layer=1, neuron=5, dim=3)
+    inputs = answer.inputs(8, 24, seed=2)
+    config = ProbeConfig()
+    config = replace(config, criteria=replace(config.criteria, spike_channel_ratio=1e30))
+    result = probe(model, inputs, config=config, batch_size=4, selectivity_positions=0)
+    assert super_neuron_coordinates(result["chain"]) == [{"layer": 1, "index": 5, "dims": [3]}]
+    neurons = result["super_neurons"]
+    assert neurons["candidates"] == []
+    (writer,) = neurons["attributed"]
+    seen = []
+    down = model.model.layers[answer.layer].mlp.down_proj
+    handle = down.register_forward_hook(lambda m, a, o: seen.append(a[0][..., answer.neuron].double()))
+    with torch.no_grad():
+        model(torch.tensor(inputs))
+    handle.remove()
+    act = seen[0]  # (B, T): the neuron's down_proj input
+    assert (writer["layer"], writer["index"], writer["persistence"]) == (1, 5, 0.0)
+    assert writer["sink_abs_mean"] == pytest.approx(float(act[:, 0].abs().mean()), rel=1e-5)
+    assert writer["sink_abs_mean"] > 100 and writer["other_abs_mean"] == float(act[:, 1:].abs().mean()) == 0.0
+    assert writer["down_column"]["dims"][0]["dim"] == answer.dim

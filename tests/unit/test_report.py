@@ -181,6 +181,36 @@ def test_super_neuron_bars_highlight_the_massive_dim():
     assert "#d62728" in first_bar.lower()  # dim 5 is massive: drawn in the highlight colour
 
 
+def test_neuron_table_names_the_chain_writers_first_even_where_the_spike_finder_missed_them(tmp_path):
+    """The C2 table must name every neuron the chain names (the headline and the chain box quote them), with how
+    each was found; a writer the spike finder missed (SmolLM2's onset writers) still gets its row."""
+    payload = probe_payload()
+    column = {"kurtosis": 30.0, "dims": [{"dim": 5, "share": 0.8}]}
+    strong = {"layer": 3, "index": 1, "persistence": 1.0, "sink_abs_mean": 900.0, "other_abs_mean": 0.1,
+              "weight_outlier": False, "down_column": column}
+    missed = {"layer": 0, "index": 4, "persistence": 0.25, "sink_abs_mean": 40.0, "other_abs_mean": 2.0,
+              "weight_outlier": False, "down_column": column}
+    payload["super_neurons"]["candidates"].append(strong)
+    eraser = {**missed, "layer": 2, "index": 9}
+    payload["super_neurons"]["attributed"] = [payload["super_neurons"]["candidates"][0], missed, eraser]
+    neuron = lambda layer, index, share: {"kind": "neuron", "layer": layer, "index": index, "expert": None,  # noqa: E731
+                                          "share": share}
+    payload["chain"]["episodes"] = [{"dim": 5, "start": 2, "end": 3,
+                                     "rise": {"writers": [neuron(1, 7, 0.6), neuron(0, 4, 0.3)]},
+                                     "fall": {"erasers": [neuron(2, 9, 0.7), neuron(2, 8, 0.2), neuron(2, 6, 0.1)]}}]
+    rows = chain_fig.neuron_rows(payload)  # the third eraser is not named by the headline, nor here
+    assert [(r["layer"], r["index"], bool(r["roles"]), r["spike_finder"]) for r in rows] == [
+        (1, 7, True, True), (0, 4, True, False), (2, 9, True, False), (2, 8, True, False), (3, 1, False, True)]
+    assert rows[2]["roles"] == ["erases 70% of the fall of dim 5 (inputs 2-3)"] and "sink_abs_mean" not in rows[3]
+    write_probe(tmp_path / "m" / "probe", payload)
+    page = (build_report([tmp_path], tmp_path / "r.html"), (tmp_path / "r.html").read_text())[1]
+    table = re.search(r'<table[^>]*neuron-table.*?</table>', page, re.DOTALL).group(0)
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", table, re.DOTALL)]
+    assert cells[cells.index("4") + 1: cells.index("4") + 3] == ["attribution",
+                                                                 "writes 30% of the rise of dim 5 (inputs 2-3)"]
+    assert cells[cells.index("7") + 1] == "attribution + spike finder" and "spike finder" in cells
+
+
 def test_disparity_massive_qk_and_chain_figures_carry_their_series():
     p = probe_payload()
     dom_svg = svg_text(sink_fig.dom_ratio(p, "a", "#000"))

@@ -122,6 +122,14 @@ def super_neurons(episodes: list[dict]) -> list[dict]:
             for i, e in enumerate(episodes) for w in e["rise"]["writers"] if w["kind"] == "neuron"]
 
 
+def attributed_neurons(episodes: list[dict]) -> list[tuple[int, int]]:
+    """Every dense FFN neuron (layer, index) the attribution names, as a writer of a rise or an eraser of a fall,
+    each once, in the episodes' order."""
+    named = [(w["layer"], w["index"]) for e in episodes for part, key in (("rise", "writers"), ("fall", "erasers"))
+             for w in (e[part] or {}).get(key, []) if w["kind"] == "neuron" and w["expert"] is None]
+    return list(dict.fromkeys(named))
+
+
 def trajectories(att: Attribution, dims: list[int]) -> list[dict]:
     """Each dim's mean and spread at the first token at every layer input, and the blocks' writes."""
     return [{"dim": d, "mean": att.mean[:, d].tolist(), "std": att.std[:, d].tolist(),

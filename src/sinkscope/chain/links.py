@@ -89,7 +89,14 @@ def _last(count_row: torch.Tensor) -> int:
 
 # ---- C2 -----------------------------------------------------------------------------------------
 
-def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Criteria) -> dict:
+def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Criteria,
+                   attributed: list[tuple[int, int]] = ()) -> dict:
+    """The spike finder's candidates, and the same profile for each neuron (layer, index) the attribution names.
+
+    The two differ in how a neuron is found: the finder asks whether it spikes at the first token alone, the
+    attribution asks whether it wrote (or erased) a massive dim. A writer that also fires elsewhere fails the
+    finder (on SmolLM2, the onset's writers in layer 2), and the report shows both lists in one table.
+    """
     tally = neurons.tally
     sequences = tally["sequences"].clamp(min=1)[:, None]  # (L, 1)
     persistence = tally["extreme_count"] / sequences  # (L, I)
@@ -97,15 +104,10 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Crite
     other_mean_abs = tally["other_abs_sum"] / tally["other_tokens"].clamp(min=1)[:, None]
     channel_mean = tally["sink_channel_mean_sum"] / sequences[:, 0]  # (L,)
     weight = weight_finder(model, adapter, top_k, c.weight_outlier)
-    by_layer = {row["layer"]: row for row in weight}
-    layers, index = (persistence >= c.spike_persistence).nonzero(as_tuple=True)
-    order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
-    candidates = []
-    for i in order.tolist():
-        layer, n = int(layers[i]), int(index[i])
-        down = mlp_weights(model, adapter, layer)["down"]
-        outliers = {row["index"] for row in by_layer[layer]["outliers"]}
-        candidates.append({
+    outliers = {row["layer"]: {o["index"] for o in row["outliers"]} for row in weight}
+
+    def profile(layer: int, n: int) -> dict:
+        return {
             "layer": layer, "index": n, "persistence": float(persistence[layer, n]),
             "sink_activation": float(tally["sink_sum"][layer, n] / sequences[layer, 0]),
             "sink_abs_mean": float(sink_mean_abs[layer, n]),
@@ -113,13 +115,18 @@ def reduce_neurons(neurons: NeuronObserver, model, adapter, top_k: int, c: Crite
             "other_abs_max": float(tally["max_other_abs"][layer, n]),
             "token_ratio": _ratio(sink_mean_abs[layer, n], other_mean_abs[layer, n]),
             "channel_ratio": _ratio(sink_mean_abs[layer, n], channel_mean[layer]),
-            "down_column": column_profile(down[:, n], COLUMN_DIMS),
-            "weight_outlier": n in outliers,
-        })
+            "down_column": column_profile(mlp_weights(model, adapter, layer)["down"][:, n], COLUMN_DIMS),
+            "weight_outlier": n in outliers[layer],
+        }
+
+    layers, index = (persistence >= c.spike_persistence).nonzero(as_tuple=True)
+    order = sink_mean_abs[layers, index].argsort(descending=True)[:MAX_CANDIDATES]
+    candidates = [profile(int(layers[i]), int(index[i])) for i in order.tolist()]
     out = tally["down_out_sink_abs_sum"] / sequences  # (L, D): what each MLP writes at the first token
     values, dims = out.topk(min(DOWN_OUTPUT_DIMS, out.shape[-1]), dim=-1)
     spikes = [{"layer": layer, "dims": dims[layer].tolist(), "mean_abs": values[layer].tolist()} for layer in range(len(out))]
-    return {"candidates": candidates, "weight_finder": weight, "down_output_at_sink": spikes,
+    return {"candidates": candidates, "attributed": [profile(layer, n) for layer, n in attributed],
+            "weight_finder": weight, "down_output_at_sink": spikes,
             "thresholds": {"token_ratio": c.spike_token_ratio, "channel_ratio": c.spike_channel_ratio,
                            "persistence": c.spike_persistence, "weight_outlier": c.weight_outlier}}
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ProbeConfig
-from .episodes import add_sink, all_episodes, onset_episode, super_neurons, tracking, trajectories
+from .episodes import (add_sink, all_episodes, attributed_neurons, onset_episode, super_neurons, tracking,
+                       trajectories)
 from .links import (MAX_SELECTIVITY_NEURONS, reduce_disparity, reduce_neurons, reduce_qk, reduce_variance,
                     selectivity_table)
 from .verdict import chain_consistent, chain_verdict, first_position
@@ -28,15 +29,18 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     variance, variance_tables = reduce_variance(observers["values"], tokens)
     variance["first_position"] = first_position(sequences)
     disparity = reduce_disparity(observers["disparity"], c)
-    neurons = (reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k, c) if "neurons" in observers
-               else {"candidates": [], "note": "no dense FFN: the experts' neurons are read by attribution"})
     attribution = observers["attribution"].reduce(model)
     episodes = all_episodes(attribution, disparity["massive_at_sink"], c.writer_share)
     add_sink(episodes, sink["ratio"])
+    linked = super_neurons(episodes)
+    writers = [(n["layer"], n["index"]) for n in linked if n["expert"] is None]
+    neurons = (reduce_neurons(observers["neurons"], model, adapter, config.neuron_top_k, c,
+                              attributed_neurons(episodes)) if "neurons" in observers
+               else {"candidates": [], "note": "no dense FFN: the experts' neurons are read by attribution"})
     chain = {
         "episodes": episodes,
         "trajectories": trajectories(attribution, disparity["massive_dims"]),
-        "super_neurons": super_neurons(episodes),
+        "super_neurons": linked,
         "massive_dims": disparity["massive_dims"],
         "disparity_layer_input": disparity["disparity_layer_input"],
         "onset_layer": sink["onset_layer"],
@@ -48,8 +52,7 @@ def reduce_chain(loaded, observers: dict, config: ProbeConfig, sink_score: torch
     }
     chain["consistent"] = chain_consistent(chain)
     chain["verdict"] = chain_verdict(chain, sink, variance)
-    traced = [(n["layer"], n["index"]) for n in chain["super_neurons"] if n["expert"] is None]
-    traced = traced or [(n["layer"], n["index"]) for n in neurons["candidates"][:1]]
+    traced = writers or [(n["layer"], n["index"]) for n in neurons["candidates"][:1]]
     sel_table = selectivity_table(observers.get("selectivity"), model, adapter, traced[:MAX_SELECTIVITY_NEURONS])
     qk, qk_table = reduce_qk(observers["queries"], model, adapter, disparity, sink_score, c)
     chain["evidence"] = {

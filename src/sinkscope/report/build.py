@@ -27,6 +27,7 @@ from .style import inline_svg, png_bytes, svg_text
 
 SECTIONS = ("summary", "sink", "variance", "neurons", "disparity", "qk", "chain", "interventions", "training", "stream",
             "files")
+MAX_NEURON_ROWS = 12  # the chain's super neurons (a handful per episode) and the spike finder's strongest others
 
 
 @dataclass
@@ -135,7 +136,8 @@ def _variance(results: Results, draw: _Drawer) -> Section:
         tables = {key: p.table("chain_variance_by_position") for key, p in (("natural", s.natural), ("random", s.random))
                   if p is not None}
         return [draw.slot("variance", s.label, "std of the o_proj input by position; solid natural text, dashed "
-                          "random tokens, dotted the fitted s/sqrt(t+1); R2 'BOS': position 0 holds the same BOS "
+                          "random tokens, dotted the fitted s/sqrt(t+1); R2 'no fit': s/sqrt(t+1) fits worse than a "
+                          "constant (R2 < 0), so no curve is drawn; R2 'BOS': position 0 holds the same BOS "
                           "token in every sample, so its std over samples is 0 by construction",
                           lambda: chain_fig.variance_by_position(s.natural and s.natural.payload,
                                                                  s.random and s.random.payload, tables, s.label,
@@ -158,11 +160,12 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
     def fill(s: Series):
         probe = s.probe
         rows = chain_fig.neuron_rows(probe.payload) if probe else []
-        shown = [{"layer": r["layer"], "neuron": r["index"], "writes massive": ", ".join(map(str, r["writes_massive"]))
-                  or None, "sink |a|": r.get("sink_abs_mean"), "other |a| mean": r.get("other_abs_mean"),
-                  "persistence": r.get("persistence"), "kurtosis": (r.get("down_column") or {}).get("kurtosis"),
+        shown = [{"layer": r["layer"], "neuron": r["index"], "found by": _found_by(r),
+                  "wrote or erased": "; ".join(r["roles"]) or None, "sink |a|": r.get("sink_abs_mean"),
+                  "other |a| mean": r.get("other_abs_mean"), "persistence": r.get("persistence"),
+                  "kurtosis": (r.get("down_column") or {}).get("kurtosis"),
                   "top dims": ", ".join(str(d["dim"]) for d in (r.get("down_column") or {}).get("dims", [])[:3]),
-                  "weight outlier": r.get("weight_outlier")} for r in rows[:8]]
+                  "weight outlier": r.get("weight_outlier")} for r in rows[:MAX_NEURON_ROWS]]
         parts = [table(shown, f"neuron-table--{slug(s.label)}")] if shown else []
         parts.append(_super_weight_line(probe.payload if probe else {}))
         experts = expert_neuron_rows(probe.payload) if probe else []
@@ -173,8 +176,19 @@ def _neurons(results: Results, draw: _Drawer) -> Section:
                                                                probe.table("chain_neuron_selectivity") if probe else None,
                                                                s.label, s.colour)))
         return parts
-    return Section("neurons", "C2 super neurons", "FFN neurons that fire only at the first token; their "
-                   "down-projection column writes one or two hidden dims (channel-sparse).", [_columns(results, fill)])
+    return Section("neurons", "C2 super neurons", "FFN neurons that fire at the first token; their "
+                   "down-projection column writes one or two hidden dims (channel-sparse). Two ways find them. The "
+                   "attribution names the neurons that wrote each massive dim's rise (the chain's super neurons, "
+                   "listed first) and the largest erasers of each fall. The spike finder names those whose "
+                   "first-token |activation| is at least spike_token_ratio times their mean on the later tokens and "
+                   "spike_channel_ratio times the layer's other neurons, in at least spike_persistence of the "
+                   "sequences (persistence: the share that do). A writer that also fires on later tokens is found "
+                   "by the attribution alone.", [_columns(results, fill)])
+
+
+def _found_by(row: dict) -> str:
+    return " + ".join(name for name, found in (("attribution", row["roles"]), ("spike finder", row["spike_finder"]))
+                      if found)
 
 
 def _super_weight_line(probe: dict) -> str:

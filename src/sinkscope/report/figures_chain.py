@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .payload import MissingData, finite, need
+from .story import NAMED_PER_EPISODE
 from .style import (
     FIT_COLOUR,
     HIGHLIGHT,
@@ -124,14 +125,31 @@ def _fit(probe: dict, layer: int, key: str) -> dict | None:
 
 
 def neuron_rows(probe: dict) -> list[dict]:
-    """Super-neuron candidates for the table: linked ones (writing a massive dim) first."""
-    neurons = (probe.get("super_neurons") or {}).get("candidates") or []
-    linked = {(n["layer"], n["index"]): n.get("dims", []) for n in (probe.get("chain") or {}).get("super_neurons", [])}
-    rows = []
-    for n in neurons:
-        key = (n.get("layer"), n.get("index"))
-        rows.append({**n, "linked": key in linked, "writes_massive": linked.get(key, [])})
-    rows.sort(key=lambda r: (not r["linked"], -(r.get("sink_abs_mean") or 0)))
+    """One row per neuron the page names: the chain's super neurons (each episode's writers), the erasers the
+    headline names, then the spike finder's other candidates, strongest first.
+
+    Each row says how it was found and what it did (``roles``): a writer that also fires on later tokens fails
+    the spike finder (SmolLM2's onset writers in layer 2), and the table must still name it as the chain does.
+    """
+    section = probe.get("super_neurons") or {}
+    profiles = {(n["layer"], n["index"]): n for n in (section.get("attributed") or []) + (section.get("candidates") or [])}
+    finder = {(n["layer"], n["index"]) for n in section.get("candidates") or []}
+    roles: dict[tuple[int, int], list[str]] = {}
+    writer_rank: dict[tuple[int, int], int] = {}  # 0 for the largest writer of an episode's rise, 1 for the next
+    for episode in (probe.get("chain") or {}).get("episodes") or []:
+        episode_name = f"dim {episode['dim']} (inputs {episode['start']}-{episode['end']})"
+        named = [("writes", "rise", w) for w in (episode.get("rise") or {}).get("writers") or []]
+        named += [("erases", "fall", w) for w in ((episode.get("fall") or {}).get("erasers") or [])[:NAMED_PER_EPISODE]]
+        neurons = [(verb, part, w) for verb, part, w in named if w["kind"] == "neuron" and w.get("expert") is None]
+        for rank, (verb, part, w) in enumerate(neurons):
+            key = (w["layer"], w["index"])
+            roles.setdefault(key, []).append(f"{verb} {w['share']:.0%} of the {part} of {episode_name}")
+            if verb == "writes":
+                writer_rank[key] = min(rank, writer_rank.get(key, rank))
+    rows = [{**profiles.get(key, {"layer": key[0], "index": key[1]}), "roles": told, "writer_rank": writer_rank.get(key),
+             "spike_finder": key in finder} for key, told in roles.items()]
+    rows += sorted(({**n, "roles": [], "writer_rank": None, "spike_finder": True} for key, n in profiles.items()
+                    if key in finder and key not in roles), key=lambda r: -(r.get("sink_abs_mean") or 0))
     return rows
 
 
@@ -140,11 +158,13 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
     and its selectivity by position (cos(x, w_gate) and activation)."""
     if probe is None or probe.get("super_neurons") is None:
         raise MissingData("no super_neurons section (probe --chain)")
-    rows = neuron_rows(probe)[:max_neurons]
+    drawable = [r for r in neuron_rows(probe) if r.get("down_column")]  # every episode's largest writer comes first
+    rows = sorted(drawable, key=lambda r: r["writer_rank"] if r["writer_rank"] is not None else math.inf)[:max_neurons]
     if not rows:
         raise MissingData("no neuron spikes at the first token: no super-neuron candidate")
     massive = set((probe.get("disparity") or {}).get("massive_dims") or [])
-    fig, axes = new_figure(len(rows), 2, height=2.6 * len(rows) + 0.6)
+    fig, axes = new_figure(len(rows), 2, height=2.6 * len(rows) + 0.9)
+    legend = []
     for r, n in enumerate(rows):
         ax = axes[r, 0]
         dims = (n.get("down_column") or {}).get("dims") or []
@@ -178,7 +198,9 @@ def super_neurons(probe: dict, selectivity: dict | None, label: str, colour: str
         twin.set_ylabel("activation (down_proj input)")
         twin.spines["right"].set_visible(True)
         sel_ax.set_title("selectivity by position" + (f"\n(activation at token 0: {act[0]:.3g})" if len(act) else ""))
-        sel_ax.legend(handles=[sel_ax.lines[0], twin.lines[0]], loc="upper right")
+        legend = [sel_ax.lines[0], twin.lines[0]]
+    if legend:  # one legend under the figure: inside a panel it covered the first token's spike
+        fig.legend(handles=legend, loc="outside lower center", ncol=2)
     fig.suptitle(f"{label}: super neurons")
     return fig
 

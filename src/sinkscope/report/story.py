@@ -17,6 +17,7 @@ from ..words import NOT_RESOLVED, UNCHANGED, change, dose_shape, resolved
 from .cite import Source, fmt
 
 EPISODES_TOLD = 2  # the headline names the first episodes; the chain figure draws every one
+NAMED_PER_EPISODE = 2  # writers (erasers) the headline names per episode; the C2 table lists the same neurons
 UNIFORM = "x uniform ({} times the attention it would get if each query attended evenly to every token it sees; "
 
 
@@ -75,9 +76,10 @@ def chain_sentence(probe: Source) -> str | None:
         told = []
         for i, e in enumerate(episodes[:EPISODES_TOLD]):
             rise, fall = e.get("rise") or {}, e.get("fall")
-            writers = ", ".join(_writer(w) for w in (rise.get("writers") or [])[:2]) or "no single writer"
+            writers = ", ".join(_writer(w) for w in (rise.get("writers") or [])[:NAMED_PER_EPISODE]) or "no single writer"
             end = (f"until layer input {probe.num(('chain', 'episodes', i, 'end'), 'd')}, erased by "
-                   + (", ".join(_writer(w) for w in (fall.get("erasers") or [])[:2]) or "no single eraser")
+                   + (", ".join(_writer(w) for w in (fall.get("erasers") or [])[:NAMED_PER_EPISODE])
+                      or "no single eraser")
                    if fall else "to the final norm")
             told.append(f"dim {probe.num(('chain', 'episodes', i, 'dim'), 'd')} from layer input "
                         f"{probe.num(('chain', 'episodes', i, 'start'), 'd')} (written by {writers}; peak "
