@@ -40,6 +40,19 @@ def headline(html: str, model: str) -> str:
     return re.sub(r"<[^>]+>", "", re.search(r'<p class="headline">(.*?)</p>', story, re.DOTALL).group(1))
 
 
+def named_neurons(text: str) -> set[tuple[int, int]]:
+    """(layer, neuron) of every "neuron N of layer L" a sentence names."""
+    return {(int(layer), int(n)) for n, layer in re.findall(r"neuron (\d+) of layer (\d+)", text)}
+
+
+def neuron_table(html: str, model: str) -> set[tuple[int, int]]:
+    """(layer, neuron) of each row of a model's C2 table (none where the page has no table for it)."""
+    table = re.search(rf'<table[^>]*neuron-table--{model}".*?</table>', html, re.DOTALL)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)
+            for row in re.findall(r"<tr.*?</tr>", table.group(0) if table else "", re.DOTALL)]
+    return {(int(cells[0]), int(cells[1])) for cells in rows if cells}
+
+
 FIGURE_FONT_PX = {8.0, 9.0}  # style.py: text 8 pt, titles 9 pt (matplotlib's SVG writes 1 pt as 1 px)
 SUPERSCRIPT_PX = 5.6  # mathtext's exponent of an 8 pt log-scale tick label (10^3): 0.7 of it
 

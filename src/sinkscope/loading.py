@@ -12,7 +12,7 @@ from .adapters import Adapter, adapter_for
 from .adapters.text_model import text_decoder
 from .config import LoadConfig
 from .errors import SinkscopeError
-from .gguf_loading import GgufFile, check_gguf, contents, find_gguf, unsupported
+from .gguf_loading import GgufFile, check_gguf, contents, find_gguf, one_reader, unsupported
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -124,14 +124,19 @@ def load_model(name: str, cfg: LoadConfig | None = None) -> LoadedModel:
     safetensors, or from a GGUF file dequantized to ``cfg.dtype``, and remote code runs only when
     ``cfg.trust_remote_code`` is set.
     """
-    from transformers import AutoModel, AutoModelForCausalLM
-
     cfg = cfg or LoadConfig()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SinkscopeError("--device cuda was asked for but this torch build sees no CUDA device; use --device cpu")
     source = resolve_source(name)
-    check_folder(source)
     gguf = find_gguf(source)
+    with one_reader(gguf):
+        return _load(name, source, gguf, cfg)
+
+
+def _load(name: str, source: str, gguf: GgufFile | None, cfg: LoadConfig) -> LoadedModel:
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    check_folder(source)
     config = _read_config(source, cfg, gguf)
     adapter = adapter_for(config)
     auto = AutoModelForCausalLM if adapter.causal else AutoModel

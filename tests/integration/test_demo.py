@@ -14,6 +14,8 @@ from sinkscope.fixtures import planted_sink_model
 from sinkscope.models import embedded_path
 from sinkscope.testing import save_tiny
 
+from report_pages import headline, named_neurons, neuron_table
+
 FAST = ["--samples", "6", "--seq-len", "24", "--lambdas", "1,10", "--value-mean-tokens", "96", "--quiet",
         "--structural", "none"]
 
@@ -54,6 +56,8 @@ def test_demo_finds_the_planted_chain_and_draws_it_beside_the_twin(planted, tmp_
                  "amplify", "isolate", "ablate"):
         assert f'id="fig-{kind}--planted"' in html, kind
     assert 'id="fig-sink-heatmap--tiny-llama"' in html
+    named = named_neurons(headline(html, "planted"))  # the headline's writers are rows of the C2 table
+    assert named == {(answer.layer, answer.neuron)} and named <= neuron_table(html, "planted")
     assert (out / "report_figures" / "chain--planted.png").exists()
     # the random twin has no super neuron: its ablation is skipped and its figure left out of the page
     assert not (out / "tiny-llama" / "ablate").exists()

@@ -230,7 +230,8 @@ def test_text_overlap_detection_works(tmp_path):
 
 @pytest.mark.parametrize("which", ["demo_report", "real_report"])
 def test_headline_first_numbers_agree_and_no_text_collides(which, request, tmp_path):
-    from report_pages import FIGURE_FONT_PX, SUPERSCRIPT_PX, check_cited_numbers, figure_font_sizes
+    from report_pages import (FIGURE_FONT_PX, SUPERSCRIPT_PX, check_cited_numbers, figure_font_sizes, headline,
+                              named_neurons, neuron_table)
 
     report = request.getfixturevalue(which)
     done = run_chromium(["--dump-dom", report.as_uri()], tmp_path / "profile")
@@ -244,6 +245,10 @@ def test_headline_first_numbers_agree_and_no_text_collides(which, request, tmp_p
     models = re.findall(r'data-model="([^"]+)"', done.stdout)
     assert models and all(m in title for m in models), (title, models)  # the title names every model
     assert check_cited_numbers(report.read_text()) >= 5
+    for story in re.findall(r'<article class="story" id="model-([^"]+)"', done.stdout):
+        named = named_neurons(headline(done.stdout, story))  # every writer and eraser the headline names ...
+        assert named <= neuron_table(done.stdout, story), (story, named)  # ... has its C2 row
+        assert len(named) >= 4 or which == "demo_report"  # SmolLM2's two episodes name writers and erasers
     assert figure_font_sizes(report.read_text()) <= FIGURE_FONT_PX | {SUPERSCRIPT_PX}  # one font size
     assert text_problems(report, tmp_path) == []
     if which == "real_report":  # the demo's screenshot is kept by test_screenshot_is_kept_and_not_blank

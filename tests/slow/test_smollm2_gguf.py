@@ -42,10 +42,16 @@ def _probe(model, out) -> dict:
     return json.loads((out / "probe.json").read_text())
 
 
-def test_probe_on_the_gguf_file_matches_its_save_pretrained_folder(smollm2_gguf, dequantized_folder, tmp_path):
+def test_probe_on_the_gguf_file_matches_its_save_pretrained_folder(smollm2_gguf, dequantized_folder, tmp_path,
+                                                                   monkeypatch):
     from gguf import GGUFReader
 
+    parses = []
+    parse = GGUFReader.__init__
+    monkeypatch.setattr(GGUFReader, "__init__", lambda self, *a, **k: parses.append(a) or parse(self, *a, **k))
     from_gguf = _probe(smollm2_gguf, tmp_path / "gguf")
+    assert len(parses) == 1  # config, tokenizer, weights and the check share one reader (about 3 s each)
+    monkeypatch.undo()
     from_folder = _probe(dequantized_folder, tmp_path / "folder")
     assert from_gguf["data"]["sequences"] == from_folder["data"]["sequences"] == 8
     torch.testing.assert_close(torch.tensor(from_gguf["sink_score"]), torch.tensor(from_folder["sink_score"]),
