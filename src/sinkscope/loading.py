@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +60,6 @@ def check_folder(source: str, weights: bool = True) -> None:
     torn copy or garbage bytes show up; the other files are parsed as JSON. ``weights=False``: the
     tokenizer alone is wanted, so the safetensors are not looked at.
     """
-    import json
-
     from safetensors import SafetensorError, safe_open
 
     found = find_gguf(source)
@@ -72,16 +72,24 @@ def check_folder(source: str, weights: bool = True) -> None:
     for name in FOLDER_JSON:
         path = folder / name
         if path.exists():
-            try:
-                json.loads(path.read_bytes())
-            except (UnicodeDecodeError, ValueError) as err:
-                raise _torn(path, f"not valid JSON: {str(err).splitlines()[0]}") from None
+            stat = path.stat()
+            _check_json(str(path), stat.st_size, stat.st_mtime_ns)
     for path in sorted(folder.glob("*.safetensors")) if weights else ():
         try:
             with safe_open(str(path), framework="pt"):
                 pass
         except (SafetensorError, OSError) as err:
             raise _torn(path, f"unreadable safetensors: {str(err).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _check_json(path: str, size: int, mtime_ns: int) -> None:
+    """Refuse a JSON file that does not parse; remembered by size and mtime, since a load checks its folder
+    twice (the model, then the tokenizer) and tokenizer.json takes 0.1 s to parse."""
+    try:
+        json.loads(Path(path).read_bytes())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _torn(Path(path), f"not valid JSON: {str(err).splitlines()[0]}") from None
 
 
 def _read_config(source: str, cfg: LoadConfig, gguf: GgufFile | None):

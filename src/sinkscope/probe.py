@@ -15,7 +15,7 @@ import torch
 
 from .adapters import blocks, head_counts, mlp_weights
 from .adapters.coverage import blocks_with
-from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver
+from .capture.activations import DownProjSpikeObserver, LayerMagnitudeObserver, SharedMedians
 from .capture.hidden import HiddenObserver
 from .capture.learned_sink import LearnedSinkObserver
 from .capture.runner import Sweep, run_sweep
@@ -187,11 +187,12 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
         observers["secondary"] = SinkKeyObserver(n_layers, config.criteria, config.capture.query_chunk, max_len=max_len)
     sweep = Sweep(attention_observers=[o for name, o in observers.items() if name != "hidden"],
                   forward_hooks=observers["hidden"].hooks(model, adapter), batch_listeners=[observers["hidden"]])
+    medians = SharedMedians()  # Sun's per-sequence median, shared by the magnitude and disparity observers
     if config.chain:
-        chain = chain_observers(model, adapter, config, max_len)
+        chain = chain_observers(model, adapter, config, max_len, medians)
         extend_sweep(sweep, chain, model, adapter)
         observers.update(chain)
-    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard)
+    _add_peer_observers(observers, sweep, model, adapter, config, n_layers, max_len, shard, medians)
     finder = expert_observer(model, adapter, config.criteria) if config.chain else None
     if finder is not None:  # the spike evidence inside experts (attribution reads them too)
         sweep.forward_pre_hooks += finder.hooks(model, adapter)
@@ -203,10 +204,10 @@ def _run(loaded: LoadedModel, sequences, config: ProbeConfig, positions, max_len
 
 
 def _add_peer_observers(observers: dict, sweep: Sweep, model, adapter, config: ProbeConfig, n_layers: int,
-                        max_len: int, shard: tuple[int, int, int]) -> None:
+                        max_len: int, shard: tuple[int, int, int], medians: SharedMedians) -> None:
     """Sun et al.'s layer-wise magnitudes always; Yu et al.'s down-projection spikes with the chain."""
     rank, world, total = shard
-    magnitudes = LayerMagnitudeObserver(n_layers, model.config.hidden_size, max_len, total, rank, world)
+    magnitudes = LayerMagnitudeObserver(n_layers, model.config.hidden_size, max_len, total, rank, world, medians)
     sweep.forward_hooks += magnitudes.hooks(model, adapter)
     sweep.batch_listeners.append(magnitudes)
     observers["magnitudes"] = magnitudes

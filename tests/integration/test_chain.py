@@ -322,3 +322,26 @@ def test_a_writer_the_spike_finder_misses_is_profiled_beside_its_candidates():
     assert writer["sink_abs_mean"] == pytest.approx(float(act[:, 0].abs().mean()), rel=1e-5)
     assert writer["sink_abs_mean"] > 100 and writer["other_abs_mean"] == float(act[:, 1:].abs().mean()) == 0.0
     assert writer["down_column"]["dims"][0]["dim"] == answer.dim
+
+
+def test_sun_median_is_taken_once_per_layer_and_sequence_and_changes_nothing(monkeypatch):
+    """Block k's output is the residual stream entering layer k + 1: the layer-magnitude observer takes each
+    sequence's median |x| there, and the disparity observer reuses it instead of taking it again."""
+    import sinkscope.metrics.disparity as disparity
+    from sinkscope.capture.activations import SharedMedians
+
+    model, answer = planted_sink_model(massive=2000)
+    inputs = answer.inputs(6, 24, seed=4)
+    inputs[2] = inputs[2][:15]  # padding: the medians are over each sequence's real tokens
+    own = []
+    real = disparity.lower_median
+    monkeypatch.setattr(disparity, "lower_median", lambda x: own.append(1) or real(x))
+    shared = probe(model, inputs, batch_size=3, selectivity_positions=0)
+    assert own == []  # every median the massive rule needed was the magnitude observer's
+    monkeypatch.setattr(SharedMedians, "known", lambda self, hidden, valid: None)
+    alone = probe(model, inputs, batch_size=3, selectivity_positions=0)
+    assert own  # without sharing, the rule takes its own
+    assert shared["layer_magnitudes"] == alone["layer_magnitudes"]
+    for key in ("massive", "massive_dims", "massive_at_sink"):
+        assert shared["disparity"][key] == alone["disparity"][key]
+    assert shared["disparity"]["massive_dims"] == [answer.dim]

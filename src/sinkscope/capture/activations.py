@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..adapters import Adapter
-from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, top_spike
+from ..metrics.magnitudes import SUN_STATS, layer_magnitudes, sequence_medians, top_spike
 from .attention import BatchInfo
 from .hooks import as_tokens, BlockOutputObserver, block_output_tensor, input_output_hooks
 from .reducers import Tally
@@ -26,6 +26,34 @@ from .reducers import Tally
 def real_tokens(x: torch.Tensor, batch: BatchInfo, row: int) -> torch.Tensor:
     """(T_b, W) the real tokens of sequence ``row`` of a (B, T, W) activation."""
     return x[row, int(batch.first[row]):int(batch.last[row]) + 1]
+
+
+class SharedMedians:
+    """Each sequence's median |x| of one hidden-state tensor, taken once for the observers that read it.
+
+    Sun's layer magnitudes read block k's output and the disparity observer the residual stream entering
+    layer k + 1: the same tensor, and the median is the costliest step of each (about 5 ms per 2,048 x 576
+    sequence). The last tensor is held, so no other tensor can take its address while it is remembered.
+    """
+
+    def __init__(self):
+        self._last: tuple | None = None
+
+    def __call__(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B,) medians of hidden (B, T, D) over the real tokens ``valid`` (B, T)."""
+        medians = self.known(hidden, valid)
+        if medians is None:
+            medians = sequence_medians(hidden, valid)
+            self._last = (hidden, hidden._version, valid, medians)
+        return medians
+
+    def known(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """The medians if this very tensor (unchanged since) was the last one asked about, else None."""
+        last = self._last
+        if (last is not None and last[0] is hidden and last[1] == hidden._version
+                and last[2].shape == valid.shape and bool((last[2] == valid).all())):
+            return last[3]
+        return None
 
 
 class LayerMagnitudeObserver(BlockOutputObserver):
@@ -37,8 +65,10 @@ class LayerMagnitudeObserver(BlockOutputObserver):
     Sequence k of this process is global sequence ``rank + k * world`` (probe shards ``seqs[rank::world]``).
     """
 
-    def __init__(self, n_layers: int, hidden: int, max_len: int, n_sequences: int, rank: int = 0, world: int = 1):
+    def __init__(self, n_layers: int, hidden: int, max_len: int, n_sequences: int, rank: int = 0, world: int = 1,
+                 medians: SharedMedians | None = None):
         self.batch: BatchInfo | None = None
+        self.medians = medians or SharedMedians()
         self.rank, self.world = rank, world
         self.seen = [0] * n_layers  # sequences this process has passed through each layer
         self.tally = tally = Tally()
@@ -48,10 +78,12 @@ class LayerMagnitudeObserver(BlockOutputObserver):
 
     def observe(self, layer: int, hidden: torch.Tensor) -> None:
         batch, tally = self.batch.to(hidden.device), self.tally
+        medians = self.medians(hidden, batch.valid)  # (B,)
         for row in range(hidden.shape[0]):
             x = real_tokens(hidden, batch, row)  # (T_b, D)
             _, token, dim = top_spike(x)
-            tally.add("per_sequence", (self.rank + self.world * self.seen[layer], layer), layer_magnitudes(x))
+            tally.add("per_sequence", (self.rank + self.world * self.seen[layer], layer),
+                      layer_magnitudes(x, medians[row]))
             tally.add("top1_dim_hits", (layer, dim), torch.tensor(1))
             tally.add("top1_position_hits", (layer, token), torch.tensor(1))
             self.seen[layer] += 1

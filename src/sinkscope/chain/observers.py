@@ -24,6 +24,7 @@ from ..metrics.qk import positive_dot_count
 from ..metrics.variance import std_across_dims, std_across_dims_and_heads
 from ..capture.attention import AttentionCall, BatchInfo
 from ..capture.hooks import as_tokens, block_output_tensor, input_output_hooks
+from ..capture.activations import SharedMedians
 from ..capture.reducers import Tally, add_rows_by_position, effective_rank_sum, scatter_by_position
 
 DOM_RATIO_BINS = 512  # log-spaced bins over [1, D] for the median DomRatio of the other tokens (mergeable)
@@ -178,8 +179,9 @@ class DisparityObserver(_Hooked):
     """
 
     def __init__(self, n_layers: int, hidden: int, max_len: int, massive_abs: float, massive_rel: float,
-                 contrast: float, effective_rank: bool = True):
+                 contrast: float, effective_rank: bool = True, medians: SharedMedians | None = None):
         self.n_layers, self.max_len = n_layers, max_len
+        self.medians = medians or SharedMedians()
         self.massive_abs, self.massive_rel, self.contrast = massive_abs, massive_rel, contrast
         self.with_rank = effective_rank
         self.edges = log_bins(hidden, DOM_RATIO_BINS)
@@ -243,7 +245,10 @@ class DisparityObserver(_Hooked):
         tally.add("other_dom_norm_hist", (k,), self._histogram(dom_norm[others]))
         first = torch.zeros_like(batch.valid)
         first[rows, batch.first] = True  # (B, T)
-        paper = massive_rows(residual, self.massive_abs, self.massive_rel, batch.valid)
+        # the layer-magnitude observer has taken the medians of this tensor (block k - 1's output) already;
+        # otherwise massive_rows takes them for the sequences that need one only
+        paper = massive_rows(residual, self.massive_abs, self.massive_rel, batch.valid,
+                             self.medians.known(residual, batch.valid))
         for prefix, (chosen, chosen_mask) in (("massive", paper),
                                               ("dominant", dominant_rows(residual, dom, others, self.contrast))):
             self._add_rows(k, prefix, chosen, chosen_mask, first, others)

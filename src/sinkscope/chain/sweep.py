@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..adapters import block_part, blocks, head_counts, mlp_weights, weight_out_in
 from ..adapters.coverage import blocks_with
+from ..capture.activations import SharedMedians
 from ..capture.runner import Sweep
 from ..capture.selectivity import SelectivityObserver
 from ..config import ProbeConfig
@@ -13,7 +14,7 @@ from .attribution import AttributionObserver
 from .observers import DisparityObserver, NeuronObserver, QueryObserver, ValueOutputObserver
 
 
-def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
+def chain_observers(model, adapter, config: ProbeConfig, max_len: int, medians: SharedMedians | None = None) -> dict:
     """The streamed chain observers, keyed by name; each has a ``.tally``. The neuron evidence and the
     selectivity trace read dense FFNs only; attribution reads every FFN, experts included."""
     check_chain_config(config)
@@ -25,7 +26,7 @@ def chain_observers(model, adapter, config: ProbeConfig, max_len: int) -> dict:
     observers = {
         "values": ValueOutputObserver(n_layers, n_heads, width_in, hidden, max_len, config.variance_positions),
         "disparity": DisparityObserver(n_layers, hidden, max_len, c.massive_abs_paper, c.massive_rel_paper,
-                                       c.disparity_contrast),
+                                       c.disparity_contrast, medians=medians),
         "queries": QueryObserver(n_layers, n_heads, head_dim),
         "attribution": AttributionObserver(model, adapter),
     }

@@ -40,20 +40,25 @@ def massive_mask(hidden: torch.Tensor, abs_threshold: float, rel_threshold: floa
 
 
 def massive_rows(hidden: torch.Tensor, abs_threshold: float, rel_threshold: float,
-                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 valid: torch.Tensor | None = None,
+                 median: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`massive_mask` on the tokens that can hold one: (rows (..., T) bool, their mask (N, D) bool).
 
     Only tokens past the absolute bar can, so the median is taken only for sequences that have one,
-    and no (..., T, D) mask is built for the few tokens that matter.
+    and no (..., T, D) mask is built for the few tokens that matter. ``median`` (S,): the sequences'
+    medians when already taken (:func:`~sinkscope.metrics.magnitudes.sequence_medians`).
     """
     mags = hidden.float().abs()
     valid = torch.ones(mags.shape[:-1], dtype=torch.bool, device=mags.device) if valid is None else valid
     rows = (mags.amax(-1) > abs_threshold) & valid  # (..., T)
     flat_rows, flat_mags, flat_valid = rows.reshape(-1, rows.shape[-1]), mags.reshape(-1, *mags.shape[-2:]), \
         valid.reshape(-1, valid.shape[-1])
-    median = torch.full((len(flat_rows),), torch.inf, device=mags.device)  # (S,) no row past the bar: none needed
-    for s in flat_rows.any(-1).nonzero()[:, 0].tolist():
-        median[s] = lower_median(flat_mags[s][flat_valid[s]])
+    if median is not None:
+        median = median.float()  # the bar is set in float32 whatever the hidden dtype, as on the path below
+    else:
+        median = torch.full((len(flat_rows),), torch.inf, device=mags.device)  # (S,) no row past the bar: none needed
+        for s in flat_rows.any(-1).nonzero()[:, 0].tolist():
+            median[s] = lower_median(flat_mags[s][flat_valid[s]])
     level = (rel_threshold * median).reshape(rows.shape[:-1])[..., None].expand_as(rows)[rows]  # (N,)
     candidates = mags[rows]  # (N, D)
     return rows, (candidates > abs_threshold) & (candidates > level[:, None])

@@ -15,16 +15,27 @@ import torch
 SUN_STATS = ("top1", "top2", "top3", "median")
 
 
-def layer_magnitudes(x: torch.Tensor) -> torch.Tensor:
+def layer_magnitudes(x: torch.Tensor, median: torch.Tensor | None = None) -> torch.Tensor:
     """(4,) float64: top-1, top-2, top-3 and median |x| over every entry of one sequence's (T, D) output.
 
     Sun et al. cast to float64 first; |x|, ordering and the median are exact in any float dtype, so
     casting the four results instead gives the same numbers without a float64 copy of the layer.
+    ``median``: that sequence's median |x| when already taken (:func:`sequence_medians`).
     """
     mags = x.detach().abs()
     top = largest_entries(mags, 3).double()
     top = torch.cat([top, top.new_full((3 - len(top),), float("nan"))])
-    return torch.cat([top, lower_median(mags).double()[None]])
+    return torch.cat([top, (lower_median(mags) if median is None else median).double().reshape(1)])
+
+
+def sequence_medians(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(S,) each sequence's :func:`lower_median` of |x| over its real tokens and every dim, in hidden's dtype.
+
+    hidden: (..., T, D), one sequence per leading index; valid: (..., T) bool.
+    """
+    mags = hidden.detach().abs().reshape(-1, *hidden.shape[-2:])
+    keep = valid.reshape(-1, valid.shape[-1])
+    return torch.stack([lower_median(mags[s][keep[s]]) for s in range(len(mags))]) if len(mags) else mags.new_zeros(0)
 
 
 def lower_median(values: torch.Tensor) -> torch.Tensor:
