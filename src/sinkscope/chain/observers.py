@@ -181,7 +181,7 @@ class DisparityObserver(_Hooked):
     def __init__(self, n_layers: int, hidden: int, max_len: int, massive_abs: float, massive_rel: float,
                  contrast: float, effective_rank: bool = True, medians: SharedMedians | None = None):
         self.n_layers, self.max_len = n_layers, max_len
-        self.medians = medians or SharedMedians()
+        self.medians = medians  # the layer-magnitude observer's, when the probe runs both
         self.massive_abs, self.massive_rel, self.contrast = massive_abs, massive_rel, contrast
         self.with_rank = effective_rank
         self.edges = log_bins(hidden, DOM_RATIO_BINS)
@@ -248,7 +248,7 @@ class DisparityObserver(_Hooked):
         # the layer-magnitude observer has taken the medians of this tensor (block k - 1's output) already;
         # otherwise massive_rows takes them for the sequences that need one only
         paper = massive_rows(residual, self.massive_abs, self.massive_rel, batch.valid,
-                             self.medians.known(residual, batch.valid))
+                             self.medians.known(residual, batch.valid) if self.medians else None)
         for prefix, (chosen, chosen_mask) in (("massive", paper),
                                               ("dominant", dominant_rows(residual, dom, others, self.contrast))):
             self._add_rows(k, prefix, chosen, chosen_mask, first, others)
